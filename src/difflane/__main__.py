@@ -1,0 +1,3 @@
+from difflane.cli import main
+
+main()

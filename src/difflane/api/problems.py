@@ -1,0 +1,113 @@
+"""Every error leaves the API as ``{"error": {"code", "message", ...}}`` with a fitting status.
+
+Nothing a client sends may produce a 500: validation errors are 422, oversize bodies 413, a
+dependency that is down 503 with Retry-After. An unexpected exception is still a JSON 500
+(and a log line with the traceback), never an HTML page or a dropped connection.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException
+from starlette.responses import JSONResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from difflane.errors import DifflaneError, PayloadTooLarge, Unavailable
+
+log = logging.getLogger(__name__)
+
+_HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
+
+
+def problem(status: int, code: str, message: str, headers: dict[str, str] | None = None, **extra: Any) -> JSONResponse:
+    detail: dict[str, Any] = {"code": code, "message": message}
+    detail.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse({"error": detail}, status_code=status, headers=headers)
+
+
+async def _difflane_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, DifflaneError)
+    headers = None
+    if isinstance(exc, Unavailable):
+        headers = {"Retry-After": str(exc.retry_after)}
+        log.warning("dependency unavailable: %s", exc.message)
+    elif exc.status >= 500:
+        log.error("request failed: %s", exc.message)
+    return problem(exc.status, exc.code, exc.message, headers, **exc.details)
+
+
+async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, RequestValidationError)
+    errors = exc.errors()
+    first = errors[0] if errors else {"type": "invalid", "loc": (), "msg": "invalid request"}
+    if first.get("type") == "json_invalid":
+        return problem(422, "malformed_json", "the request body is not valid JSON")
+    loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
+    field = ".".join(loc) or None
+    message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+    return problem(422, "invalid_input", message, field=field,
+                   errors=[{"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or None, "message": e.get("msg")}
+                           for e in errors[:20]])
+
+
+async def _http_error(request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, HTTPException)
+    code = _HTTP_CODES.get(exc.status_code, f"http_{exc.status_code}")
+    return problem(exc.status_code, code, str(exc.detail), dict(exc.headers or {}))
+
+
+async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error on %s %s", request.method, request.url.path)
+    return problem(500, "internal", "internal error")
+
+
+def install(app: FastAPI) -> None:
+    app.add_exception_handler(DifflaneError, _difflane_error)
+    app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected)
+
+
+class BodyLimit:
+    """Refuse request bodies over ``limit`` bytes with 413, before the app parses them.
+
+    Checks Content-Length up front and also counts streamed (chunked) bodies as they arrive.
+    """
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        for name, value in scope.get("headers", ()):
+            if name == b"content-length":
+                try:
+                    too_big = int(value) > self.limit
+                except ValueError:
+                    too_big = False
+                if too_big:
+                    await self._refuse(scope, receive, send)
+                    return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise PayloadTooLarge(f"request body is larger than {self.limit} bytes")
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        response = problem(413, "payload_too_large", f"request body is larger than {self.limit} bytes")
+        await response(scope, receive, send)

@@ -1,0 +1,103 @@
+"""/v1/jobs/{id}/events: Server-Sent Events for every state change and every step.
+
+Events come from the record's version history, so a slow reader, a reconnect with
+``Last-Event-ID`` or a missed wake-up never loses a step: the stream replays what it has not sent.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Request
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import StreamingResponse
+
+from difflane.api.context import ApiContext, get_context
+from difflane.api.deps import current_principal
+from difflane.api.routes.render import base_url, job_json
+from difflane.api.schemas import Problem
+from difflane.errors import DifflaneError
+from difflane.jobs import Job, Principal
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+HEARTBEAT_SECONDS = 15.0
+
+
+def classify(previous: Job | None, current: Job) -> str | None:
+    """'state' for a new state (or a cancel request), 'progress' for a step, None for neither."""
+    if (
+        previous is None
+        or previous.state != current.state
+        or previous.cancel_requested != current.cancel_requested
+        or previous.attempts != current.attempts
+    ):
+        return "state"
+    if previous.progress != current.progress:
+        return "progress"
+    return None  # e.g. a lease renewal
+
+
+def sse(event: str, data: dict[str, object], event_id: int | None = None) -> bytes:
+    head = f"id: {event_id}\n" if event_id is not None else ""
+    return f"{head}event: {event}\ndata: {json.dumps(data, separators=(',', ':'))}\n\n".encode()
+
+
+@router.get(
+    "/{job_id}/events",
+    responses={200: {"content": {"text/event-stream": {}},
+                     "description": "Events `state` (the whole job) and `progress` ({id, step, total}); "
+                                    "the stream ends after the job's final state."},
+               404: {"model": Problem}, 503: {"model": Problem}},
+    summary="Stream a job's state changes and steps (Server-Sent Events)",
+)
+async def job_events(
+    job_id: Annotated[str, Path(max_length=64)],
+    request: Request,
+    ctx: Annotated[ApiContext, Depends(get_context)],
+    caller: Annotated[Principal, Depends(current_principal)],
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
+) -> StreamingResponse:
+    await run_in_threadpool(ctx.service.get, caller, job_id)  # 404 before the stream starts
+    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    base = base_url(request, ctx.settings.public_url)
+    return StreamingResponse(
+        _stream(ctx, request, job_id, after, base),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+    )
+
+
+async def _stream(ctx: ApiContext, request: Request, job_id: str, after: int, base: str) -> AsyncIterator[bytes]:
+    previous: Job | None = None
+    if after:
+        earlier = await run_in_threadpool(ctx.store.history, job_id, after - 1)
+        previous = earlier[0] if earlier and earlier[0].version == after else None
+    last_sent = time.monotonic()
+    while True:
+        try:
+            versions = await run_in_threadpool(ctx.store.history, job_id, after)
+        except DifflaneError as exc:
+            yield sse("error", {"code": exc.code, "message": exc.message})
+            return
+        for job in versions:
+            kind = classify(previous, job)
+            if kind == "state":
+                yield sse("state", job_json(job, base, ctx.blobs), job.version)
+            elif kind == "progress":
+                yield sse("progress", {"id": job.id, "step": job.progress.step, "total": job.progress.total},
+                          job.version)
+            previous, after = job, job.version
+            if kind:
+                last_sent = time.monotonic()
+        if previous is not None and previous.state.terminal:
+            return
+        if await request.is_disconnected():
+            return
+        if time.monotonic() - last_sent > HEARTBEAT_SECONDS:
+            yield b": keep-alive\n\n"
+            last_sent = time.monotonic()
+        await ctx.changes.wait()

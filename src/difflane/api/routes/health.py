@@ -1,0 +1,48 @@
+"""Liveness, readiness and metrics: outside /v1, unauthenticated, no business data."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, Response
+
+from difflane.api.context import ApiContext, get_context
+from difflane.api.schemas import Health
+from difflane.errors import DifflaneError
+from difflane.telemetry import metrics
+
+router = APIRouter(tags=["health"])
+Ctx = Annotated[ApiContext, Depends(get_context)]
+
+
+@router.get("/livez", response_model=Health, summary="The process is alive")
+def livez() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+@router.get("/readyz", response_model=Health, responses={503: {"model": Health}},
+            summary="The store, the dispatcher and result storage answer")
+def readyz(ctx: Ctx) -> JSONResponse:
+    checks: dict[str, str] = {}
+    for name, dependency in (("store", ctx.store), ("dispatch", ctx.dispatcher), ("blobs", ctx.blobs)):
+        try:
+            dependency.ping()
+            checks[name] = "ok"
+        except DifflaneError as exc:
+            checks[name] = f"unavailable: {exc.message}"
+    ready = all(v == "ok" for v in checks.values())
+    return JSONResponse(
+        {"status": "ok" if ready else "unavailable", "checks": checks},
+        status_code=200 if ready else 503,
+        headers=None if ready else {"Retry-After": "5"},
+    )
+
+
+@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
+            responses={200: {"content": {"text/plain": {}}}})
+async def prometheus(ctx: Ctx) -> Response:
+    depth = metrics.QueueDepthCollector(ctx.catalog.lanes, ctx.dispatcher.backlog)
+    body = await run_in_threadpool(metrics.exposition, depth)
+    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")

@@ -1,0 +1,114 @@
+"""/v1/jobs: submit, read, list, cancel, download outputs."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
+from fastapi.concurrency import run_in_threadpool
+from starlette.responses import JSONResponse, RedirectResponse, StreamingResponse
+
+from difflane.api.context import ApiContext, get_context
+from difflane.api.deps import current_principal
+from difflane.api.routes.render import SIGNED_URL_TTL_SECONDS, base_url, job_json
+from difflane.api.schemas import JobCreate, JobOut, JobPage, Problem
+from difflane.errors import Conflict, NotFound
+from difflane.jobs import JobState, Principal
+
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+
+Ctx = Annotated[ApiContext, Depends(get_context)]
+Caller = Annotated[Principal, Depends(current_principal)]
+JobId = Annotated[str, Path(max_length=64, description="The job id (a UUIDv7)")]
+
+_ERRORS: dict[int | str, dict[str, object]] = {
+    404: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem},
+}
+
+
+@router.post(
+    "",
+    status_code=202,
+    response_model=JobOut,
+    responses={**_ERRORS, 409: {"model": Problem}, 413: {"model": Problem}},
+    summary="Submit a generation job",
+)
+def submit_job(
+    body: JobCreate,
+    request: Request,
+    ctx: Ctx,
+    caller: Caller,
+    idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
+) -> JSONResponse:
+    job, created = ctx.service.submit(caller, body.model_dump(exclude_unset=True), idempotency_key)
+    content = job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs)
+    headers = {"Location": content["links"]["self"]}
+    if not created:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(content, status_code=202, headers=headers)
+
+
+@router.get("", response_model=JobPage, responses=_ERRORS, summary="List the caller's jobs, newest first")
+def list_jobs(
+    request: Request,
+    ctx: Ctx,
+    caller: Caller,
+    state: JobState | None = None,
+    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+) -> JSONResponse:
+    jobs, next_cursor = ctx.service.list(caller, state, cursor, limit)
+    base = base_url(request, ctx.settings.public_url)
+    return JSONResponse({"jobs": [job_json(j, base, ctx.blobs) for j in jobs], "next_cursor": next_cursor})
+
+
+@router.get("/{job_id}", response_model=JobOut, responses=_ERRORS, summary="Get a job")
+def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
+    job = ctx.service.get(caller, job_id)
+    return JSONResponse(job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs))
+
+
+@router.post(
+    "/{job_id}/cancel",
+    status_code=202,
+    response_model=JobOut,
+    responses={**_ERRORS, 409: {"model": Problem}},
+    summary="Cancel a job (a running job stops within one step)",
+)
+def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
+    job = ctx.service.cancel(caller, job_id)
+    return JSONResponse(job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs), status_code=202)
+
+
+@router.get(
+    "/{job_id}/outputs/{index}",
+    response_class=Response,
+    responses={**_ERRORS, 200: {"content": {"image/png": {}}, "description": "The PNG"},
+               307: {"description": "Redirect to a short-lived signed URL"}, 409: {"model": Problem}},
+    summary="Download one output image",
+)
+async def get_output(
+    job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], ctx: Ctx, caller: Caller
+) -> Response:
+    job = await run_in_threadpool(ctx.service.get, caller, job_id)
+    if job.state is not JobState.SUCCEEDED:
+        raise Conflict(f"job {job_id} is {job.state.value}; outputs exist once it has succeeded",
+                       code="outputs_not_ready")
+    output = next((o for o in job.outputs if o.index == index), None)
+    if output is None:
+        raise NotFound(f"job {job_id} has no output {index}", code="output_not_found")
+    signed = ctx.blobs.signed_url(output.key, SIGNED_URL_TTL_SECONDS)
+    if signed is not None:
+        return RedirectResponse(signed, status_code=307)
+    chunks = await run_in_threadpool(ctx.blobs.open, output.key)
+    return StreamingResponse(
+        chunks,
+        media_type="image/png",
+        headers={
+            "Content-Length": str(output.bytes),
+            "ETag": f'"{output.sha256}"',
+            # Outputs never change once written; only the owner may fetch them.
+            "Cache-Control": "private, max-age=31536000, immutable",
+            "Content-Disposition": f'inline; filename="{job_id}-{index}.png"',
+        },
+    )

@@ -1,0 +1,132 @@
+"""Request and response shapes of the HTTP API (they are the OpenAPI document)."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from difflane.jobs import MAX_SEED, ErrorCode, JobState
+
+# Bounds that hold for every model; each model's own (tighter) limits are checked on submit.
+MAX_PROMPT_CHARS = 10_000
+MAX_SIDE = 8192
+
+
+class JobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: Annotated[str, Field(min_length=1, max_length=200, description="A model name from GET /v1/models")]
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
+    negative_prompt: Annotated[str | None, Field(max_length=MAX_PROMPT_CHARS)] = None
+    width: Annotated[int | None, Field(ge=8, le=MAX_SIDE, multiple_of=8)] = None
+    height: Annotated[int | None, Field(ge=8, le=MAX_SIDE, multiple_of=8)] = None
+    steps: Annotated[int | None, Field(ge=1, le=1000)] = None
+    guidance_scale: Annotated[float | None, Field(ge=0.0, le=100.0, allow_inf_nan=False)] = None
+    seed: Annotated[int | None, Field(ge=0, le=MAX_SEED, description="Random when absent; always recorded")] = None
+    num_images: Annotated[int, Field(ge=1, le=64)] = 1
+    lane: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+
+
+class ProgressOut(BaseModel):
+    step: int
+    total: int
+
+
+class ErrorOut(BaseModel):
+    code: ErrorCode
+    message: str
+
+
+class OutputOut(BaseModel):
+    index: int
+    url: str
+    bytes: int
+    sha256: str
+    seed: int
+    width: int
+    height: int
+
+
+class JobLinks(BaseModel):
+    self: str
+    events: str
+    cancel: str
+
+
+class JobOut(BaseModel):
+    id: str
+    state: JobState
+    model: str
+    lane: str
+    prompt: str
+    negative_prompt: str
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    seed: int
+    num_images: int
+    progress: ProgressOut
+    created_at: str
+    started_at: str | None
+    finished_at: str | None
+    attempts: int
+    cancel_requested: bool
+    error: ErrorOut | None
+    outputs: list[OutputOut]
+    links: JobLinks
+
+
+class JobPage(BaseModel):
+    jobs: list[JobOut]
+    next_cursor: str | None = Field(description="Pass as ?cursor= for the next page; null on the last page")
+
+
+class ModelLimitsOut(BaseModel):
+    max_width: int
+    max_height: int
+    max_pixels: int
+    min_steps: int
+    max_steps: int
+    max_images: int
+    max_prompt_chars: int
+    max_guidance_scale: float
+
+
+class ModelDefaultsOut(BaseModel):
+    width: int
+    height: int
+    steps: int
+    guidance_scale: float
+    negative_prompt: str
+
+
+class ModelOut(BaseModel):
+    name: str
+    lane: str
+    source: str
+    revision: str | None
+    pipeline: str
+    description: str
+    defaults: ModelDefaultsOut
+    limits: ModelLimitsOut
+
+
+class ModelList(BaseModel):
+    models: list[ModelOut]
+
+
+class ProblemDetail(BaseModel):
+    code: str = Field(description="Machine-readable error code")
+    message: str
+    field: str | None = None
+
+
+class Problem(BaseModel):
+    error: ProblemDetail
+
+
+class Health(BaseModel):
+    status: str
+    checks: dict[str, str] = {}

@@ -1,0 +1,141 @@
+"""What the API does with jobs, apart from HTTP: admit, read with ownership, list, cancel."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import secrets
+from typing import Any
+
+from difflane.catalog import Catalog, ModelSpec
+from difflane.dispatch.base import Dispatcher
+from difflane.errors import Conflict, IllegalTransition, InvalidInput, NotFound
+from difflane.jobs import MAX_SEED, GenerationRequest, Job, JobState, Principal, is_job_id, new_job
+from difflane.store.base import IdempotencyKey, JobStore, mutate
+from difflane.telemetry import metrics
+
+log = logging.getLogger(__name__)
+
+MAX_IDEMPOTENCY_KEY = 200
+
+
+class JobService:
+    def __init__(self, store: JobStore, dispatcher: Dispatcher, catalog: Catalog) -> None:
+        self.store = store
+        self.dispatcher = dispatcher
+        self.catalog = catalog
+
+    def submit(self, owner: Principal, body: dict[str, Any], idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Validate against the model's limits, then write record + queue entry. (job, created)."""
+        spec = self._model(body["model"])
+        request = build_request(spec, body)
+        lane = body.get("lane") or spec.lane
+        if lane != spec.lane:
+            raise InvalidInput(
+                f"model {spec.name!r} is served by lane {spec.lane!r}, not {lane!r}", code="lane_mismatch", field="lane"
+            )
+        key = None
+        if idempotency_key is not None:
+            if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable():
+                raise InvalidInput("Idempotency-Key must be 1-200 printable characters",
+                                   code="invalid_idempotency_key", field="Idempotency-Key")
+            key = IdempotencyKey(idempotency_key, fingerprint(body))
+        job, created = self.store.create(new_job(owner, request, lane), key)
+        if created:
+            # Idempotent on every backend; with the embedded store the queue row already
+            # committed with the record, and this only wakes the workers.
+            self.dispatcher.dispatch(job)
+            metrics.JOBS_SUBMITTED.labels(spec.name, lane).inc()
+            log.info("job accepted", extra={"job_id": job.id, "model": spec.name, "lane": lane})
+        return job, created
+
+    def get(self, owner: Principal, job_id: str) -> Job:
+        """The job, if ``owner`` may see it. Someone else's job is indistinguishable from none."""
+        job = self.store.get(job_id) if is_job_id(job_id) else None
+        if job is None or job.owner != owner:
+            raise NotFound(f"job {job_id} not found", code="job_not_found")
+        return job
+
+    def list(self, owner: Principal, state: JobState | None, cursor: str | None, limit: int) -> tuple[list[Job], str | None]:
+        if cursor is not None and not is_job_id(cursor):
+            raise InvalidInput("cursor is not valid", code="invalid_cursor", field="cursor")
+        jobs = self.store.list(owner, state=state, before=cursor, limit=limit + 1)
+        more = len(jobs) > limit
+        jobs = jobs[:limit]
+        return jobs, (jobs[-1].id if more else None)
+
+    def cancel(self, owner: Principal, job_id: str) -> Job:
+        current = self.get(owner, job_id)
+        if current.cancel_requested and not current.state.terminal:
+            return current  # already asked; the worker will stop it within a step
+        try:
+            job = mutate(self.store, job_id, lambda j: j.cancel())
+        except IllegalTransition as exc:
+            raise Conflict(str(exc), code="job_finished") from exc
+        if job.state is JobState.CANCELLED:
+            metrics.JOBS_FINISHED.labels(job.request.model, job.lane, "cancelled", "cancelled").inc()
+            try:
+                self.dispatcher.cancel(job)
+            except Exception:  # noqa: BLE001 - the record decides; a stale queue entry is acked later
+                log.warning("could not drop the queue entry of a cancelled job", extra={"job_id": job.id})
+        return job
+
+    def _model(self, name: str) -> ModelSpec:
+        spec = self.catalog.get(name)
+        if spec is None:
+            allowed = self.catalog.names()
+            raise InvalidInput(
+                f"unknown model {name!r}; allowed: {', '.join(allowed)}",
+                code="unknown_model", field="model", allowed=allowed,
+            )
+        return spec
+
+
+def build_request(spec: ModelSpec, body: dict[str, Any]) -> GenerationRequest:
+    """Fill defaults from the catalog and check the model's limits; InvalidInput names the field."""
+    d, lim = spec.defaults, spec.limits
+    width = body.get("width") or d.width
+    height = body.get("height") or d.height
+    steps = body.get("steps") or d.steps
+    guidance = body.get("guidance_scale")
+    guidance = d.guidance_scale if guidance is None else guidance
+    negative = body.get("negative_prompt")
+    negative = d.negative_prompt if negative is None else negative
+    num_images = body.get("num_images", 1)
+    prompt = body["prompt"]
+    checks = [
+        ("prompt", len(prompt) <= lim.max_prompt_chars, f"prompt is longer than {lim.max_prompt_chars} characters"),
+        ("negative_prompt", len(negative) <= lim.max_prompt_chars,
+         f"negative_prompt is longer than {lim.max_prompt_chars} characters"),
+        ("width", width <= lim.max_width, f"width must be at most {lim.max_width} for {spec.name}"),
+        ("height", height <= lim.max_height, f"height must be at most {lim.max_height} for {spec.name}"),
+        ("width", width * height <= lim.max_pixels, f"width × height must be at most {lim.max_pixels} pixels"),
+        ("width", width % 8 == 0, "width must be a multiple of 8"),
+        ("height", height % 8 == 0, "height must be a multiple of 8"),
+        ("steps", lim.min_steps <= steps <= lim.max_steps, f"steps must be {lim.min_steps}..{lim.max_steps}"),
+        ("num_images", num_images <= lim.max_images, f"num_images must be at most {lim.max_images}"),
+        ("guidance_scale", guidance <= lim.max_guidance_scale,
+         f"guidance_scale must be at most {lim.max_guidance_scale}"),
+    ]
+    for field, ok, message in checks:
+        if not ok:
+            raise InvalidInput(message, code="limit_exceeded", field=field)
+    seed = body.get("seed")
+    return GenerationRequest(
+        model=spec.name,
+        prompt=prompt,
+        negative_prompt=negative,
+        width=width,
+        height=height,
+        steps=steps,
+        guidance_scale=float(guidance),
+        seed=secrets.randbelow(MAX_SEED + 1) if seed is None else seed,
+        num_images=num_images,
+    )
+
+
+def fingerprint(body: dict[str, Any]) -> str:
+    """Same request body → same fingerprint, whatever the key order or whitespace."""
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()

@@ -1,0 +1,1 @@
+"""Blob stores: where result images live."""

@@ -1,0 +1,180 @@
+"""The ``difflane`` command. Heavy imports (torch, diffusers, the API) happen inside commands,
+so ``difflane --help`` and the client commands start fast."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from difflane import __version__
+from difflane.errors import DifflaneError
+
+EXIT_INVALID_INPUT = 2  # run-job: the job can never succeed (Kubernetes fails the Job at once)
+EXIT_RETRY = 1
+
+
+def _settings(**overrides: Any):  # type: ignore[no-untyped-def]
+    from difflane import settings
+
+    return settings.load(**overrides)
+
+
+def _fail(message: str, code: int = 1) -> None:
+    click.echo(f"difflane: {message}", err=True)
+    sys.exit(code)
+
+
+class _Group(click.Group):
+    """Turns our own errors into one line on stderr instead of a traceback."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except DifflaneError as exc:
+            _fail(exc.message)
+
+
+@click.group(cls=_Group)
+@click.version_option(__version__, prog_name="difflane")
+def main() -> None:
+    """difflane: serve diffusion image-generation workloads."""
+
+
+# --- platform ---------------------------------------------------------------------------------
+
+@main.command()
+@click.option("--host", help="Interface for the API (default 127.0.0.1).")
+@click.option("--port", type=int, help="Port for the API (default 8000).")
+@click.option("--workers", type=int, help="Worker processes to run beside the API (0 = API only).")
+@click.option("--data-dir", type=click.Path(path_type=Path), help="Where the database, results and models live.")
+def serve(host: str | None, port: int | None, workers: int | None, data_dir: Path | None) -> None:
+    """Run the API and workers on the embedded defaults (SQLite, local results, the tiny model)."""
+    from difflane.serve import run
+
+    run(_settings(host=host, port=port, workers=workers, data_dir=data_dir))
+
+
+@main.command()
+@click.option("--lane", "lanes", multiple=True, help="Lane to serve (repeatable; default: every lane in the catalog).")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+@click.option("--max-jobs", type=int, default=None, hidden=True)
+def worker(lanes: tuple[str, ...], data_dir: Path | None, max_jobs: int | None) -> None:
+    """Run a long-lived worker that takes jobs from the queue."""
+    from difflane.worker import main as worker_main
+
+    settings = _settings(data_dir=data_dir, lanes=list(lanes) or None)
+    worker_main.run_worker(settings, max_jobs=max_jobs)
+
+
+@main.command("run-job")
+@click.argument("job_id")
+@click.option("--data-dir", type=click.Path(path_type=Path))
+def run_job(job_id: str, data_dir: Path | None) -> None:
+    """Run one job and exit (0 done, 1 retry later, 2 the job can never succeed)."""
+    from difflane.worker import main as worker_main
+
+    sys.exit(worker_main.run_one(_settings(data_dir=data_dir), job_id))
+
+
+# --- client -----------------------------------------------------------------------------------
+
+@main.command()
+@click.argument("prompt")
+@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("out.png"), show_default=True)
+@click.option("--model", default="tiny", show_default=True)
+@click.option("--negative-prompt")
+@click.option("--width", type=int)
+@click.option("--height", type=int)
+@click.option("--steps", type=int)
+@click.option("--guidance-scale", type=float)
+@click.option("--seed", type=int)
+@click.option("--num-images", type=int, default=1, show_default=True)
+@click.option("--api-url", help="Default: $DIFFLANE_API_URL or http://127.0.0.1:8000")
+def generate(prompt: str, output: Path, api_url: str | None, **params: Any) -> None:
+    """Submit a job, show its progress, and write the image(s)."""
+    from difflane.client import generate as run_generate
+
+    settings = _settings(api_url=api_url)
+    token = settings.client_token.get_secret_value() if settings.client_token else None
+    body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
+    sys.exit(run_generate(settings.api_url, body, output, token=token))
+
+
+# --- models -----------------------------------------------------------------------------------
+
+@main.group()
+def models() -> None:
+    """Inspect and prepare the model catalog."""
+
+
+@models.command("list")
+def models_list() -> None:
+    """The catalog, and whether each model is in the local cache."""
+    from difflane import catalog
+    from difflane.worker import tiny_model
+
+    settings = _settings()
+    for spec in catalog.load(settings.catalog):
+        if spec.is_local_dir:
+            present = Path(spec.source).expanduser().is_dir()
+        else:
+            present = tiny_model.is_present(settings.hf_home_path, spec.source, spec.revision or "main")
+        click.echo(f"{spec.name:<20} lane={spec.lane:<10} {spec.source}@{spec.revision or '-'}  "
+                   f"{'cached' if present else 'not cached'}")
+
+
+@models.command("create-tiny")
+@click.option("--force", is_flag=True, help="Rebuild even if present.")
+def models_create_tiny(force: bool) -> None:
+    """Build the tiny Stable Diffusion pipeline into the Hugging Face cache (no download)."""
+    from difflane.worker import tiny_model
+
+    settings = _settings()
+    path = tiny_model.create_tiny(settings.hf_home_path, force=force)
+    click.echo(f"tiny model ready at {path}")
+
+
+@models.command("pull")
+@click.argument("name")
+def models_pull(name: str) -> None:
+    """Download a catalog model at its pinned revision into the cache."""
+    from difflane import catalog
+    from difflane.worker import hub
+
+    settings = _settings()
+    spec = catalog.load(settings.catalog).get(name)
+    if spec is None:
+        _fail(f"unknown model {name!r}")
+    assert spec is not None
+    path = hub.pull(spec, settings.hf_home_path)
+    click.echo(f"{name} ready at {path}")
+
+
+# --- config -----------------------------------------------------------------------------------
+
+@main.group()
+def config() -> None:
+    """Inspect the configuration."""
+
+
+@config.command("show")
+def config_show() -> None:
+    """Print the effective settings (secrets redacted) as JSON."""
+    click.echo(json.dumps(_settings().redacted(), indent=2, default=str))
+
+
+@main.command()
+def openapi() -> None:
+    """Print the OpenAPI document of the HTTP API."""
+    from difflane.api.app import create_app
+
+    app = create_app(_settings(store="memory", dispatch="memory"))
+    click.echo(json.dumps(app.openapi(), indent=2, sort_keys=True))
+
+
+if __name__ == "__main__":
+    main()

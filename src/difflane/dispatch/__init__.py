@@ -1,0 +1,1 @@
+"""Dispatch: getting an accepted job to a worker (API side) and work to workers (worker side)."""

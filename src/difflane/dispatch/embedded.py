@@ -1,0 +1,158 @@
+"""The embedded queue: SQLite rows with leases, shared by the API and worker processes.
+
+A leased row's ``available_at`` is its lease expiry, so "ready" is one condition
+(``available_at <= now``) whether a row was never taken, is backing off, or its worker died.
+Waiting workers sleep on a doorbell until a dispatch rings it or the next row comes due.
+"""
+
+from __future__ import annotations
+
+import secrets
+import sqlite3
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from difflane.dispatch import doorbell
+from difflane.jobs import Job
+from difflane.store.sqlite import Database
+
+# Upper bound on a worker's sleep even without a ring: guards against a lost ring.
+FALLBACK_POLL_S = 1.0
+WORKER_ROLE = "worker"
+
+
+class EmbeddedQueue:
+    """Dispatcher (API side) and WorkSource (worker side) over the embedded database."""
+
+    def __init__(self, db: Database, bell_dir: Path, *, lease_seconds: float = 30.0) -> None:
+        self.db = db
+        self.bell_dir = bell_dir
+        self.lease_seconds = lease_seconds
+        self._bell: doorbell.Doorbell | None = None
+
+    # --- API side --------------------------------------------------------------------------
+
+    @staticmethod
+    def enqueue_in(conn: sqlite3.Connection, job: Job) -> None:
+        """Insert the queue row inside someone else's transaction (the job store's create)."""
+        now = time.time()
+        conn.execute(
+            "INSERT OR IGNORE INTO queue (job_id, lane, available_at, enqueued_at) VALUES (?, ?, ?, ?)",
+            (job.id, job.lane, now, now),
+        )
+
+    def dispatch(self, job: Job) -> None:
+        with self.db.write() as conn:
+            self.enqueue_in(conn, job)
+        doorbell.ring(self.bell_dir, WORKER_ROLE)
+
+    def cancel(self, job: Job) -> None:
+        with self.db.write() as conn:
+            conn.execute("DELETE FROM queue WHERE job_id = ? AND lease_token IS NULL", (job.id,))
+
+    def backlog(self, lane: str) -> int:
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM queue WHERE lane = ? AND (lease_token IS NULL OR available_at <= ?)",
+                (lane, time.time()),
+            ).fetchone()
+        return int(row[0])
+
+    def ping(self) -> None:
+        self.db.ping()
+
+    # --- worker side -----------------------------------------------------------------------
+
+    def receive(self, lanes: Sequence[str], timeout: float) -> EmbeddedDelivery | None:
+        if self._bell is None:
+            self._bell = doorbell.Doorbell(self.bell_dir, WORKER_ROLE)
+        deadline = time.monotonic() + timeout
+        while True:
+            delivery = self._claim(lanes)
+            if delivery is not None:
+                return delivery
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return None
+            self._bell.wait(min(remaining, self._until_next_due(lanes), FALLBACK_POLL_S))
+
+    def wake(self) -> None:
+        if self._bell is not None:
+            doorbell.ring(self.bell_dir, WORKER_ROLE)
+
+    def close(self) -> None:
+        if self._bell is not None:
+            self._bell.close()
+            self._bell = None
+
+    def _claim(self, lanes: Sequence[str]) -> EmbeddedDelivery | None:
+        marks = ",".join("?" * len(lanes))
+        now = time.time()
+        token = secrets.token_hex(8)
+        with self.db.write() as conn:
+            row = conn.execute(
+                f"SELECT job_id, lane, deliveries FROM queue WHERE lane IN ({marks}) AND available_at <= ? "
+                "ORDER BY available_at LIMIT 1",
+                (*lanes, now),
+            ).fetchone()
+            if row is None:
+                return None
+            job_id, lane, deliveries = row
+            conn.execute(
+                "UPDATE queue SET lease_token = ?, available_at = ?, lease_expires_at = ?, "
+                "deliveries = deliveries + 1 WHERE job_id = ?",
+                (token, now + self.lease_seconds, now + self.lease_seconds, job_id),
+            )
+        return EmbeddedDelivery(self, job_id, lane, deliveries + 1, token)
+
+    def _until_next_due(self, lanes: Sequence[str]) -> float:
+        marks = ",".join("?" * len(lanes))
+        with self.db.read() as conn:
+            row = conn.execute(f"SELECT min(available_at) FROM queue WHERE lane IN ({marks})", tuple(lanes)).fetchone()
+        if row[0] is None:
+            return FALLBACK_POLL_S
+        return max(row[0] - time.time(), 0.0) + 0.001
+
+
+class EmbeddedDelivery:
+    def __init__(self, queue: EmbeddedQueue, job_id: str, lane: str, attempt: int, token: str) -> None:
+        self._queue = queue
+        self.job_id = job_id
+        self.lane = lane
+        self.attempt = attempt
+        self._token = token
+
+    def ack(self) -> None:
+        with self._queue.db.write() as conn:
+            conn.execute("DELETE FROM queue WHERE job_id = ? AND lease_token = ?", (self.job_id, self._token))
+
+    def retry(self, delay: float = 0.0) -> None:
+        with self._queue.db.write() as conn:
+            conn.execute(
+                "UPDATE queue SET lease_token = NULL, lease_expires_at = NULL, available_at = ? "
+                "WHERE job_id = ? AND lease_token = ?",
+                (time.time() + delay, self.job_id, self._token),
+            )
+        if delay <= 0:
+            doorbell.ring(self._queue.bell_dir, WORKER_ROLE)
+
+    def dead_letter(self, reason: str) -> None:
+        with self._queue.db.write() as conn:
+            cur = conn.execute(
+                "DELETE FROM queue WHERE job_id = ? AND lease_token = ?", (self.job_id, self._token)
+            )
+            if cur.rowcount:
+                conn.execute(
+                    "INSERT OR REPLACE INTO dead_letters (job_id, lane, reason, deliveries, at) VALUES (?, ?, ?, ?, ?)",
+                    (self.job_id, self.lane, reason, self.attempt, time.time()),
+                )
+
+    def renew(self, seconds: float) -> bool:
+        until = time.time() + seconds
+        with self._queue.db.write() as conn:
+            cur = conn.execute(
+                "UPDATE queue SET available_at = ?, lease_expires_at = ? WHERE job_id = ? AND lease_token = ?",
+                (until, until, self.job_id, self._token),
+            )
+        return cur.rowcount == 1

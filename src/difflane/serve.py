@@ -1,0 +1,143 @@
+"""``difflane serve``: the API in this process, workers as supervised child processes.
+
+Workers are processes, not threads: inference runs fastest on the main thread of the process
+that owns the model, and a crashed worker must not take the API down. They share the SQLite
+database, the results folder and a Prometheus multiprocess folder with the API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+from difflane import catalog as catalog_mod
+from difflane.settings import Settings
+from difflane.telemetry import logging as log_setup
+
+log = logging.getLogger("difflane.serve")
+
+RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+
+
+def run(settings: Settings) -> None:
+    log_setup.setup(settings.log_level, settings.log_format)
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_metrics_dir(settings.data_dir / "metrics")  # before prometheus_client is imported
+    if settings.workers > 0:
+        _ensure_builtin_model(settings)
+
+    import uvicorn
+
+    from difflane.api.app import create_app
+
+    app = create_app(settings)
+    supervisor = WorkerSupervisor(settings) if settings.workers > 0 else None
+    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
+                                           access_log=False, lifespan="on"))
+    if supervisor:
+        supervisor.start()
+    threading.Thread(target=_announce, args=(server, settings), daemon=True).start()
+    try:
+        server.run()
+    finally:
+        if supervisor:
+            supervisor.stop()
+
+
+def _prepare_metrics_dir(folder: Path) -> None:
+    os.environ.setdefault("PROMETHEUS_MULTIPROC_DIR", str(folder))
+    folder = Path(os.environ["PROMETHEUS_MULTIPROC_DIR"])
+    folder.mkdir(parents=True, exist_ok=True)
+    for file in folder.glob("*.db"):  # files of processes that are gone; live ones keep theirs
+        pid = file.stem.rsplit("_", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            file.unlink(missing_ok=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _ensure_builtin_model(settings: Settings) -> None:
+    if settings.catalog is not None:
+        return
+    from difflane.worker import tiny_model
+
+    if not tiny_model.is_present(settings.hf_home_path, catalog_mod.TINY_REPO, catalog_mod.TINY_REVISION):
+        log.info("building the tiny model into %s (first start only)", settings.hf_home_path)
+        tiny_model.create_tiny(settings.hf_home_path)
+
+
+def _announce(server: object, settings: Settings) -> None:
+    while not getattr(server, "started", False):
+        if getattr(server, "should_exit", False):
+            return
+        time.sleep(0.05)
+    url = f"http://{settings.host}:{settings.port}"
+    print(
+        f"\ndifflane is up: API {url} · {settings.workers} worker(s) · data in {settings.data_dir}\n"
+        f"  try:  difflane generate \"a red fox in the snow\" -o fox.png\n"
+        f"  or:   curl -s -X POST {url}/v1/jobs -H 'content-type: application/json' "
+        f"-d '{{\"model\":\"tiny\",\"prompt\":\"a red fox in the snow\"}}'\n"
+        f"  docs: {url}/docs    stop: Ctrl-C\n",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+class WorkerSupervisor:
+    """Keeps ``settings.workers`` worker processes alive; restarts a dead one with back-off."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * settings.workers
+        self._failures = [0] * settings.workers
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
+
+    def start(self) -> None:
+        for i in range(len(self._procs)):
+            self._procs[i] = self._spawn()
+        self._thread.start()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        env = dict(os.environ, DIFFLANE_DATA_DIR=str(self.settings.data_dir))
+        return subprocess.Popen([sys.executable, "-m", "difflane", "worker"], env=env)
+
+    def _watch(self) -> None:
+        while not self._stop.wait(0.5):
+            for i, proc in enumerate(self._procs):
+                if proc is None or proc.poll() is None:
+                    continue
+                delay = RESTART_BACKOFF_S[min(self._failures[i], len(RESTART_BACKOFF_S) - 1)]
+                log.warning("worker %d exited with %s; restarting in %ss", proc.pid, proc.returncode, delay)
+                self._failures[i] += 1
+                if self._stop.wait(delay):
+                    return
+                self._procs[i] = self._spawn()
+
+    def stop(self) -> None:
+        """SIGTERM every worker (each finishes or gives back its job), then wait out the grace."""
+        self._stop.set()
+        live = [p for p in self._procs if p is not None and p.poll() is None]
+        for proc in live:
+            with contextlib.suppress(ProcessLookupError):
+                proc.terminate()
+        deadline = time.monotonic() + self.settings.shutdown_grace_seconds + 5
+        for proc in live:
+            try:
+                proc.wait(timeout=max(deadline - time.monotonic(), 0.1))
+            except subprocess.TimeoutExpired:
+                proc.kill()

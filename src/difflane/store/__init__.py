@@ -1,0 +1,1 @@
+"""Job stores: where job records live (the single source of truth)."""

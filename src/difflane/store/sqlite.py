@@ -1,0 +1,225 @@
+"""The embedded SQLite database and the job store on it.
+
+One database file is shared by the API process and worker processes: WAL mode lets readers
+proceed beside the single writer, and ``busy_timeout`` makes writers queue instead of failing.
+Each thread gets its own connection (sqlite3 connections must not be shared across threads).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import sqlite3
+import threading
+from collections.abc import Callable, Iterator
+from importlib import resources
+from pathlib import Path
+
+from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
+from difflane.jobs import Job, JobState, Principal
+from difflane.store import records
+from difflane.store.base import IdempotencyKey
+
+_MIGRATIONS = sorted(
+    (p for p in resources.files("difflane.store").joinpath("sql").iterdir() if p.name.endswith(".sql")),
+    key=lambda p: p.name,
+)
+
+
+class Database:
+    """Connections to one SQLite file, with the schema migrated on open."""
+
+    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+        self.path = Path(path)
+        self.busy_timeout_ms = busy_timeout_ms
+        self._local = threading.local()
+        self._all: list[sqlite3.Connection] = []
+        self._all_lock = threading.Lock()
+        with _unavailable_on_error("open"):
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._migrate()
+
+    def connection(self) -> sqlite3.Connection:
+        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
+        if conn is None:
+            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
+            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
+            conn.execute("PRAGMA journal_mode = WAL")
+            # NORMAL in WAL mode: a commit survives a process crash; only an OS crash can lose
+            # the last commits. FULL would fsync every commit and cap admission throughput.
+            conn.execute("PRAGMA synchronous = NORMAL")
+            conn.execute("PRAGMA foreign_keys = ON")
+            self._local.conn = conn
+            with self._all_lock:
+                self._all.append(conn)
+        return conn
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[sqlite3.Connection]:
+        with _unavailable_on_error("read"):
+            yield self.connection()
+
+    @contextlib.contextmanager
+    def write(self) -> Iterator[sqlite3.Connection]:
+        """A write transaction taken up front (BEGIN IMMEDIATE), so it never deadlocks on upgrade."""
+        with _unavailable_on_error("write"):
+            conn = self.connection()
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
+
+    def ping(self) -> None:
+        with self.read() as conn:
+            conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+
+    def close(self) -> None:
+        with self._all_lock:
+            for conn in self._all:
+                with contextlib.suppress(sqlite3.Error):
+                    conn.close()
+            self._all.clear()
+        self._local = threading.local()
+
+    def _migrate(self) -> None:
+        with self.write() as conn:
+            current = conn.execute("PRAGMA user_version").fetchone()[0]
+            for number, script in enumerate(_MIGRATIONS, start=1):
+                if number > current:
+                    for statement in _statements(script.read_text(encoding="utf-8")):
+                        conn.execute(statement)
+                    conn.execute(f"PRAGMA user_version = {number}")
+
+
+def _statements(script: str) -> list[str]:
+    # executescript() would commit our transaction; split instead (our SQL has no ';' in strings).
+    lines = [line.split("--", 1)[0] for line in script.splitlines()]
+    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+
+
+@contextlib.contextmanager
+def _unavailable_on_error(what: str) -> Iterator[None]:
+    try:
+        yield
+    except sqlite3.IntegrityError:
+        raise
+    except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError) as exc:
+        raise Unavailable(f"job database unavailable ({what}): {exc}", retry_after=2) from exc
+
+
+# Runs inside the creating transaction: lets the embedded queue enqueue atomically with the record.
+OnCreate = Callable[[sqlite3.Connection, Job], None]
+
+
+class SqliteJobStore:
+    def __init__(
+        self, db: Database, *, on_create: OnCreate | None = None, on_update: Callable[[Job], None] | None = None
+    ) -> None:
+        self.db = db
+        self._on_create = on_create
+        self._on_update = on_update  # after commit: tells watchers (event streams) to look
+
+    def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> tuple[Job, bool]:
+        stored = _with_version(job, 1)
+        with self.db.write() as conn:
+            if idempotency is not None:
+                row = conn.execute(
+                    "SELECT fingerprint, job_id FROM idempotency_keys WHERE owner = ? AND key = ?",
+                    (job.owner.key, idempotency.key),
+                ).fetchone()
+                if row is not None:
+                    return self._replay(conn, row, idempotency), False
+                conn.execute(
+                    "INSERT INTO idempotency_keys (owner, key, fingerprint, job_id) VALUES (?, ?, ?, ?)",
+                    (job.owner.key, idempotency.key, idempotency.fingerprint, job.id),
+                )
+            text = records.dumps(stored)
+            try:
+                conn.execute(
+                    "INSERT INTO jobs (id, owner, state, version, record) VALUES (?, ?, ?, 1, ?)",
+                    (job.id, job.owner.key, job.state.value, text),
+                )
+            except sqlite3.IntegrityError as exc:
+                raise Conflict(f"job {job.id} already exists", code="job_exists") from exc
+            conn.execute("INSERT INTO job_history (job_id, version, record) VALUES (?, 1, ?)", (job.id, text))
+            if self._on_create is not None:
+                self._on_create(conn, stored)
+        return stored, True
+
+    @staticmethod
+    def _replay(conn: sqlite3.Connection, row: tuple[str, str], idempotency: IdempotencyKey) -> Job:
+        fingerprint, job_id = row
+        if fingerprint != idempotency.fingerprint:
+            raise Conflict(
+                "this Idempotency-Key was already used with a different request",
+                code="idempotency_key_reused",
+            )
+        found = conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        if found is None:  # the job was purged; the key must not silently create a new one
+            raise Conflict("this Idempotency-Key refers to a job that no longer exists",
+                           code="idempotency_key_reused")
+        return records.loads(found[0])
+
+    def get(self, job_id: str) -> Job | None:
+        with self.db.read() as conn:
+            row = conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
+        return records.loads(row[0]) if row else None
+
+    def update(self, job: Job, expected_version: int) -> Job:
+        stored = _with_version(job, expected_version + 1)
+        text = records.dumps(stored)
+        with self.db.write() as conn:
+            cur = conn.execute(
+                "UPDATE jobs SET state = ?, version = ?, record = ? WHERE id = ? AND version = ?",
+                (job.state.value, stored.version, text, job.id, expected_version),
+            )
+            if cur.rowcount == 0:
+                exists = conn.execute("SELECT 1 FROM jobs WHERE id = ?", (job.id,)).fetchone()
+                if exists is None:
+                    raise NotFound(f"job {job.id} not found")
+                raise VersionConflict(f"job {job.id} is not at version {expected_version}")
+            conn.execute(
+                "INSERT INTO job_history (job_id, version, record) VALUES (?, ?, ?)",
+                (job.id, stored.version, text),
+            )
+        if self._on_update is not None:
+            self._on_update(stored)
+        return stored
+
+    def list(
+        self, owner: Principal, *, state: JobState | None = None, before: str | None = None, limit: int = 20
+    ) -> list[Job]:
+        sql = "SELECT record FROM jobs WHERE owner = ?"
+        args: list[object] = [owner.key]
+        if state is not None:
+            sql += " AND state = ?"
+            args.append(state.value)
+        if before is not None:
+            sql += " AND id < ?"
+            args.append(before)
+        sql += " ORDER BY id DESC LIMIT ?"
+        args.append(limit)
+        with self.db.read() as conn:
+            rows = conn.execute(sql, args).fetchall()
+        return [records.loads(r[0]) for r in rows]
+
+    def history(self, job_id: str, after_version: int = 0) -> list[Job]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT record FROM job_history WHERE job_id = ? AND version > ? ORDER BY version",
+                (job_id, after_version),
+            ).fetchall()
+        return [records.loads(r[0]) for r in rows]
+
+    def ping(self) -> None:
+        self.db.ping()
+
+    def close(self) -> None:
+        self.db.close()
+
+
+def _with_version(job: Job, version: int) -> Job:
+    return dataclasses.replace(job, version=version)
