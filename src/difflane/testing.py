@@ -143,6 +143,7 @@ class MemoryQueue(_Switch):
         self._entries: dict[str, _Entry] = {}
         self.dead_letters: dict[str, str] = {}
         self._tokens = 0
+        self._woken = False
 
     def dispatch(self, job: Job) -> None:
         self._check()
@@ -183,12 +184,14 @@ class MemoryQueue(_Switch):
                     entry.available_at = now + self.lease_seconds
                     return MemoryDelivery(self, entry.job_id, entry.lane, entry.deliveries, entry.token)
                 remaining = deadline - time.monotonic()
-                if remaining <= 0:
+                if remaining <= 0 or self._woken:
+                    self._woken = False
                     return None
                 self._cond.wait(min(remaining, 0.05))
 
     def wake(self) -> None:
         with self._cond:
+            self._woken = True
             self._cond.notify_all()
 
     def close(self) -> None:

@@ -16,7 +16,7 @@ from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from difflane.errors import DifflaneError, PayloadTooLarge, Unavailable
+from difflane.errors import DifflaneError, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -96,17 +96,31 @@ class BodyLimit:
                     await self._refuse(scope, receive, send)
                     return
         received = 0
+        too_large = False
 
-        async def counting_receive() -> Message:
-            nonlocal received
+        async def limited_receive() -> Message:
+            nonlocal received, too_large
+            if too_large:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.limit:
-                    raise PayloadTooLarge(f"request body is larger than {self.limit} bytes")
+                    too_large = True  # stop the app reading; it sees a disconnect
+                    return {"type": "http.disconnect"}
             return message
 
-        await self.app(scope, counting_receive, send)
+        async def guarded_send(message: Message) -> None:
+            if not too_large:
+                await send(message)
+
+        try:
+            await self.app(scope, limited_receive, guarded_send)
+        except Exception:
+            if not too_large:
+                raise
+        if too_large:
+            await self._refuse(scope, receive, send)
 
     async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
         response = problem(413, "payload_too_large", f"request body is larger than {self.limit} bytes")

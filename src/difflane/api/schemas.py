@@ -14,7 +14,7 @@ MAX_SIDE = 8192
 
 
 class JobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)  # "64" is not a number: say so
 
     model: Annotated[str, Field(min_length=1, max_length=200, description="A model name from GET /v1/models")]
     prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]

@@ -64,6 +64,12 @@ class Doorbell:
             self.path.unlink()
 
 
+def ring_one(path: Path) -> None:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sender, contextlib.suppress(OSError):
+        sender.setblocking(False)
+        sender.sendto(b"!", str(path))
+
+
 def ring(folder: Path, role: str) -> None:
     """Wake every process waiting under ``role`` in ``folder``; stale sockets are removed."""
     try:

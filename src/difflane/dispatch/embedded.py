@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import secrets
 import sqlite3
+import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -29,7 +30,11 @@ class EmbeddedQueue:
         self.db = db
         self.bell_dir = bell_dir
         self.lease_seconds = lease_seconds
-        self._bell: doorbell.Doorbell | None = None
+        # One doorbell per receiving thread: a ring wakes every waiter, not just one of them.
+        self._local = threading.local()
+        self._bells: list[doorbell.Doorbell] = []
+        self._bells_lock = threading.Lock()
+        self._woken = threading.Event()
 
     # --- API side --------------------------------------------------------------------------
 
@@ -65,26 +70,40 @@ class EmbeddedQueue:
     # --- worker side -----------------------------------------------------------------------
 
     def receive(self, lanes: Sequence[str], timeout: float) -> EmbeddedDelivery | None:
-        if self._bell is None:
-            self._bell = doorbell.Doorbell(self.bell_dir, WORKER_ROLE)
+        bell = self._bell()
         deadline = time.monotonic() + timeout
         while True:
             delivery = self._claim(lanes)
             if delivery is not None:
                 return delivery
             remaining = deadline - time.monotonic()
-            if remaining <= 0:
+            if remaining <= 0 or self._woken.is_set():
+                self._woken.clear()
                 return None
-            self._bell.wait(min(remaining, self._until_next_due(lanes), FALLBACK_POLL_S))
+            bell.wait(min(remaining, self._until_next_due(lanes), FALLBACK_POLL_S))
 
     def wake(self) -> None:
-        if self._bell is not None:
-            doorbell.ring(self.bell_dir, WORKER_ROLE)
+        """Make a waiting ``receive`` in this process return None now."""
+        self._woken.set()
+        with self._bells_lock:
+            bells = list(self._bells)
+        for bell in bells:
+            doorbell.ring_one(bell.path)
 
     def close(self) -> None:
-        if self._bell is not None:
-            self._bell.close()
-            self._bell = None
+        with self._bells_lock:
+            for bell in self._bells:
+                bell.close()
+            self._bells.clear()
+        self._local = threading.local()
+
+    def _bell(self) -> doorbell.Doorbell:
+        bell: doorbell.Doorbell | None = getattr(self._local, "bell", None)
+        if bell is None:
+            bell = self._local.bell = doorbell.Doorbell(self.bell_dir, WORKER_ROLE)
+            with self._bells_lock:
+                self._bells.append(bell)
+        return bell
 
     def _claim(self, lanes: Sequence[str]) -> EmbeddedDelivery | None:
         marks = ",".join("?" * len(lanes))

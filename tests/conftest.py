@@ -1,0 +1,42 @@
+"""Fixtures shared by every test layer."""
+
+from __future__ import annotations
+
+import socket
+from pathlib import Path
+
+import pytest
+
+from difflane.jobs import GenerationRequest, Job, Principal, new_job
+
+ALICE = Principal("contoso", "alice")
+BOB = Principal("contoso", "bob")
+MALLORY = Principal("fabrikam", "alice")  # same subject id, other tenant
+
+
+def make_request(**changes: object) -> GenerationRequest:
+    fields: dict[str, object] = dict(model="tiny", prompt="a red fox", negative_prompt="", width=64, height=64,
+                                     steps=4, guidance_scale=7.5, seed=42, num_images=1)
+    fields.update(changes)
+    return GenerationRequest(**fields)  # type: ignore[arg-type]
+
+
+def make_job(owner: Principal = ALICE, lane: str = "fast", **changes: object) -> Job:
+    return new_job(owner, make_request(**changes), lane)
+
+
+@pytest.fixture(scope="session")
+def tiny_hf_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A Hugging Face home holding the tiny model, built once per test session."""
+    pytest.importorskip("diffusers")
+    from difflane.worker.tiny_model import create_tiny
+
+    home = tmp_path_factory.mktemp("hf")
+    create_tiny(home)
+    return home
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])

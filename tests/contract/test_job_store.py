@@ -1,0 +1,137 @@
+"""The JobStore contract, against every implementation."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from difflane.errors import Conflict, IllegalTransition, NotFound, VersionConflict
+from difflane.jobs import JobState
+from difflane.store.base import IdempotencyKey, JobStore, mutate
+from difflane.store.sqlite import Database, SqliteJobStore
+from difflane.testing import MemoryJobStore
+from tests.conftest import ALICE, BOB, MALLORY, make_job
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    s: JobStore = MemoryJobStore() if request.param == "memory" else SqliteJobStore(Database(tmp_path / "jobs.db"))
+    yield s
+    s.close()
+
+
+def test_create_then_get_returns_version_one(store: JobStore) -> None:
+    job = make_job()
+    created, is_new = store.create(job)
+    assert is_new and created.version == 1
+    assert store.get(job.id) == created
+
+
+def test_get_unknown_is_none(store: JobStore) -> None:
+    assert store.get(make_job().id) is None
+
+
+def test_create_same_id_twice_conflicts(store: JobStore) -> None:
+    job = make_job()
+    store.create(job)
+    with pytest.raises(Conflict):
+        store.create(job)
+
+
+def test_update_is_compare_and_set(store: JobStore) -> None:
+    job, _ = store.create(make_job())
+    running = store.update(job.start("w1", 30), job.version)
+    assert running.version == 2 and running.state is JobState.RUNNING
+    with pytest.raises(VersionConflict):
+        store.update(job.cancel(), job.version)  # stale version loses
+    assert store.get(job.id) == running
+
+
+def test_update_unknown_is_not_found(store: JobStore) -> None:
+    with pytest.raises(NotFound):
+        store.update(make_job(), 1)
+
+
+def test_mutate_retries_lost_races_and_rejudges(store: JobStore) -> None:
+    job, _ = store.create(make_job())
+    barrier = threading.Barrier(8)
+    results: list[str] = []
+
+    def claim(worker: str) -> None:
+        barrier.wait()
+        try:
+            mutate(store, job.id, lambda j: j.start(worker, 30))
+            results.append(worker)
+        except IllegalTransition:
+            pass
+
+    threads = [threading.Thread(target=claim, args=(f"w{i}",)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 1  # exactly one worker claims a queued job
+    final = store.get(job.id)
+    assert final is not None and final.lease is not None and final.lease.owner == results[0]
+
+
+def test_idempotency_key_same_fingerprint_returns_same_job(store: JobStore) -> None:
+    key = IdempotencyKey("k1", "f1")
+    first, new1 = store.create(make_job(), key)
+    second, new2 = store.create(make_job(), key)
+    assert new1 and not new2 and second.id == first.id
+
+
+def test_idempotency_key_other_fingerprint_conflicts(store: JobStore) -> None:
+    store.create(make_job(), IdempotencyKey("k1", "f1"))
+    with pytest.raises(Conflict) as info:
+        store.create(make_job(), IdempotencyKey("k1", "f2"))
+    assert info.value.code == "idempotency_key_reused"
+
+
+def test_idempotency_keys_are_scoped_to_owner(store: JobStore) -> None:
+    a, _ = store.create(make_job(ALICE), IdempotencyKey("k1", "f1"))
+    b, new = store.create(make_job(MALLORY), IdempotencyKey("k1", "f1"))
+    assert new and a.id != b.id
+
+
+def test_list_is_newest_first_per_owner_with_cursor(store: JobStore) -> None:
+    mine = [store.create(make_job(ALICE))[0] for _ in range(5)]
+    store.create(make_job(BOB))
+    store.create(make_job(MALLORY))
+    page1 = store.list(ALICE, limit=3)
+    assert [j.id for j in page1] == [j.id for j in reversed(mine)][:3]
+    page2 = store.list(ALICE, before=page1[-1].id, limit=3)
+    assert [j.id for j in page2] == [mine[1].id, mine[0].id]
+
+
+def test_list_filters_by_state(store: JobStore) -> None:
+    a, _ = store.create(make_job())
+    b, _ = store.create(make_job())
+    store.update(b.cancel(), b.version)
+    assert [j.id for j in store.list(ALICE, state=JobState.CANCELLED)] == [b.id]
+    assert [j.id for j in store.list(ALICE, state=JobState.QUEUED)] == [a.id]
+
+
+def test_history_holds_every_version_in_order(store: JobStore) -> None:
+    job, _ = store.create(make_job(steps=3))
+    job = store.update(job.start("w1", 30), job.version)
+    for step in (1, 2, 3):
+        job = store.update(job.advance("w1", step, 3), job.version)
+    versions = store.history(job.id)
+    assert [v.version for v in versions] == [1, 2, 3, 4, 5]
+    assert [v.progress.step for v in versions[2:]] == [1, 2, 3]
+    assert [v.version for v in store.history(job.id, after_version=3)] == [4, 5]
+
+
+def test_records_round_trip_every_field(store: JobStore) -> None:
+    from difflane.jobs import ErrorCode
+
+    job, _ = store.create(make_job(num_images=2, negative_prompt="blurry, ünïcode ✓"))
+    job = store.update(job.start("w1", 30), job.version)
+    failed = store.update(job.fail(ErrorCode.OOM, "out of memory"), job.version)
+    assert store.get(job.id) == failed
+    assert failed.error is not None and failed.error.code is ErrorCode.OOM

@@ -1,0 +1,186 @@
+"""The Dispatcher + WorkSource contract (leases, redelivery, settlement), against every queue."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from difflane.dispatch.embedded import EmbeddedQueue
+from difflane.store.sqlite import Database
+from difflane.testing import MemoryQueue
+from tests.conftest import make_job
+
+LEASE = 0.5
+
+
+@pytest.fixture(params=["memory", "embedded"])
+def queue(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[MemoryQueue | EmbeddedQueue]:
+    if request.param == "memory":
+        q: MemoryQueue | EmbeddedQueue = MemoryQueue(lease_seconds=LEASE)
+    else:
+        q = EmbeddedQueue(Database(tmp_path / "q.db"), tmp_path / "run", lease_seconds=LEASE)
+    yield q
+    q.close()
+
+
+def test_dispatch_then_receive(queue: MemoryQueue | EmbeddedQueue) -> None:
+    job = make_job()
+    queue.dispatch(job)
+    d = queue.receive(["fast"], timeout=1)
+    assert d is not None and d.job_id == job.id and d.lane == "fast" and d.attempt == 1
+
+
+def test_receive_times_out_empty(queue: MemoryQueue | EmbeddedQueue) -> None:
+    assert queue.receive(["fast"], timeout=0.1) is None
+
+
+def test_dispatch_is_idempotent(queue: MemoryQueue | EmbeddedQueue) -> None:
+    job = make_job()
+    queue.dispatch(job)
+    queue.dispatch(job)
+    assert queue.backlog("fast") == 1
+    d = queue.receive(["fast"], timeout=1)
+    assert d is not None
+    d.ack()
+    assert queue.receive(["fast"], timeout=0.1) is None
+
+
+def test_lanes_are_separate(queue: MemoryQueue | EmbeddedQueue) -> None:
+    queue.dispatch(make_job(lane="long"))
+    assert queue.receive(["fast"], timeout=0.1) is None
+    assert queue.backlog("long") == 1 and queue.backlog("fast") == 0
+    d = queue.receive(["fast", "long"], timeout=1)
+    assert d is not None and d.lane == "long"
+
+
+def test_fifo_within_a_lane(queue: MemoryQueue | EmbeddedQueue) -> None:
+    jobs = [make_job() for _ in range(3)]
+    for j in jobs:
+        queue.dispatch(j)
+        time.sleep(0.002)
+    got = []
+    for _ in jobs:
+        d = queue.receive(["fast"], timeout=1)
+        assert d is not None
+        got.append(d.job_id)
+        d.ack()
+    assert got == [j.id for j in jobs]
+
+
+def test_held_delivery_is_invisible_until_lease_expires(queue: MemoryQueue | EmbeddedQueue) -> None:
+    queue.dispatch(make_job())
+    first = queue.receive(["fast"], timeout=1)
+    assert first is not None
+    assert queue.backlog("fast") == 0
+    assert queue.receive(["fast"], timeout=0.1) is None
+    again = queue.receive(["fast"], timeout=LEASE * 4)  # the holder "died": redelivered
+    assert again is not None and again.job_id == first.job_id and again.attempt == 2
+
+
+def test_renew_keeps_the_lease(queue: MemoryQueue | EmbeddedQueue) -> None:
+    queue.dispatch(make_job())
+    d = queue.receive(["fast"], timeout=1)
+    assert d is not None
+    for _ in range(3):
+        time.sleep(LEASE / 2)
+        assert d.renew(LEASE)
+    assert queue.receive(["fast"], timeout=0.05) is None
+
+
+def test_settlement_with_a_lost_lease_is_ignored(queue: MemoryQueue | EmbeddedQueue) -> None:
+    queue.dispatch(make_job())
+    stale = queue.receive(["fast"], timeout=1)
+    assert stale is not None
+    fresh = queue.receive(["fast"], timeout=LEASE * 4)
+    assert fresh is not None
+    assert not stale.renew(LEASE)
+    stale.ack()  # must not remove the entry the new holder owns
+    assert fresh.renew(LEASE)
+    fresh.ack()
+    assert queue.receive(["fast"], timeout=0.1) is None
+
+
+def test_retry_with_delay(queue: MemoryQueue | EmbeddedQueue) -> None:
+    queue.dispatch(make_job())
+    d = queue.receive(["fast"], timeout=1)
+    assert d is not None
+    d.retry(0.3)
+    assert queue.receive(["fast"], timeout=0.05) is None
+    again = queue.receive(["fast"], timeout=2)
+    assert again is not None and again.attempt == 2
+
+
+def test_dead_letter_removes_the_entry(queue: MemoryQueue | EmbeddedQueue) -> None:
+    queue.dispatch(make_job())
+    d = queue.receive(["fast"], timeout=1)
+    assert d is not None
+    d.dead_letter("max_attempts")
+    assert queue.receive(["fast"], timeout=LEASE * 2) is None
+    assert queue.backlog("fast") == 0
+
+
+def test_cancel_drops_a_waiting_entry(queue: MemoryQueue | EmbeddedQueue) -> None:
+    job = make_job()
+    queue.dispatch(job)
+    queue.cancel(job)
+    assert queue.receive(["fast"], timeout=0.1) is None
+
+
+def test_a_blocked_receive_wakes_on_dispatch(queue: MemoryQueue | EmbeddedQueue) -> None:
+    got: list[float] = []
+
+    def consume() -> None:
+        d = queue.receive(["fast"], timeout=5)
+        if d is not None:
+            got.append(time.monotonic())
+
+    t = threading.Thread(target=consume)
+    t.start()
+    time.sleep(0.2)  # the consumer is now waiting
+    sent = time.monotonic()
+    queue.dispatch(make_job())
+    t.join(timeout=6)
+    assert got, "the waiting consumer never got the job"
+    # Not a speed test: only proves the wake-up is not the 1 s fallback poll.
+    assert got[0] - sent < 0.9
+
+
+def test_each_job_goes_to_one_consumer(queue: MemoryQueue | EmbeddedQueue) -> None:
+    jobs = [make_job() for _ in range(20)]
+    for j in jobs:
+        queue.dispatch(j)
+    seen: list[str] = []
+    lock = threading.Lock()
+
+    def consume() -> None:
+        while (d := queue.receive(["fast"], timeout=0.2)) is not None:
+            with lock:
+                seen.append(d.job_id)
+            d.ack()
+
+    threads = [threading.Thread(target=consume) for _ in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted(seen) == sorted(j.id for j in jobs)
+
+
+def test_wake_makes_a_waiting_receive_return(queue: MemoryQueue | EmbeddedQueue) -> None:
+    returned: list[float] = []
+
+    def consume() -> None:
+        assert queue.receive(["fast"], timeout=30) is None
+        returned.append(time.monotonic())
+
+    t = threading.Thread(target=consume)
+    t.start()
+    time.sleep(0.2)
+    woke = time.monotonic()
+    queue.wake()
+    t.join(timeout=10)
+    assert returned and returned[0] - woke < 5  # far below the 30 s timeout
