@@ -8,10 +8,10 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from difflane.errors import ConfigError
 
@@ -38,7 +38,8 @@ class Settings(BaseSettings):
     store: Literal["sqlite", "memory"] = "sqlite"
     dispatch: Literal["embedded", "memory"] = "embedded"
     workers: int = Field(1, ge=0, le=64)
-    lanes: list[str] = Field(default_factory=list)  # lanes a worker serves; empty = all in the catalog
+    # lanes a worker serves, comma-separated; empty = every lane in the catalog
+    lanes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     lease_seconds: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     retry_backoff_seconds: float = Field(2.0, ge=0)
@@ -133,8 +134,9 @@ class _FileSettingsSource(PydanticBaseSettingsSource):
 def load(**overrides: Any) -> Settings:
     """Settings from the environment, with explicit overrides (CLI flags) on top."""
     from pydantic import ValidationError
+    from pydantic_settings import SettingsError
 
     try:
         return Settings(**{k: v for k, v in overrides.items() if v is not None})
-    except ValidationError as exc:
+    except (ValidationError, SettingsError) as exc:
         raise ConfigError(f"invalid settings: {exc}") from exc

@@ -1,0 +1,158 @@
+"""The executor's decisions, on the in-memory fakes: one delivery at a time, step by step."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from difflane import catalog
+from difflane.jobs import ErrorCode, Job, JobState
+from difflane.testing import FakeRuntime, MemoryBlobStore, MemoryJobStore, MemoryQueue
+from difflane.worker.executor import Executor, Outcome, WorkerConfig
+from difflane.worker.runtime import ModelUnavailable
+from tests.conftest import make_job
+
+
+@dataclasses.dataclass
+class Rig:
+    store: MemoryJobStore
+    blobs: MemoryBlobStore
+    queue: MemoryQueue
+    runtime: FakeRuntime
+    executor: Executor
+
+    def submit(self, **changes: object) -> Job:
+        job, _ = self.store.create(make_job(**changes))
+        self.queue.dispatch(job)
+        return job
+
+    def deliver(self):  # type: ignore[no-untyped-def]
+        d = self.queue.receive(["fast"], timeout=1)
+        assert d is not None
+        return d
+
+    def get(self, job_id: str) -> Job:
+        job = self.store.get(job_id)
+        assert job is not None
+        return job
+
+
+@pytest.fixture
+def rig() -> Rig:
+    store, blobs, queue, runtime = MemoryJobStore(), MemoryBlobStore(), MemoryQueue(lease_seconds=5), FakeRuntime()
+    config = WorkerConfig("w1", lease_seconds=5, max_attempts=3, retry_backoff_seconds=0.0)
+    return Rig(store, blobs, queue, runtime, Executor(store, blobs, catalog.builtin(), runtime, config))
+
+
+def test_success_uploads_and_acks(rig: Rig) -> None:
+    job = rig.submit(num_images=2)
+    assert rig.executor.execute(rig.deliver()) is Outcome.SUCCEEDED
+    done = rig.get(job.id)
+    assert done.state is JobState.SUCCEEDED and len(done.outputs) == 2
+    assert set(rig.blobs.blobs) == {o.key for o in done.outputs}
+    assert rig.queue.backlog("fast") == 0 and rig.queue.receive(["fast"], 0.05) is None
+
+
+def test_same_parameters_give_identical_png_bytes(rig: Rig) -> None:
+    a, b = rig.submit(seed=5), rig.submit(seed=5)
+    rig.executor.execute(rig.deliver())
+    rig.executor.execute(rig.deliver())
+    (oa,), (ob,) = rig.get(a.id).outputs, rig.get(b.id).outputs
+    assert oa.sha256 == ob.sha256 and rig.blobs.blobs[oa.key][0] == rig.blobs.blobs[ob.key][0]
+
+
+def test_redelivery_of_a_finished_job_does_no_work(rig: Rig) -> None:
+    job = rig.submit()
+    rig.executor.execute(rig.deliver())
+    calls = len(rig.runtime.calls)
+    rig.queue.dispatch(job)  # a duplicate message
+    assert rig.executor.execute(rig.deliver()) is Outcome.SKIPPED
+    assert len(rig.runtime.calls) == calls
+
+
+def test_a_render_error_is_retried_then_fails_with_max_attempts(rig: Rig) -> None:
+    job = rig.submit()
+    for attempt in (1, 2):
+        rig.runtime.fail_with = RuntimeError("kernel exploded")
+        assert rig.executor.execute(rig.deliver()) is Outcome.REQUEUED
+        assert rig.get(job.id).state is JobState.QUEUED and rig.get(job.id).attempts == attempt
+    rig.runtime.fail_with = RuntimeError("kernel exploded")
+    assert rig.executor.execute(rig.deliver()) is Outcome.FAILED
+    final = rig.get(job.id)
+    assert final.state is JobState.FAILED and final.error is not None
+    assert final.error.code is ErrorCode.MAX_ATTEMPTS and "kernel exploded" in final.error.message
+    assert rig.queue.dead_letters == {job.id: "max_attempts"}
+
+
+def test_deliveries_beyond_max_attempts_fail_without_running(rig: Rig) -> None:
+    job = rig.submit()
+    for _ in range(3):  # three workers died holding it (leases expired)
+        d = rig.deliver()
+        d.retry(0)
+    calls = len(rig.runtime.calls)
+    assert rig.executor.execute(rig.deliver()) is Outcome.FAILED
+    assert rig.get(job.id).error.code is ErrorCode.MAX_ATTEMPTS  # type: ignore[union-attr]
+    assert len(rig.runtime.calls) == calls
+
+
+def test_a_worker_killed_mid_job_is_taken_over_once_its_lease_expires(rig: Rig) -> None:
+    job = rig.submit()
+    rig.store.update(rig.get(job.id).start("dead-worker", lease_seconds=-1), 1)  # it died; lease is past
+    assert rig.executor.execute(rig.deliver()) is Outcome.SUCCEEDED
+    done = rig.get(job.id)
+    assert done.attempts == 2 and len(done.outputs) == 1
+
+
+def test_a_duplicate_delivery_while_another_worker_holds_the_job_is_put_back(rig: Rig) -> None:
+    job = rig.submit()
+    rig.store.update(rig.get(job.id).start("other", lease_seconds=60), 1)
+    assert rig.executor.execute(rig.deliver()) is Outcome.REQUEUED
+    assert rig.runtime.calls == [] and rig.get(job.id).lease.owner == "other"  # type: ignore[union-attr]
+
+
+def test_cancel_during_render_stops_within_a_step(rig: Rig) -> None:
+    job = rig.submit(steps=50)
+    original = rig.runtime.render
+
+    def render_and_cancel(task, on_step):  # type: ignore[no-untyped-def]
+        def step(i: int, total: int) -> bool:
+            if i == 3:
+                rig.store.update(rig.get(job.id).cancel(), rig.get(job.id).version)
+            return on_step(i, total)
+        return original(task, step)
+
+    rig.runtime.render = render_and_cancel  # type: ignore[method-assign]
+    assert rig.executor.execute(rig.deliver()) is Outcome.CANCELLED
+    final = rig.get(job.id)
+    assert final.state is JobState.CANCELLED and final.outputs == () and final.progress.step <= 4
+    assert rig.blobs.blobs == {}
+
+
+def test_missing_model_fails_with_model_unavailable(rig: Rig) -> None:
+    job = rig.submit()
+    rig.runtime.fail_with = ModelUnavailable("weights not in cache")
+    assert rig.executor.execute(rig.deliver()) is Outcome.FAILED
+    assert rig.get(job.id).error.code is ErrorCode.MODEL_UNAVAILABLE  # type: ignore[union-attr]
+
+
+def test_out_of_memory_fails_with_oom(rig: Rig) -> None:
+    job = rig.submit()
+    rig.runtime.fail_with = MemoryError()
+    assert rig.executor.execute(rig.deliver()) is Outcome.FAILED
+    assert rig.get(job.id).error.code is ErrorCode.OOM  # type: ignore[union-attr]
+
+
+def test_shutdown_past_grace_gives_the_job_back(rig: Rig) -> None:
+    job = rig.submit(steps=10)
+    rig.executor.should_give_back = lambda: True
+    assert rig.executor.execute(rig.deliver()) is Outcome.REQUEUED
+    back = rig.get(job.id)
+    assert back.state is JobState.QUEUED and back.lease is None
+    assert rig.queue.backlog("fast") == 1
+
+
+def test_unknown_job_is_dropped(rig: Rig) -> None:
+    rig.queue.dispatch(make_job())  # never written to the store
+    assert rig.executor.execute(rig.deliver()) is Outcome.SKIPPED
+    assert rig.queue.backlog("fast") == 0
