@@ -15,8 +15,17 @@ MALLORY = Principal("fabrikam", "alice")  # same subject id, other tenant
 
 
 def make_request(**changes: object) -> GenerationRequest:
-    fields: dict[str, object] = dict(model="tiny", prompt="a red fox", negative_prompt="", width=64, height=64,
-                                     steps=4, guidance_scale=7.5, seed=42, num_images=1)
+    fields: dict[str, object] = dict(
+        model="tiny",
+        prompt="a red fox",
+        negative_prompt="",
+        width=64,
+        height=64,
+        steps=4,
+        guidance_scale=7.5,
+        seed=42,
+        num_images=1,
+    )
     fields.update(changes)
     return GenerationRequest(**fields)  # type: ignore[arg-type]
 

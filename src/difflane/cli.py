@@ -46,6 +46,7 @@ def main() -> None:
 
 # --- platform ---------------------------------------------------------------------------------
 
+
 @main.command()
 @click.option("--host", help="Interface for the API (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port for the API (default 8000).")
@@ -82,6 +83,7 @@ def run_job(job_id: str, data_dir: Path | None) -> None:
 
 # --- client -----------------------------------------------------------------------------------
 
+
 @main.command()
 @click.argument("prompt")
 @click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("out.png"), show_default=True)
@@ -106,6 +108,7 @@ def generate(prompt: str, output: Path, api_url: str | None, **params: Any) -> N
 
 # --- models -----------------------------------------------------------------------------------
 
+
 @main.group()
 def models() -> None:
     """Inspect and prepare the model catalog."""
@@ -123,8 +126,10 @@ def models_list() -> None:
             present = Path(spec.source).expanduser().is_dir()
         else:
             present = tiny_model.is_present(settings.hf_home_path, spec.source, spec.revision or "main")
-        click.echo(f"{spec.name:<20} lane={spec.lane:<10} {spec.source}@{spec.revision or '-'}  "
-                   f"{'cached' if present else 'not cached'}")
+        click.echo(
+            f"{spec.name:<20} lane={spec.lane:<10} {spec.source}@{spec.revision or '-'}  "
+            f"{'cached' if present else 'not cached'}"
+        )
 
 
 @models.command("create-tiny")
@@ -155,6 +160,7 @@ def models_pull(name: str) -> None:
 
 
 # --- config -----------------------------------------------------------------------------------
+
 
 @main.group()
 def config() -> None:

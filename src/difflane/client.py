@@ -27,8 +27,10 @@ def generate(api_url: str, body: dict[str, Any], output: Path, *, token: str | N
     with httpx.Client(base_url=api_url.rstrip("/"), headers=headers, timeout=httpx.Timeout(30.0, read=None)) as http:
         try:
             job = _submit(http, body)
-            _err(f"job {job['id']} accepted ({job['model']}, {job['width']}x{job['height']}, "
-                 f"{job['steps']} steps, seed {job['seed']})")
+            _err(
+                f"job {job['id']} accepted ({job['model']}, {job['width']}x{job['height']}, "
+                f"{job['steps']} steps, seed {job['seed']})"
+            )
             try:
                 job = _follow(http, job)
             except KeyboardInterrupt:
@@ -87,7 +89,8 @@ def _events(http: httpx.Client, url: str, headers: dict[str, str]) -> Iterator[t
         if response.status_code != 200:
             response.read()
             _json(response, 200)
-        event_id, event, data = None, "message", []
+        event_id: str | None = None
+        event, data = "message", list[str]()
         for line in response.iter_lines():
             if not line:
                 if data:

@@ -77,6 +77,4 @@ class MissingExtra(DifflaneError):
     code = "missing_extra"
 
     def __init__(self, extra: str, module: str) -> None:
-        super().__init__(
-            f"this needs the '{extra}' extra ({module} is not installed): pip install 'difflane[{extra}]'"
-        )
+        super().__init__(f"this needs the '{extra}' extra ({module} is not installed): pip install 'difflane[{extra}]'")

@@ -164,8 +164,9 @@ class Job:
         self._require_holder(worker)
         if self.cancel_requested:
             raise IllegalTransition(f"job {self.id} was cancelled")
-        return self._finish(JobState.SUCCEEDED, now, outputs=outputs, progress=Progress(
-            self.request.steps, self.request.steps))
+        return self._finish(
+            JobState.SUCCEEDED, now, outputs=outputs, progress=Progress(self.request.steps, self.request.steps)
+        )
 
     def fail(self, code: ErrorCode, message: str, now: float | None = None) -> Job:
         if self.state.terminal:

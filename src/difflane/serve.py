@@ -38,8 +38,9 @@ def run(settings: Settings) -> None:
 
     app = create_app(settings)
     supervisor = WorkerSupervisor(settings) if settings.workers > 0 else None
-    server = uvicorn.Server(uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None,
-                                           access_log=False, lifespan="on"))
+    server = uvicorn.Server(
+        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on")
+    )
     if supervisor:
         supervisor.start()
     threading.Thread(target=_announce, args=(server, settings), daemon=True).start()
@@ -88,9 +89,9 @@ def _announce(server: object, settings: Settings) -> None:
     url = f"http://{settings.host}:{settings.port}"
     print(
         f"\ndifflane is up: API {url} · {settings.workers} worker(s) · data in {settings.data_dir}\n"
-        f"  try:  difflane generate \"a red fox in the snow\" -o fox.png\n"
+        f'  try:  difflane generate "a red fox in the snow" -o fox.png\n'
         f"  or:   curl -s -X POST {url}/v1/jobs -H 'content-type: application/json' "
-        f"-d '{{\"model\":\"tiny\",\"prompt\":\"a red fox in the snow\"}}'\n"
+        f'-d \'{{"model":"tiny","prompt":"a red fox in the snow"}}\'\n'
         f"  docs: {url}/docs    stop: Ctrl-C\n",
         file=sys.stderr,
         flush=True,

@@ -44,8 +44,10 @@ class MemoryJobStore(_Switch):
                 if found is not None:
                     fingerprint, job_id = found
                     if fingerprint != idempotency.fingerprint:
-                        raise Conflict("this Idempotency-Key was already used with a different request",
-                                       code="idempotency_key_reused")
+                        raise Conflict(
+                            "this Idempotency-Key was already used with a different request",
+                            code="idempotency_key_reused",
+                        )
                     return self._history[job_id][-1], False
             if job.id in self._history:
                 raise Conflict(f"job {job.id} already exists", code="job_exists")
@@ -73,7 +75,7 @@ class MemoryJobStore(_Switch):
             versions.append(stored)
             return stored
 
-    def list(
+    def list_by_owner(
         self, owner: Principal, *, state: JobState | None = None, before: str | None = None, limit: int = 20
     ) -> list[Job]:
         self._check()
@@ -162,8 +164,9 @@ class MemoryQueue(_Switch):
         self._check()
         now = time.time()
         with self._cond:
-            return sum(1 for e in self._entries.values()
-                       if e.lane == lane and (e.token is None or e.available_at <= now))
+            return sum(
+                1 for e in self._entries.values() if e.lane == lane and (e.token is None or e.available_at <= now)
+            )
 
     def ping(self) -> None:
         self._check()
@@ -174,8 +177,10 @@ class MemoryQueue(_Switch):
             while True:
                 self._check()
                 now = time.time()
-                ready = sorted((e for e in self._entries.values() if e.lane in lanes and e.available_at <= now),
-                               key=lambda e: e.available_at)
+                ready = sorted(
+                    (e for e in self._entries.values() if e.lane in lanes and e.available_at <= now),
+                    key=lambda e: e.available_at,
+                )
                 if ready:
                     entry = ready[0]
                     self._tokens += 1

@@ -33,8 +33,9 @@ class Components:
 def build(settings: Settings) -> Components:
     catalog = catalog_mod.load(settings.catalog)
     if settings.store == "memory" or settings.dispatch == "memory":
-        return Components(MemoryJobStore(), MemoryBlobStore(), MemoryQueue(lease_seconds=settings.lease_seconds),
-                          catalog, None)
+        return Components(
+            MemoryJobStore(), MemoryBlobStore(), MemoryQueue(lease_seconds=settings.lease_seconds), catalog, None
+        )
     bell_dir = doorbell.socket_dir(settings.data_dir)
     db = Database(settings.database_path, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     queue = EmbeddedQueue(db, bell_dir, lease_seconds=settings.lease_seconds)

@@ -39,8 +39,13 @@ class Proc:
     def __init__(self, args: list[str], env: dict[str, str], log: Path) -> None:
         self.log = log
         self._out = open(log, "ab")  # noqa: SIM115 - closed in stop()
-        self.popen = subprocess.Popen([sys.executable, "-m", "difflane", *args], env=env,
-                                      stdout=self._out, stderr=subprocess.STDOUT, start_new_session=True)
+        self.popen = subprocess.Popen(
+            [sys.executable, "-m", "difflane", *args],
+            env=env,
+            stdout=self._out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
 
     def kill9(self) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -81,8 +86,11 @@ class Platform:
         return base_env(self.data_dir, self.hf_home, **{**self.settings, **extra})
 
     def serve(self, workers: int = 1, **extra: str) -> Proc:
-        proc = Proc(["serve", "--port", str(self.port), "--workers", str(workers)], self.env(**extra),
-                    self.root / f"serve-{len(self.procs)}.log")
+        proc = Proc(
+            ["serve", "--port", str(self.port), "--workers", str(workers)],
+            self.env(**extra),
+            self.root / f"serve-{len(self.procs)}.log",
+        )
         self.procs.append(proc)
         self.wait_ready(proc)
         return proc
@@ -92,11 +100,18 @@ class Platform:
         self.procs.append(proc)
         return proc
 
-    def cli(self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
-            ) -> subprocess.CompletedProcess[str]:
+    def cli(
+        self, *args: str, timeout: float = 120, env: dict[str, str] | None = None
+    ) -> subprocess.CompletedProcess[str]:
         """Run a difflane command; ``env`` adds raw environment variables."""
-        return subprocess.run([sys.executable, "-m", "difflane", *args], env={**self.env(), **(env or {})},
-                              cwd=self.root, capture_output=True, text=True, timeout=timeout)
+        return subprocess.run(
+            [sys.executable, "-m", "difflane", *args],
+            env={**self.env(), **(env or {})},
+            cwd=self.root,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
 
     def wait_ready(self, proc: Proc, timeout: float = 120) -> None:
         deadline = time.monotonic() + timeout

@@ -6,7 +6,6 @@ import json
 import os
 import signal
 import sqlite3
-import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +32,7 @@ def sse_events(p: Platform, job_id: str) -> list[tuple[str, dict[str, Any]]]:
 
 # --- one shared platform: submit and read ---------------------------------------------------
 
+
 def test_job_runs_to_a_png_of_the_asked_size(shared_platform: Platform) -> None:
     p = shared_platform
     job = p.submit(width=128, height=64, steps=3, seed=11, num_images=2)
@@ -45,7 +45,7 @@ def test_job_runs_to_a_png_of_the_asked_size(shared_platform: Platform) -> None:
         info = png.read_info(r.content)
         assert (info.width, info.height) == (128, 64)
         assert info.text["prompt"] == "a red fox in the snow" and info.text["steps"] == "3"
-        width, height, rgb = png.decode_rgb(r.content)
+        _, _, rgb = png.decode_rgb(r.content)
         assert len(set(rgb)) > 10  # a real picture, not a blank
         assert out["bytes"] == len(r.content)
 
@@ -126,8 +126,9 @@ def test_locked_database_is_503_with_retry_after_and_writes_nothing(shared_platf
 def test_generate_command_writes_the_png(shared_platform: Platform) -> None:
     p = shared_platform
     out = p.root / "fox.png"
-    result = p.cli("generate", "a red fox in the snow", "-o", str(out), "--steps", "5", "--seed", "3",
-                   "--api-url", p.url)
+    result = p.cli(
+        "generate", "a red fox in the snow", "-o", str(out), "--steps", "5", "--seed", "3", "--api-url", p.url
+    )
     assert result.returncode == 0, result.stderr
     assert "step 5/5" in result.stderr
     info = png.read_info(out.read_bytes())
@@ -141,6 +142,7 @@ def test_metrics_count_what_workers_did(shared_platform: Platform) -> None:
 
 
 # --- fault tolerance: each test its own processes --------------------------------------------
+
 
 def test_worker_killed_mid_job_then_a_new_worker_finishes_it_exactly_once(make_platform: Any) -> None:
     p: Platform = make_platform(lease_seconds="2")
@@ -195,8 +197,9 @@ def test_run_job_runs_one_job_and_exits(make_platform: Any) -> None:
 
 def test_models_pull_without_network_fails_clearly(make_platform: Any) -> None:
     p: Platform = make_platform()
-    result = p.cli("models", "pull", "tiny", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"},
-                   timeout=60)
+    result = p.cli(
+        "models", "pull", "tiny", env={"HF_ENDPOINT": "http://127.0.0.1:9", "HF_HUB_OFFLINE": "0"}, timeout=60
+    )
     assert result.returncode == 1
     assert "Traceback" not in result.stderr and "tiny" in result.stderr
 

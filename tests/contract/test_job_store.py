@@ -102,9 +102,9 @@ def test_list_is_newest_first_per_owner_with_cursor(store: JobStore) -> None:
     mine = [store.create(make_job(ALICE))[0] for _ in range(5)]
     store.create(make_job(BOB))
     store.create(make_job(MALLORY))
-    page1 = store.list(ALICE, limit=3)
+    page1 = store.list_by_owner(ALICE, limit=3)
     assert [j.id for j in page1] == [j.id for j in reversed(mine)][:3]
-    page2 = store.list(ALICE, before=page1[-1].id, limit=3)
+    page2 = store.list_by_owner(ALICE, before=page1[-1].id, limit=3)
     assert [j.id for j in page2] == [mine[1].id, mine[0].id]
 
 
@@ -112,8 +112,8 @@ def test_list_filters_by_state(store: JobStore) -> None:
     a, _ = store.create(make_job())
     b, _ = store.create(make_job())
     store.update(b.cancel(), b.version)
-    assert [j.id for j in store.list(ALICE, state=JobState.CANCELLED)] == [b.id]
-    assert [j.id for j in store.list(ALICE, state=JobState.QUEUED)] == [a.id]
+    assert [j.id for j in store.list_by_owner(ALICE, state=JobState.CANCELLED)] == [b.id]
+    assert [j.id for j in store.list_by_owner(ALICE, state=JobState.QUEUED)] == [a.id]
 
 
 def test_history_holds_every_version_in_order(store: JobStore) -> None:

@@ -233,9 +233,7 @@ def test_a_missing_tiny_revision_says_how_to_build_it(runtime: DiffusersRuntime)
 
 
 def test_a_damaged_local_model_is_unavailable(tmp_path: Path, runtime: DiffusersRuntime) -> None:
-    (tmp_path / "model_index.json").write_text(
-        '{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers"'
-    )
+    (tmp_path / "model_index.json").write_text('{"_class_name": "StableDiffusionPipeline", "unet": ["diffusers"')
     spec = ModelSpec(name="broken", source=str(tmp_path), pipeline="stable-diffusion")
     with pytest.raises(ModelUnavailable, match="broken"):
         runtime.load(spec)

@@ -26,9 +26,15 @@ class Platform:
     thread: threading.Thread | None = None
 
     def start_worker(self, *, lease_seconds: float = 5.0, max_attempts: int = 3) -> Worker:
-        executor = Executor(self.parts.store, self.parts.blobs, self.parts.catalog, self.runtime,
-                            WorkerConfig("test-worker", lease_seconds=lease_seconds, max_attempts=max_attempts,
-                                         retry_backoff_seconds=0.01))
+        executor = Executor(
+            self.parts.store,
+            self.parts.blobs,
+            self.parts.catalog,
+            self.runtime,
+            WorkerConfig(
+                "test-worker", lease_seconds=lease_seconds, max_attempts=max_attempts, retry_backoff_seconds=0.01
+            ),
+        )
         self.worker = Worker(self.parts.queue, executor, ["fast"], grace_seconds=1.0)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()

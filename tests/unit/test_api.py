@@ -47,6 +47,7 @@ def events(platform: Platform, job_id: str, **headers: str) -> list[tuple[str, d
 
 # --- submit -----------------------------------------------------------------------------------
 
+
 def test_submit_returns_202_with_job_defaults_and_links(platform: Platform) -> None:
     r = platform.client.post("/v1/jobs", json=TINY)
     assert r.status_code == 202
@@ -155,6 +156,7 @@ def test_store_down_is_503_with_retry_after_and_nothing_written(platform: Platfo
 
 # --- read, list, ownership --------------------------------------------------------------------
 
+
 def test_get_unknown_and_malformed_ids_are_404(platform: Platform) -> None:
     for job_id in ("01900000-0000-7000-8000-000000000000", "not-a-job", "x" * 64):
         r = platform.client.get(f"/v1/jobs/{job_id}")
@@ -192,6 +194,7 @@ def test_bad_list_parameters_are_422(platform: Platform, params: dict[str, Any])
 
 
 # --- running, cancel, outputs, events ---------------------------------------------------------
+
 
 def test_job_runs_to_pngs_with_parameters(platform: Platform) -> None:
     platform.start_worker()
@@ -260,6 +263,7 @@ def test_events_resume_after_last_event_id(platform: Platform) -> None:
 
 
 # --- models, health, metrics ------------------------------------------------------------------
+
 
 def test_models_lists_limits_and_lane(platform: Platform) -> None:
     models = platform.client.get("/v1/models").json()["models"]

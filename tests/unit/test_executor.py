@@ -120,6 +120,7 @@ def test_cancel_during_render_stops_within_a_step(rig: Rig) -> None:
             if i == 3:
                 rig.store.update(rig.get(job.id).cancel(), rig.get(job.id).version)
             return on_step(i, total)
+
         return original(task, step)
 
     rig.runtime.render = render_and_cancel  # type: ignore[method-assign]

@@ -60,8 +60,13 @@ def test_terminal_states_are_final(final: str) -> None:
         done = running.fail(ErrorCode.INTERNAL, "boom")
     else:
         done = running.cancel().acknowledge_cancel()
-    for move in (lambda j: j.start("w9", 30), lambda j: j.cancel(), lambda j: j.fail(ErrorCode.OOM, "x"),
-                 lambda j: j.requeue(), lambda j: j.advance("w1", 1, 4)):
+    for move in (
+        lambda j: j.start("w9", 30),
+        lambda j: j.cancel(),
+        lambda j: j.fail(ErrorCode.OOM, "x"),
+        lambda j: j.requeue(),
+        lambda j: j.advance("w1", 1, 4),
+    ):
         with pytest.raises(IllegalTransition):
             move(done)
 

@@ -10,9 +10,7 @@ from difflane import png
 
 
 def _gradient(width: int, height: int) -> bytes:
-    return bytes(
-        (x * 7 + y * 13 + c * 50) % 256 for y in range(height) for x in range(width) for c in range(3)
-    )
+    return bytes((x * 7 + y * 13 + c * 50) % 256 for y in range(height) for x in range(width) for c in range(3))
 
 
 def test_round_trip_pixels_and_text() -> None:
@@ -110,12 +108,7 @@ def test_decodes_split_idat_chunks() -> None:
 
 def test_decode_rejects_unsupported_formats() -> None:
     header = struct.pack(">IIBBBBB", 1, 1, 8, 6, 0, 0, 0)  # RGBA
-    data = (
-        png.SIGNATURE
-        + _chunk(b"IHDR", header)
-        + _chunk(b"IDAT", zlib.compress(b"\x00" * 5))
-        + _chunk(b"IEND", b"")
-    )
+    data = png.SIGNATURE + _chunk(b"IHDR", header) + _chunk(b"IDAT", zlib.compress(b"\x00" * 5)) + _chunk(b"IEND", b"")
     assert png.read_info(data).width == 1
     with pytest.raises(ValueError, match="unsupported"):
         png.decode_rgb(data)
@@ -155,12 +148,7 @@ def _chunk(kind: bytes, body: bytes) -> bytes:
 
 def _png_from_idat(width: int, height: int, *idat: bytes) -> bytes:
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return (
-        png.SIGNATURE
-        + _chunk(b"IHDR", header)
-        + b"".join(_chunk(b"IDAT", d) for d in idat)
-        + _chunk(b"IEND", b"")
-    )
+    return png.SIGNATURE + _chunk(b"IHDR", header) + b"".join(_chunk(b"IDAT", d) for d in idat) + _chunk(b"IEND", b"")
 
 
 def _chunk_list(data: bytes) -> list[tuple[bytes, bytes]]:

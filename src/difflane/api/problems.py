@@ -49,9 +49,16 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
     field = ".".join(loc) or None
     message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
-    return problem(422, "invalid_input", message, field=field,
-                   errors=[{"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or None, "message": e.get("msg")}
-                           for e in errors[:20]])
+    return problem(
+        422,
+        "invalid_input",
+        message,
+        field=field,
+        errors=[
+            {"field": ".".join(str(p) for p in e.get("loc", ())[1:]) or None, "message": e.get("msg")}
+            for e in errors[:20]
+        ],
+    )
 
 
 async def _http_error(request: Request, exc: Exception) -> JSONResponse:

@@ -38,8 +38,11 @@ class JobService:
         key = None
         if idempotency_key is not None:
             if not 1 <= len(idempotency_key) <= MAX_IDEMPOTENCY_KEY or not idempotency_key.isprintable():
-                raise InvalidInput("Idempotency-Key must be 1-200 printable characters",
-                                   code="invalid_idempotency_key", field="Idempotency-Key")
+                raise InvalidInput(
+                    "Idempotency-Key must be 1-200 printable characters",
+                    code="invalid_idempotency_key",
+                    field="Idempotency-Key",
+                )
             key = IdempotencyKey(idempotency_key, fingerprint(body))
         job, created = self.store.create(new_job(owner, request, lane), key)
         if created:
@@ -57,10 +60,12 @@ class JobService:
             raise NotFound(f"job {job_id} not found", code="job_not_found")
         return job
 
-    def list(self, owner: Principal, state: JobState | None, cursor: str | None, limit: int) -> tuple[list[Job], str | None]:
+    def list(
+        self, owner: Principal, state: JobState | None, cursor: str | None, limit: int
+    ) -> tuple[list[Job], str | None]:
         if cursor is not None and not is_job_id(cursor):
             raise InvalidInput("cursor is not valid", code="invalid_cursor", field="cursor")
-        jobs = self.store.list(owner, state=state, before=cursor, limit=limit + 1)
+        jobs = self.store.list_by_owner(owner, state=state, before=cursor, limit=limit + 1)
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return jobs, (jobs[-1].id if more else None)
@@ -87,7 +92,9 @@ class JobService:
             allowed = self.catalog.names()
             raise InvalidInput(
                 f"unknown model {name!r}; allowed: {', '.join(allowed)}",
-                code="unknown_model", field="model", allowed=allowed,
+                code="unknown_model",
+                field="model",
+                allowed=allowed,
             )
         return spec
 
@@ -106,8 +113,11 @@ def build_request(spec: ModelSpec, body: dict[str, Any]) -> GenerationRequest:
     prompt = body["prompt"]
     checks = [
         ("prompt", len(prompt) <= lim.max_prompt_chars, f"prompt is longer than {lim.max_prompt_chars} characters"),
-        ("negative_prompt", len(negative) <= lim.max_prompt_chars,
-         f"negative_prompt is longer than {lim.max_prompt_chars} characters"),
+        (
+            "negative_prompt",
+            len(negative) <= lim.max_prompt_chars,
+            f"negative_prompt is longer than {lim.max_prompt_chars} characters",
+        ),
         ("width", width <= lim.max_width, f"width must be at most {lim.max_width} for {spec.name}"),
         ("height", height <= lim.max_height, f"height must be at most {lim.max_height} for {spec.name}"),
         ("width", width * height <= lim.max_pixels, f"width × height must be at most {lim.max_pixels} pixels"),
@@ -115,8 +125,11 @@ def build_request(spec: ModelSpec, body: dict[str, Any]) -> GenerationRequest:
         ("height", height % 8 == 0, "height must be a multiple of 8"),
         ("steps", lim.min_steps <= steps <= lim.max_steps, f"steps must be {lim.min_steps}..{lim.max_steps}"),
         ("num_images", num_images <= lim.max_images, f"num_images must be at most {lim.max_images}"),
-        ("guidance_scale", guidance <= lim.max_guidance_scale,
-         f"guidance_scale must be at most {lim.max_guidance_scale}"),
+        (
+            "guidance_scale",
+            guidance <= lim.max_guidance_scale,
+            f"guidance_scale must be at most {lim.max_guidance_scale}",
+        ),
     ]
     for field, ok, message in checks:
         if not ok:

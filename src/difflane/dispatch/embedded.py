@@ -131,7 +131,7 @@ class EmbeddedQueue:
             row = conn.execute(f"SELECT min(available_at) FROM queue WHERE lane IN ({marks})", tuple(lanes)).fetchone()
         if row[0] is None:
             return FALLBACK_POLL_S
-        return max(row[0] - time.time(), 0.0) + 0.001
+        return max(float(row[0]) - time.time(), 0.0) + 0.001
 
 
 class EmbeddedDelivery:
@@ -158,9 +158,7 @@ class EmbeddedDelivery:
 
     def dead_letter(self, reason: str) -> None:
         with self._queue.db.write() as conn:
-            cur = conn.execute(
-                "DELETE FROM queue WHERE job_id = ? AND lease_token = ?", (self.job_id, self._token)
-            )
+            cur = conn.execute("DELETE FROM queue WHERE job_id = ? AND lease_token = ?", (self.job_id, self._token))
             if cur.rowcount:
                 conn.execute(
                     "INSERT OR REPLACE INTO dead_letters (job_id, lane, reason, deliveries, at) VALUES (?, ?, ?, ?, ?)",

@@ -35,7 +35,7 @@ class JobStore(Protocol):
         ``expected_version``; else raise VersionConflict. NotFound for an unknown id."""
         ...
 
-    def list(
+    def list_by_owner(
         self, owner: Principal, *, state: JobState | None = None, before: str | None = None, limit: int = 20
     ) -> list[Job]:
         """The owner's jobs, newest first; ``before`` is an id (exclusive) to continue from."""

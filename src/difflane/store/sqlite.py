@@ -159,8 +159,7 @@ class SqliteJobStore:
             )
         found = conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()
         if found is None:  # the job was purged; the key must not silently create a new one
-            raise Conflict("this Idempotency-Key refers to a job that no longer exists",
-                           code="idempotency_key_reused")
+            raise Conflict("this Idempotency-Key refers to a job that no longer exists", code="idempotency_key_reused")
         return records.loads(found[0])
 
     def get(self, job_id: str) -> Job | None:
@@ -189,7 +188,7 @@ class SqliteJobStore:
             self._on_update(stored)
         return stored
 
-    def list(
+    def list_by_owner(
         self, owner: Principal, *, state: JobState | None = None, before: str | None = None, limit: int = 20
     ) -> list[Job]:
         sql = "SELECT record FROM jobs WHERE owner = ?"

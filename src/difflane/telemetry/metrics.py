@@ -26,11 +26,15 @@ JOBS_FINISHED = Counter(
     "difflane_jobs_finished", "Jobs that reached a final state", ["model", "lane", "outcome", "code"]
 )
 QUEUE_WAIT = Histogram(
-    "difflane_job_queue_wait_seconds", "From acceptance to a worker starting the job", ["lane"],
+    "difflane_job_queue_wait_seconds",
+    "From acceptance to a worker starting the job",
+    ["lane"],
     buckets=_LATENCY_BUCKETS,
 )
 EXECUTION = Histogram(
-    "difflane_job_execution_seconds", "Pipeline time of one job attempt", ["model", "lane"],
+    "difflane_job_execution_seconds",
+    "Pipeline time of one job attempt",
+    ["model", "lane"],
     buckets=_LATENCY_BUCKETS,
 )
 HTTP_REQUESTS = Counter("difflane_http_requests", "HTTP requests served", ["method", "route", "status"])
@@ -59,7 +63,7 @@ def exposition(extra: Collector | None = None) -> bytes:
         from prometheus_client import multiprocess
 
         registry = CollectorRegistry()
-        multiprocess.MultiProcessCollector(registry)
+        multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         body = generate_latest(registry)
     else:
         body = generate_latest(REGISTRY)

@@ -91,8 +91,12 @@ class Executor:
             return self._give_up(job, delivery)
         spec = self.catalog.get(job.request.model)
         if spec is None:
-            return self._fail(job, delivery, ErrorCode.MODEL_UNAVAILABLE,
-                              f"model {job.request.model!r} is not in this worker's catalog")
+            return self._fail(
+                job,
+                delivery,
+                ErrorCode.MODEL_UNAVAILABLE,
+                f"model {job.request.model!r} is not in this worker's catalog",
+            )
         claimed = self._claim(job, delivery)
         if claimed is None:
             return Outcome.SKIPPED if self._is_terminal(job.id) else Outcome.REQUEUED
@@ -196,22 +200,34 @@ class Executor:
         r = job.request
         seed = r.seeds()[index]
         # Only parameters go into the PNG (no job id, no time): same parameters, same bytes.
-        data = png.encode(image.width, image.height, image.rgb, {
-            "prompt": r.prompt,
-            "negative_prompt": r.negative_prompt,
-            "model": r.model,
-            "model_revision": spec.revision or "",
-            "seed": str(seed),
-            "steps": str(r.steps),
-            "guidance_scale": repr(r.guidance_scale),
-            "width": str(image.width),
-            "height": str(image.height),
-            "Software": f"difflane {__version__}",
-        })
+        data = png.encode(
+            image.width,
+            image.height,
+            image.rgb,
+            {
+                "prompt": r.prompt,
+                "negative_prompt": r.negative_prompt,
+                "model": r.model,
+                "model_revision": spec.revision or "",
+                "seed": str(seed),
+                "steps": str(r.steps),
+                "guidance_scale": repr(r.guidance_scale),
+                "width": str(image.width),
+                "height": str(image.height),
+                "Software": f"difflane {__version__}",
+            },
+        )
         key = output_key(job.id, index)
         self.blobs.put(key, data, "image/png")
-        return Output(index=index, key=key, bytes=len(data), sha256=hashlib.sha256(data).hexdigest(),
-                      seed=seed, width=image.width, height=image.height)
+        return Output(
+            index=index,
+            key=key,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            seed=seed,
+            width=image.width,
+            height=image.height,
+        )
 
     # --- endings -------------------------------------------------------------------------------
 
@@ -239,19 +255,30 @@ class Executor:
 
     def _retry(self, job: Job, delivery: Delivery, reason: str) -> Outcome:
         if delivery.attempt >= self.config.max_attempts:
-            return self._fail(job, delivery, ErrorCode.MAX_ATTEMPTS,
-                              f"failed {delivery.attempt} times; last error: {reason}", dead_letter=True)
+            return self._fail(
+                job,
+                delivery,
+                ErrorCode.MAX_ATTEMPTS,
+                f"failed {delivery.attempt} times; last error: {reason}",
+                dead_letter=True,
+            )
         with contextlib.suppress(IllegalTransition, NotFound):
             mutate(self.store, job.id, lambda j: j.requeue(self.config.worker_id))
         delivery.retry(self.config.retry_backoff_seconds * 2 ** (delivery.attempt - 1))
         return Outcome.REQUEUED
 
     def _give_up(self, job: Job, delivery: Delivery) -> Outcome:
-        return self._fail(job, delivery, ErrorCode.MAX_ATTEMPTS,
-                          f"delivered {delivery.attempt} times without finishing "
-                          f"(at most {self.config.max_attempts} attempts)", dead_letter=True)
+        return self._fail(
+            job,
+            delivery,
+            ErrorCode.MAX_ATTEMPTS,
+            f"delivered {delivery.attempt} times without finishing (at most {self.config.max_attempts} attempts)",
+            dead_letter=True,
+        )
 
-    def _fail(self, job: Job, delivery: Delivery, code: ErrorCode, message: str, *, dead_letter: bool = False) -> Outcome:
+    def _fail(
+        self, job: Job, delivery: Delivery, code: ErrorCode, message: str, *, dead_letter: bool = False
+    ) -> Outcome:
         try:
             done = mutate(self.store, job.id, lambda j: j.fail(code, message))
         except IllegalTransition:
@@ -297,8 +324,9 @@ class _LeaseKeeper:
             try:
                 held = self._delivery.renew(config.lease_seconds)
                 with self.lock:
-                    mutate(self._executor.store, self._job_id,
-                           lambda j: j.renew(config.worker_id, config.lease_seconds))
+                    mutate(
+                        self._executor.store, self._job_id, lambda j: j.renew(config.worker_id, config.lease_seconds)
+                    )
             except (IllegalTransition, NotFound):
                 held = False
             except (VersionConflict, Exception):

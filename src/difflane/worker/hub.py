@@ -18,6 +18,7 @@ import os
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 from difflane.catalog import ModelSpec
 from difflane.errors import DifflaneError, InvalidInput, MissingExtra
@@ -72,7 +73,7 @@ def _resolve(hub: ModuleType, spec: ModelSpec, endpoint: str | None, timeout_s: 
 
 @contextlib.contextmanager
 def _bounded_http(hub: ModuleType, httpx: ModuleType, etag_s: float, download_s: float) -> Iterator[None]:
-    constants = importlib.import_module("huggingface_hub.constants")
+    constants: Any = importlib.import_module("huggingface_hub.constants")
     session = hub.get_session()
     saved = (constants.HF_HUB_ETAG_TIMEOUT, constants.HF_HUB_DOWNLOAD_TIMEOUT, session.timeout)
     # file_download reads these module constants on every request, so setting them here

@@ -49,7 +49,9 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
     if unknown:
         raise InvalidInput(f"no model in the catalog uses lane(s) {', '.join(sorted(unknown))}")
     runtime = runtime or default_runtime(settings)
-    worker = Worker(parts.queue, _executor(settings, parts, runtime), lanes, grace_seconds=settings.shutdown_grace_seconds)
+    worker = Worker(
+        parts.queue, _executor(settings, parts, runtime), lanes, grace_seconds=settings.shutdown_grace_seconds
+    )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %s: stopping after the current job", signal.Signals(signum).name)
@@ -109,4 +111,3 @@ def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) 
         return 1 if outcome is Outcome.REQUEUED else 0
     finally:
         parts.close()
-

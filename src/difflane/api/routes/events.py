@@ -22,7 +22,7 @@ from difflane.api.schemas import Problem
 from difflane.errors import DifflaneError
 from difflane.jobs import Job, Principal
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": Problem}})
 
 HEARTBEAT_SECONDS = 15.0
 
@@ -48,10 +48,15 @@ def sse(event: str, data: dict[str, object], event_id: int | None = None) -> byt
 
 @router.get(
     "/{job_id}/events",
-    responses={200: {"content": {"text/event-stream": {}},
-                     "description": "Events `state` (the whole job) and `progress` ({id, step, total}); "
-                                    "the stream ends after the job's final state."},
-               404: {"model": Problem}, 503: {"model": Problem}},
+    responses={
+        200: {
+            "content": {"text/event-stream": {}},
+            "description": "Events `state` (the whole job) and `progress` ({id, step, total}); "
+            "the stream ends after the job's final state.",
+        },
+        404: {"model": Problem},
+        503: {"model": Problem},
+    },
     summary="Stream a job's state changes and steps (Server-Sent Events)",
 )
 async def job_events(
@@ -88,8 +93,9 @@ async def _stream(ctx: ApiContext, request: Request, job_id: str, after: int, ba
             if kind == "state":
                 yield sse("state", job_json(job, base, ctx.blobs), job.version)
             elif kind == "progress":
-                yield sse("progress", {"id": job.id, "step": job.progress.step, "total": job.progress.total},
-                          job.version)
+                yield sse(
+                    "progress", {"id": job.id, "step": job.progress.step, "total": job.progress.total}, job.version
+                )
             previous, after = job, job.version
             if kind:
                 last_sent = time.monotonic()

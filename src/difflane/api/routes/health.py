@@ -22,8 +22,12 @@ def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
-@router.get("/readyz", response_model=Health, responses={503: {"model": Health}},
-            summary="The store, the dispatcher and result storage answer")
+@router.get(
+    "/readyz",
+    response_model=Health,
+    responses={503: {"model": Health}},
+    summary="The store, the dispatcher and result storage answer",
+)
 def readyz(ctx: Ctx) -> JSONResponse:
     checks: dict[str, str] = {}
     for name, dependency in (("store", ctx.store), ("dispatch", ctx.dispatcher), ("blobs", ctx.blobs)):
@@ -40,8 +44,9 @@ def readyz(ctx: Ctx) -> JSONResponse:
     )
 
 
-@router.get("/metrics", response_class=Response, summary="Prometheus metrics",
-            responses={200: {"content": {"text/plain": {}}}})
+@router.get(
+    "/metrics", response_class=Response, summary="Prometheus metrics", responses={200: {"content": {"text/plain": {}}}}
+)
 async def prometheus(ctx: Ctx) -> Response:
     depth = metrics.QueueDepthCollector(ctx.catalog.lanes, ctx.dispatcher.backlog)
     body = await run_in_threadpool(metrics.exposition, depth)

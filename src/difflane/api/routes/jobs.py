@@ -15,14 +15,16 @@ from difflane.api.schemas import JobCreate, JobOut, JobPage, Problem
 from difflane.errors import Conflict, NotFound
 from difflane.jobs import JobState, Principal
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
+router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": Problem}})
 
 Ctx = Annotated[ApiContext, Depends(get_context)]
 Caller = Annotated[Principal, Depends(current_principal)]
 JobId = Annotated[str, Path(max_length=64, description="The job id (a UUIDv7)")]
 
 _ERRORS: dict[int | str, dict[str, object]] = {
-    404: {"model": Problem}, 422: {"model": Problem}, 503: {"model": Problem},
+    404: {"model": Problem},
+    422: {"model": Problem},
+    503: {"model": Problem},
 }
 
 
@@ -83,17 +85,20 @@ def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSO
 @router.get(
     "/{job_id}/outputs/{index}",
     response_class=Response,
-    responses={**_ERRORS, 200: {"content": {"image/png": {}}, "description": "The PNG"},
-               307: {"description": "Redirect to a short-lived signed URL"}, 409: {"model": Problem}},
+    responses={
+        **_ERRORS,
+        200: {"content": {"image/png": {}}, "description": "The PNG"},
+        307: {"description": "Redirect to a short-lived signed URL"},
+        409: {"model": Problem},
+    },
     summary="Download one output image",
 )
-async def get_output(
-    job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], ctx: Ctx, caller: Caller
-) -> Response:
+async def get_output(job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], ctx: Ctx, caller: Caller) -> Response:
     job = await run_in_threadpool(ctx.service.get, caller, job_id)
     if job.state is not JobState.SUCCEEDED:
-        raise Conflict(f"job {job_id} is {job.state.value}; outputs exist once it has succeeded",
-                       code="outputs_not_ready")
+        raise Conflict(
+            f"job {job_id} is {job.state.value}; outputs exist once it has succeeded", code="outputs_not_ready"
+        )
     output = next((o for o in job.outputs if o.index == index), None)
     if output is None:
         raise NotFound(f"job {job_id} has no output {index}", code="output_not_found")

@@ -21,9 +21,14 @@ def list_models(
     return {
         "models": [
             {
-                "name": m.name, "lane": m.lane, "source": m.source, "revision": m.revision,
-                "pipeline": m.pipeline, "description": m.description,
-                "defaults": m.defaults.model_dump(), "limits": m.limits.model_dump(),
+                "name": m.name,
+                "lane": m.lane,
+                "source": m.source,
+                "revision": m.revision,
+                "pipeline": m.pipeline,
+                "description": m.description,
+                "defaults": m.defaults.model_dump(),
+                "limits": m.limits.model_dump(),
             }
             for m in ctx.catalog
         ]

@@ -29,10 +29,17 @@ def job_json(job: Job, base: str, blobs: BlobStore | None = None) -> dict[str, A
     outputs = []
     for o in job.outputs:
         url = blobs.signed_url(o.key, SIGNED_URL_TTL_SECONDS) if blobs is not None else None
-        outputs.append({
-            "index": o.index, "url": url or f"{path}/outputs/{o.index}", "bytes": o.bytes,
-            "sha256": o.sha256, "seed": o.seed, "width": o.width, "height": o.height,
-        })
+        outputs.append(
+            {
+                "index": o.index,
+                "url": url or f"{path}/outputs/{o.index}",
+                "bytes": o.bytes,
+                "sha256": o.sha256,
+                "seed": o.seed,
+                "width": o.width,
+                "height": o.height,
+            }
+        )
     return {
         "id": job.id,
         "state": job.state.value,
