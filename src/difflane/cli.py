@@ -51,12 +51,15 @@ def main() -> None:
 @click.option("--host", help="Interface for the API (default 127.0.0.1).")
 @click.option("--port", type=int, help="Port for the API (default 8000).")
 @click.option("--workers", type=int, help="Worker processes to run beside the API (0 = API only).")
+@click.option("--api-workers", type=int, help="API processes (default 1).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where the database, results and models live.")
-def serve(host: str | None, port: int | None, workers: int | None, data_dir: Path | None) -> None:
+def serve(
+    host: str | None, port: int | None, workers: int | None, api_workers: int | None, data_dir: Path | None
+) -> None:
     """Run the API and workers on the embedded defaults (SQLite, local results, the tiny model)."""
     from difflane.serve import run
 
-    run(_settings(host=host, port=port, workers=workers, data_dir=data_dir))
+    run(_settings(host=host, port=port, workers=workers, api_workers=api_workers, data_dir=data_dir))
 
 
 @main.command()

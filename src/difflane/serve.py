@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 from difflane import catalog as catalog_mod
 from difflane.settings import Settings
@@ -32,23 +33,31 @@ def run(settings: Settings) -> None:
     if settings.workers > 0:
         _ensure_builtin_model(settings)
 
-    import uvicorn
-
-    from difflane.api.app import create_app
-
-    app = create_app(settings)
+    os.environ.update(settings.to_env())  # worker and API child processes see the same settings
     supervisor = WorkerSupervisor(settings) if settings.workers > 0 else None
-    server = uvicorn.Server(
-        uvicorn.Config(app, host=settings.host, port=settings.port, log_config=None, access_log=False, lifespan="on")
-    )
     if supervisor:
         supervisor.start()
-    threading.Thread(target=_announce, args=(server, settings), daemon=True).start()
+    threading.Thread(target=_announce, args=(settings,), daemon=True).start()
     try:
-        server.run()
+        _serve_api(settings)
     finally:
         if supervisor:
             supervisor.stop()
+
+
+def _serve_api(settings: Settings) -> None:
+    import uvicorn
+
+    options: dict[str, Any] = dict(
+        host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
+    )
+    if settings.api_workers == 1:
+        from difflane.api.app import create_app
+
+        uvicorn.Server(uvicorn.Config(create_app(settings), lifespan="on", **options)).run()
+    else:
+        # Several event loops: uvicorn starts each process and calls the factory there.
+        uvicorn.run("difflane.api.app:create_app_from_env", factory=True, workers=settings.api_workers, **options)
 
 
 def _prepare_metrics_dir(folder: Path) -> None:
@@ -81,14 +90,20 @@ def _ensure_builtin_model(settings: Settings) -> None:
         tiny_model.create_tiny(settings.hf_home_path)
 
 
-def _announce(server: object, settings: Settings) -> None:
-    while not getattr(server, "started", False):
-        if getattr(server, "should_exit", False):
-            return
-        time.sleep(0.05)
+def _announce(settings: Settings) -> None:
+    import httpx
+
     url = f"http://{settings.host}:{settings.port}"
+    for _ in range(600):
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
+                break
+        time.sleep(0.1)
+    else:
+        return
     print(
-        f"\ndifflane is up: API {url} · {settings.workers} worker(s) · data in {settings.data_dir}\n"
+        f"\ndifflane is up: API {url} ({settings.api_workers} process(es)) · {settings.workers} worker(s) · "
+        f"data in {settings.data_dir}\n"
         f'  try:  difflane generate "a red fox in the snow" -o fox.png\n'
         f"  or:   curl -s -X POST {url}/v1/jobs -H 'content-type: application/json' "
         f'-d \'{{"model":"tiny","prompt":"a red fox in the snow"}}\'\n'
@@ -114,8 +129,7 @@ class WorkerSupervisor:
         self._thread.start()
 
     def _spawn(self) -> subprocess.Popen[bytes]:
-        env = dict(os.environ, DIFFLANE_DATA_DIR=str(self.settings.data_dir))
-        return subprocess.Popen([sys.executable, "-m", "difflane", "worker"], env=env)
+        return subprocess.Popen([sys.executable, "-m", "difflane", "worker"], env=dict(os.environ))
 
     def _watch(self) -> None:
         while not self._stop.wait(0.5):

@@ -30,6 +30,7 @@ class Settings(BaseSettings):
     # API
     host: str = "127.0.0.1"
     port: int = Field(8000, ge=0, le=65535)
+    api_workers: int = Field(1, ge=1, le=64)  # API processes (one event loop each)
     max_body_bytes: int = Field(64 * 1024, gt=0)
     auth: Literal["none"] = "none"
     public_url: str | None = None  # base for links in responses; default: from the request
@@ -92,6 +93,20 @@ class Settings(BaseSettings):
             return self.hf_home
         env = os.environ.get("HF_HOME")
         return Path(env) if env else self.data_dir / "hf"
+
+    def to_env(self) -> dict[str, str]:
+        """The explicitly set values as DIFFLANE_* variables, for child processes."""
+        env: dict[str, str] = {}
+        for name in self.model_fields_set:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            elif isinstance(value, list):
+                value = ",".join(value)
+            env[f"{PREFIX}{name.upper()}"] = str(value)
+        return env
 
     def redacted(self) -> dict[str, Any]:
         """Every setting, secrets shown as '**********' (what `difflane config show` prints)."""

@@ -24,6 +24,7 @@ class Components:
     queue: EmbeddedQueue | MemoryQueue  # Dispatcher and WorkSource
     catalog: Catalog
     bell_dir: Path | None  # where embedded processes ring each other; None in memory mode
+    local_store: bool = False  # store calls are short local I/O (safe on the event loop)
 
     def close(self) -> None:
         self.queue.close()
@@ -41,4 +42,4 @@ def build(settings: Settings) -> Components:
     queue = EmbeddedQueue(db, bell_dir, lease_seconds=settings.lease_seconds)
     # Same database file: the queue row commits in the job's creating transaction.
     store = SqliteJobStore(db, on_create=queue.enqueue_in, on_update=lambda job: doorbell.ring(bell_dir, "api"))
-    return Components(store, LocalBlobStore(settings.results_path), queue, catalog, bell_dir)
+    return Components(store, LocalBlobStore(settings.results_path), queue, catalog, bell_dir, local_store=True)

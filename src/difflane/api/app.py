@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import FastAPI
-from starlette.requests import Request
-from starlette.responses import Response
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from difflane import __version__, wiring
 from difflane.api import problems
@@ -41,6 +39,7 @@ def create_app(
         catalog=parts.catalog,
         authenticator=authenticator or DevAuthenticator(),
         changes=ChangeSignal(),
+        inline_store=parts.local_store,
     )
 
     @contextlib.asynccontextmanager
@@ -58,16 +57,41 @@ def create_app(
     problems.install(app)
     for module in (jobs, events, models, health):
         app.include_router(module.router)
-    app.middleware("http")(_count_requests)
+    app.add_middleware(RequestCounter)
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
     return app
 
 
-async def _count_requests(request: Request, call_next) -> Response:  # type: ignore[no-untyped-def]
-    started = time.perf_counter()
-    response: Response = await call_next(request)
-    route = request.scope.get("route")
-    template = getattr(route, "path", "unmatched")
-    metrics.HTTP_REQUESTS.labels(request.method, template, str(response.status_code)).inc()
-    response.headers.setdefault("Server-Timing", f"app;dur={(time.perf_counter() - started) * 1000:.1f}")
-    return response
+def create_app_from_env() -> FastAPI:
+    """Factory for API processes started by uvicorn itself (``--api-workers`` > 1)."""
+    from difflane import settings as settings_mod
+    from difflane.telemetry import logging as log_setup
+
+    settings = settings_mod.load()
+    log_setup.setup(settings.log_level, settings.log_format)
+    return create_app(settings)
+
+
+class RequestCounter:
+    """Counts requests by route template and status (plain ASGI: no per-request task overhead)."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        status = 500
+
+        async def capture(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, capture)
+        finally:
+            template = getattr(scope.get("route"), "path", "unmatched")
+            metrics.HTTP_REQUESTS.labels(scope["method"], template, str(status)).inc()

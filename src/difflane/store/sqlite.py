@@ -35,6 +35,10 @@ class Database:
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
+        # Threads of one process take turns here instead of in SQLite's busy handler, whose
+        # sleeps (up to 100 ms each) would turn contention into long tail latency. Other
+        # processes still wait through busy_timeout.
+        self._write_lock = threading.Lock()
         with _unavailable_on_error("open"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._migrate()
@@ -62,7 +66,7 @@ class Database:
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction taken up front (BEGIN IMMEDIATE), so it never deadlocks on upgrade."""
-        with _unavailable_on_error("write"):
+        with self._write_lock, _unavailable_on_error("write"):
             conn = self.connection()
             conn.execute("BEGIN IMMEDIATE")
             try:

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Request
-from fastapi.concurrency import run_in_threadpool
 from starlette.responses import StreamingResponse
 
 from difflane.api.context import ApiContext, get_context
@@ -66,7 +65,7 @@ async def job_events(
     caller: Annotated[Principal, Depends(current_principal)],
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> StreamingResponse:
-    await run_in_threadpool(ctx.service.get, caller, job_id)  # 404 before the stream starts
+    await ctx.call(ctx.service.get, caller, job_id)  # 404 before the stream starts
     after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
     base = base_url(request, ctx.settings.public_url)
     return StreamingResponse(
@@ -79,12 +78,12 @@ async def job_events(
 async def _stream(ctx: ApiContext, request: Request, job_id: str, after: int, base: str) -> AsyncIterator[bytes]:
     previous: Job | None = None
     if after:
-        earlier = await run_in_threadpool(ctx.store.history, job_id, after - 1)
+        earlier = await ctx.call(ctx.store.history, job_id, after - 1)
         previous = earlier[0] if earlier and earlier[0].version == after else None
     last_sent = time.monotonic()
     while True:
         try:
-            versions = await run_in_threadpool(ctx.store.history, job_id, after)
+            versions = await ctx.call(ctx.store.history, job_id, after)
         except DifflaneError as exc:
             yield sse("error", {"code": exc.code, "message": exc.message})
             return

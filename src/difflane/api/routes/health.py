@@ -18,7 +18,7 @@ Ctx = Annotated[ApiContext, Depends(get_context)]
 
 
 @router.get("/livez", response_model=Health, summary="The process is alive")
-def livez() -> dict[str, str]:
+async def livez() -> dict[str, str]:
     return {"status": "ok"}
 
 
@@ -28,11 +28,11 @@ def livez() -> dict[str, str]:
     responses={503: {"model": Health}},
     summary="The store, the dispatcher and result storage answer",
 )
-def readyz(ctx: Ctx) -> JSONResponse:
+async def readyz(ctx: Ctx) -> JSONResponse:
     checks: dict[str, str] = {}
     for name, dependency in (("store", ctx.store), ("dispatch", ctx.dispatcher), ("blobs", ctx.blobs)):
         try:
-            dependency.ping()
+            await ctx.call(dependency.ping)
             checks[name] = "ok"
         except DifflaneError as exc:
             checks[name] = f"unavailable: {exc.message}"

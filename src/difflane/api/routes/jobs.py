@@ -5,7 +5,6 @@ from __future__ import annotations
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
-from fastapi.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, RedirectResponse, StreamingResponse
 
 from difflane.api.context import ApiContext, get_context
@@ -35,14 +34,14 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     responses={**_ERRORS, 409: {"model": Problem}, 413: {"model": Problem}},
     summary="Submit a generation job",
 )
-def submit_job(
+async def submit_job(
     body: JobCreate,
     request: Request,
     ctx: Ctx,
     caller: Caller,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JSONResponse:
-    job, created = ctx.service.submit(caller, body.model_dump(exclude_unset=True), idempotency_key)
+    job, created = await ctx.call(ctx.service.submit, caller, body.model_dump(exclude_unset=True), idempotency_key)
     content = job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs)
     headers = {"Location": content["links"]["self"]}
     if not created:
@@ -51,7 +50,7 @@ def submit_job(
 
 
 @router.get("", response_model=JobPage, responses=_ERRORS, summary="List the caller's jobs, newest first")
-def list_jobs(
+async def list_jobs(
     request: Request,
     ctx: Ctx,
     caller: Caller,
@@ -59,14 +58,14 @@ def list_jobs(
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JSONResponse:
-    jobs, next_cursor = ctx.service.list(caller, state, cursor, limit)
+    jobs, next_cursor = await ctx.call(ctx.service.list, caller, state, cursor, limit)
     base = base_url(request, ctx.settings.public_url)
     return JSONResponse({"jobs": [job_json(j, base, ctx.blobs) for j in jobs], "next_cursor": next_cursor})
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS, summary="Get a job")
-def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
-    job = ctx.service.get(caller, job_id)
+async def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
+    job = await ctx.call(ctx.service.get, caller, job_id)
     return JSONResponse(job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs))
 
 
@@ -77,8 +76,8 @@ def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSONRe
     responses={**_ERRORS, 409: {"model": Problem}},
     summary="Cancel a job (a running job stops within one step)",
 )
-def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
-    job = ctx.service.cancel(caller, job_id)
+async def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
+    job = await ctx.call(ctx.service.cancel, caller, job_id)
     return JSONResponse(job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs), status_code=202)
 
 
@@ -94,7 +93,7 @@ def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSO
     summary="Download one output image",
 )
 async def get_output(job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], ctx: Ctx, caller: Caller) -> Response:
-    job = await run_in_threadpool(ctx.service.get, caller, job_id)
+    job = await ctx.call(ctx.service.get, caller, job_id)
     if job.state is not JobState.SUCCEEDED:
         raise Conflict(
             f"job {job_id} is {job.state.value}; outputs exist once it has succeeded", code="outputs_not_ready"
@@ -105,7 +104,7 @@ async def get_output(job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], 
     signed = ctx.blobs.signed_url(output.key, SIGNED_URL_TTL_SECONDS)
     if signed is not None:
         return RedirectResponse(signed, status_code=307)
-    chunks = await run_in_threadpool(ctx.blobs.open, output.key)
+    chunks = await ctx.call(ctx.blobs.open, output.key)
     return StreamingResponse(
         chunks,
         media_type="image/png",

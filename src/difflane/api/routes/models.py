@@ -15,7 +15,7 @@ router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("", response_model=ModelList, summary="List the models this deployment serves")
-def list_models(
+async def list_models(
     ctx: Annotated[ApiContext, Depends(get_context)], caller: Annotated[Principal, Depends(current_principal)]
 ) -> dict[str, object]:
     return {

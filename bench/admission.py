@@ -1,0 +1,84 @@
+"""Sustained job admission: POST /v1/jobs with workers off, driven by wrk.
+
+Prints jobs accepted per second, the latency percentiles wrk saw, and checks that every 202
+left a job in the store. Target on a 2-core machine: >= 1,000 jobs/s with p99 <= 50 ms.
+Needs `wrk` (Debian package `wrk`).
+
+    .venv/bin/python -m bench.admission [--seconds 10] [--connections 16]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import sqlite3
+import subprocess
+import tempfile
+from pathlib import Path
+
+from bench.harness import platform
+
+LUA = """
+wrk.method = "POST"
+wrk.body = '{"model":"tiny","prompt":"a red fox in the snow","steps":4}'
+wrk.headers["Content-Type"] = "application/json"
+accepted = 0
+response = function(status, headers, body)
+  if status == 202 then accepted = accepted + 1 end
+end
+done = function(summary, latency, requests)
+  io.write(string.format("STATUS_NON2XX=%d\\n", summary.errors.status))
+  for _, p in pairs({50, 90, 99, 99.9}) do
+    io.write(string.format("P%s_US=%d\\n", p, latency:percentile(p)))
+  end
+end
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seconds", type=int, default=10)
+    parser.add_argument("--connections", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--api-workers", type=int, default=2)
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk is not installed (apt-get install wrk)")
+    with tempfile.TemporaryDirectory() as tmp, platform(workers=0, api_workers=str(args.api_workers)) as (url, data_dir):
+        script = Path(tmp) / "post.lua"
+        script.write_text(LUA)
+        subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script), url + "/v1/jobs"],  # warm-up
+                       check=True, capture_output=True)
+        before = _count(data_dir)
+        out = subprocess.run(
+            ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
+             "-s", str(script), url + "/v1/jobs"],
+            check=True, capture_output=True, text=True,
+        ).stdout
+        stored = _count(data_dir) - before
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    figures = dict(re.findall(r"^(\w+)=(\d+)$", out, re.M))
+    result = {
+        "seconds": args.seconds,
+        "connections": args.connections,
+        "api_workers": args.api_workers,
+        "requests": requests,
+        "non_2xx": int(figures["STATUS_NON2XX"]),
+        "jobs_stored": stored,
+        "jobs_per_second": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),  # type: ignore[union-attr]
+        "p50_ms": int(figures["P50_US"]) / 1000,
+        "p90_ms": int(figures["P90_US"]) / 1000,
+        "p99_ms": int(figures["P99_US"]) / 1000,
+    }
+    print(json.dumps(result, indent=2))
+
+
+def _count(data_dir: Path) -> int:
+    with sqlite3.connect(data_dir / "difflane.db") as conn:
+        return int(conn.execute("SELECT count(*) FROM jobs").fetchone()[0])
+
+
+if __name__ == "__main__":
+    main()
