@@ -46,16 +46,32 @@ def main() -> None:
     args = parser.parse_args()
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
-    with tempfile.TemporaryDirectory() as tmp, platform(workers=0, api_workers=str(args.api_workers)) as (url, data_dir):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        platform(workers=0, api_workers=str(args.api_workers)) as (url, data_dir),
+    ):
         script = Path(tmp) / "post.lua"
         script.write_text(LUA)
-        subprocess.run(["wrk", "-t1", "-c4", "-d2s", "-s", str(script), url + "/v1/jobs"],  # warm-up
-                       check=True, capture_output=True)
+        subprocess.run(
+            ["wrk", "-t1", "-c4", "-d2s", "-s", str(script), url + "/v1/jobs"],  # warm-up
+            check=True,
+            capture_output=True,
+        )
         before = _count(data_dir)
         out = subprocess.run(
-            ["wrk", f"-t{args.threads}", f"-c{args.connections}", f"-d{args.seconds}s", "--latency",
-             "-s", str(script), url + "/v1/jobs"],
-            check=True, capture_output=True, text=True,
+            [
+                "wrk",
+                f"-t{args.threads}",
+                f"-c{args.connections}",
+                f"-d{args.seconds}s",
+                "--latency",
+                "-s",
+                str(script),
+                url + "/v1/jobs",
+            ],
+            check=True,
+            capture_output=True,
+            text=True,
         ).stdout
         stored = _count(data_dir) - before
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]

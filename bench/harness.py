@@ -41,7 +41,10 @@ def platform(workers: int, **settings: str) -> Iterator[tuple[str, Path]]:
         log = open(data_dir / "serve.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "difflane", "serve", "--port", str(port), "--workers", str(workers)],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         url = f"http://127.0.0.1:{port}"
         try:

@@ -46,8 +46,16 @@ def bare(hf_home: str, body: dict[str, object], jobs: int) -> list[float]:
     assert spec is not None
     runtime = DiffusersRuntime(Path(hf_home), device="auto")
     runtime.load(spec)
-    task = RenderTask(spec, (str(body["prompt"]),), ("",), (int(body["seed"]),), int(body["width"]),  # type: ignore[call-overload]
-                      int(body["height"]), int(body["steps"]), 7.5)  # type: ignore[call-overload]
+    task = RenderTask(
+        spec,
+        (str(body["prompt"]),),
+        ("",),
+        (int(body["seed"]),),
+        int(body["width"]),  # type: ignore[call-overload]
+        int(body["height"]),
+        int(body["steps"]),
+        7.5,
+    )  # type: ignore[call-overload]
     timings = []
     for i in range(jobs + 3):
         started = time.perf_counter()
@@ -64,16 +72,27 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
     args = parser.parse_args()
-    body = {"model": "tiny", "prompt": "a red fox in the snow", "steps": args.steps, "width": args.size,
-            "height": args.size, "seed": 1}
+    body = {
+        "model": "tiny",
+        "prompt": "a red fox in the snow",
+        "steps": args.steps,
+        "width": args.size,
+        "height": args.size,
+        "seed": 1,
+    }
     with platform(workers=1) as (url, data_dir):
         e2e = end_to_end(url, body, args.jobs)
         raw = bare(str(data_dir / "hf"), body, args.jobs)  # serve is idle now: same machine, same load
     result = {
-        "jobs": args.jobs, "steps": args.steps, "size": args.size,
-        "bare_p50_ms": round(percentile(raw, 50) * 1000, 1), "bare_p99_ms": round(percentile(raw, 99) * 1000, 1),
-        "e2e_p50_ms": round(percentile(e2e, 50) * 1000, 1), "e2e_p99_ms": round(percentile(e2e, 99) * 1000, 1),
-        "bare_mean_ms": round(statistics.mean(raw) * 1000, 1), "e2e_mean_ms": round(statistics.mean(e2e) * 1000, 1),
+        "jobs": args.jobs,
+        "steps": args.steps,
+        "size": args.size,
+        "bare_p50_ms": round(percentile(raw, 50) * 1000, 1),
+        "bare_p99_ms": round(percentile(raw, 99) * 1000, 1),
+        "e2e_p50_ms": round(percentile(e2e, 50) * 1000, 1),
+        "e2e_p99_ms": round(percentile(e2e, 99) * 1000, 1),
+        "bare_mean_ms": round(statistics.mean(raw) * 1000, 1),
+        "e2e_mean_ms": round(statistics.mean(e2e) * 1000, 1),
     }
     result["added_p50_ms"] = round(result["e2e_p50_ms"] - result["bare_p50_ms"], 1)
     result["ratio_p50"] = round(result["e2e_p50_ms"] / result["bare_p50_ms"], 3)

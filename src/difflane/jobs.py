@@ -103,6 +103,30 @@ class Output:
     height: int
 
 
+WEBHOOK_EVENTS = ("started", "progress", "completed")
+
+
+@dataclasses.dataclass(frozen=True)
+class Webhook:
+    """Where to tell the client about its job, and which events (a subset of WEBHOOK_EVENTS)."""
+
+    url: str
+    events: tuple[str, ...] = ("completed",)
+
+
+@dataclasses.dataclass(frozen=True)
+class RunMetrics:
+    """Figures of the attempt that produced the job's final state (None where not measured)."""
+
+    queue_wait_s: float | None = None
+    load_s: float | None = None
+    execution_s: float | None = None
+    batch_size: int | None = None
+    device: str | None = None
+    peak_memory_bytes: int | None = None
+    gpu_utilization: float | None = None
+
+
 @dataclasses.dataclass(frozen=True)
 class Lease:
     """Which worker holds a running job, until when (epoch seconds)."""
@@ -128,6 +152,8 @@ class Job:
     outputs: tuple[Output, ...] = ()
     cancel_requested: bool = False
     lease: Lease | None = None
+    webhook: Webhook | None = None
+    metrics: RunMetrics | None = None
 
     # --- transitions -----------------------------------------------------------------------
     # Each returns the next record with the same version; the store bumps it on write.
@@ -160,12 +186,18 @@ class Job:
         self._require_holder(worker)
         return dataclasses.replace(self, progress=Progress(step, total))
 
-    def succeed(self, worker: str, outputs: tuple[Output, ...], now: float | None = None) -> Job:
+    def succeed(
+        self, worker: str, outputs: tuple[Output, ...], now: float | None = None, metrics: RunMetrics | None = None
+    ) -> Job:
         self._require_holder(worker)
         if self.cancel_requested:
             raise IllegalTransition(f"job {self.id} was cancelled")
         return self._finish(
-            JobState.SUCCEEDED, now, outputs=outputs, progress=Progress(self.request.steps, self.request.steps)
+            JobState.SUCCEEDED,
+            now,
+            outputs=outputs,
+            progress=Progress(self.request.steps, self.request.steps),
+            metrics=metrics or self.metrics,
         )
 
     def fail(self, code: ErrorCode, message: str, now: float | None = None) -> Job:
@@ -207,7 +239,9 @@ class Job:
         )
 
 
-def new_job(owner: Principal, request: GenerationRequest, lane: str, now: float | None = None) -> Job:
+def new_job(
+    owner: Principal, request: GenerationRequest, lane: str, now: float | None = None, webhook: Webhook | None = None
+) -> Job:
     now = time.time() if now is None else now
     return Job(
         id=new_id(now),
@@ -217,6 +251,7 @@ def new_job(owner: Principal, request: GenerationRequest, lane: str, now: float 
         state=JobState.QUEUED,
         created_at=_utc(now),
         progress=Progress(0, request.steps),
+        webhook=webhook,
     )
 
 

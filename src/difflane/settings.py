@@ -55,6 +55,14 @@ class Settings(BaseSettings):
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     log_format: Literal["json", "text"] = "json"
 
+    # --- identity, tenancy, limits, webhooks (issue 3) -------------------------------------
+
+    # --- Azure backends (issue 5) ------------------------------------------------------------
+
+    # --- Kubernetes dispatch and controller (issue 6) ----------------------------------------
+
+    # --- lanes and the GPU worker (issue 4) --------------------------------------------------
+
     # client side (`difflane generate`)
     api_url: str = "http://127.0.0.1:8000"
     client_token: SecretStr | None = None

@@ -35,7 +35,8 @@ class Platform:
                 "test-worker", lease_seconds=lease_seconds, max_attempts=max_attempts, retry_backoff_seconds=0.01
             ),
         )
-        self.worker = Worker(self.parts.queue, executor, ["fast"], grace_seconds=1.0)
+        assert self.parts.source is not None
+        self.worker = Worker(self.parts.source, executor, ["fast"], grace_seconds=1.0)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
         return self.worker

@@ -72,7 +72,7 @@ def test_idempotency_key_replays_the_same_job(platform: Platform) -> None:
     assert first.status_code == again.status_code == 202
     assert again.json()["id"] == first.json()["id"]
     assert again.headers.get("idempotent-replayed") == "true"
-    assert platform.parts.queue.backlog("fast") == 1  # one job, one queue entry
+    assert platform.parts.dispatcher.backlog("fast") == 1  # one job, one queue entry
 
 
 def test_idempotency_key_with_another_body_is_409(platform: Platform) -> None:
@@ -151,7 +151,7 @@ def test_store_down_is_503_with_retry_after_and_nothing_written(platform: Platfo
     assert int(r.headers["retry-after"]) > 0
     platform.parts.store.down = False  # type: ignore[attr-defined]
     assert platform.client.get("/v1/jobs").json()["jobs"] == []
-    assert platform.parts.queue.backlog("fast") == 0
+    assert platform.parts.dispatcher.backlog("fast") == 0
 
 
 # --- read, list, ownership --------------------------------------------------------------------
@@ -222,7 +222,7 @@ def test_cancel_queued_job_then_cancel_again_is_409(platform: Platform) -> None:
     r = platform.client.post(f"/v1/jobs/{job['id']}/cancel")
     assert r.status_code == 202 and r.json()["state"] == "cancelled"
     assert r.json()["error"]["code"] == "cancelled"
-    assert platform.parts.queue.backlog("fast") == 0
+    assert platform.parts.dispatcher.backlog("fast") == 0
     again = platform.client.post(f"/v1/jobs/{job['id']}/cancel")
     assert again.status_code == 409 and again.json()["error"]["code"] == "job_finished"
 
@@ -274,7 +274,7 @@ def test_models_lists_limits_and_lane(platform: Platform) -> None:
 def test_health_routes(platform: Platform) -> None:
     assert platform.client.get("/livez").json()["status"] == "ok"
     assert platform.client.get("/readyz").status_code == 200
-    platform.parts.queue.down = True  # type: ignore[union-attr]
+    platform.parts.dispatcher.down = True  # type: ignore[union-attr]
     r = platform.client.get("/readyz")
     assert r.status_code == 503 and r.json()["checks"]["dispatch"].startswith("unavailable")
     assert "retry-after" in r.headers

@@ -35,7 +35,7 @@ def create_app(
         settings=settings,
         store=parts.store,
         blobs=parts.blobs,
-        dispatcher=parts.queue,
+        dispatcher=parts.dispatcher,
         catalog=parts.catalog,
         authenticator=authenticator or DevAuthenticator(),
         changes=ChangeSignal(),

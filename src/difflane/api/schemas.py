@@ -48,6 +48,21 @@ class OutputOut(BaseModel):
     height: int
 
 
+class RunMetricsOut(BaseModel):
+    queue_wait_s: float | None = Field(None, description="From acceptance to the start of the final attempt")
+    load_s: float | None = Field(None, description="Model load time of the final attempt (0 when cached)")
+    execution_s: float | None = Field(None, description="Pipeline time of the final attempt")
+    batch_size: int | None = Field(None, description="Images in the pipeline call that rendered this job")
+    device: str | None = None
+    peak_memory_bytes: int | None = Field(None, description="Peak device memory (CUDA only)")
+    gpu_utilization: float | None = Field(None, description="NVML utilisation 0..1 (GPU only)")
+
+
+class WebhookOut(BaseModel):
+    url: str
+    events: list[str]
+
+
 class JobLinks(BaseModel):
     self: str
     events: str
@@ -75,6 +90,8 @@ class JobOut(BaseModel):
     cancel_requested: bool
     error: ErrorOut | None
     outputs: list[OutputOut]
+    metrics: RunMetricsOut | None
+    webhook: WebhookOut | None
     links: JobLinks
 
 

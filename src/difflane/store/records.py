@@ -16,6 +16,8 @@ from difflane.jobs import (
     Output,
     Principal,
     Progress,
+    RunMetrics,
+    Webhook,
 )
 
 SCHEMA = 1
@@ -38,6 +40,8 @@ def to_dict(job: Job) -> dict[str, Any]:
         "outputs": [vars(o).copy() for o in job.outputs],
         "cancel_requested": job.cancel_requested,
         "lease": {"owner": job.lease.owner, "expires_at": job.lease.expires_at} if job.lease else None,
+        "webhook": {"url": job.webhook.url, "events": list(job.webhook.events)} if job.webhook else None,
+        "metrics": vars(job.metrics).copy() if job.metrics else None,
         "version": job.version,
     }
 
@@ -60,6 +64,8 @@ def from_dict(data: dict[str, Any]) -> Job:
         outputs=tuple(Output(**o) for o in data.get("outputs", ())),
         cancel_requested=data.get("cancel_requested", False),
         lease=Lease(**lease) if lease else None,
+        webhook=_webhook(data.get("webhook")),
+        metrics=RunMetrics(**data["metrics"]) if data.get("metrics") else None,
         version=data.get("version", 0),
     )
 
@@ -70,6 +76,10 @@ def dumps(job: Job) -> str:
 
 def loads(text: str | bytes) -> Job:
     return from_dict(json.loads(text))
+
+
+def _webhook(data: dict[str, Any] | None) -> Webhook | None:
+    return Webhook(data["url"], tuple(data["events"])) if data else None
 
 
 def _dt(value: str | None) -> datetime | None:

@@ -10,6 +10,7 @@ import uuid
 from types import FrameType
 
 from difflane import wiring
+from difflane.dispatch.base import WorkSource
 from difflane.errors import InvalidInput
 from difflane.jobs import is_job_id
 from difflane.settings import Settings
@@ -41,6 +42,12 @@ def _executor(settings: Settings, parts: wiring.Components, runtime: Runtime) ->
     return Executor(parts.store, parts.blobs, parts.catalog, runtime, config)
 
 
+def _source(parts: wiring.Components) -> WorkSource:
+    if parts.source is None:
+        raise InvalidInput("this dispatch backend hands jobs to `difflane run-job`; there is no queue to serve")
+    return parts.source
+
+
 def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: int | None = None) -> None:
     log_setup.setup(settings.log_level, settings.log_format)
     parts = wiring.build(settings)
@@ -50,7 +57,7 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
         raise InvalidInput(f"no model in the catalog uses lane(s) {', '.join(sorted(unknown))}")
     runtime = runtime or default_runtime(settings)
     worker = Worker(
-        parts.queue, _executor(settings, parts, runtime), lanes, grace_seconds=settings.shutdown_grace_seconds
+        _source(parts), _executor(settings, parts, runtime), lanes, grace_seconds=settings.shutdown_grace_seconds
     )
 
     def on_signal(signum: int, frame: FrameType | None) -> None:

@@ -61,5 +61,7 @@ def job_json(job: Job, base: str, blobs: BlobStore | None = None) -> dict[str, A
         "cancel_requested": job.cancel_requested,
         "error": {"code": job.error.code.value, "message": job.error.message} if job.error else None,
         "outputs": outputs,
+        "metrics": vars(job.metrics).copy() if job.metrics else None,
+        "webhook": {"url": job.webhook.url, "events": list(job.webhook.events)} if job.webhook else None,
         "links": {"self": path, "events": f"{path}/events", "cancel": f"{path}/cancel"},
     }
