@@ -14,6 +14,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from difflane.errors import ConfigError
+from difflane.lanes import Lanes
 
 # The snapshot name `difflane models create-tiny` writes; pinned so the built-in catalog can
 # name a revision without a hub.
@@ -99,6 +100,12 @@ class Catalog:
 
     def lanes(self) -> set[str]:
         return {m.lane for m in self._models.values()}
+
+    def check_lanes(self, lanes: Lanes) -> None:
+        """Every model's lane must exist: a job routed to no lane would wait forever."""
+        missing = sorted({f"{m.name} → {m.lane}" for m in self._models.values() if lanes.get(m.lane) is None})
+        if missing:
+            raise ConfigError(f"models name lanes the lanes file does not define: {', '.join(missing)}")
 
 
 def builtin() -> Catalog:

@@ -70,7 +70,7 @@ def worker(lanes: tuple[str, ...], data_dir: Path | None, max_jobs: int | None) 
     """Run a long-lived worker that takes jobs from the queue."""
     from difflane.worker import main as worker_main
 
-    settings = _settings(data_dir=data_dir, lanes=list(lanes) or None)
+    settings = _settings(data_dir=data_dir, worker_lanes=list(lanes) or None)
     worker_main.run_worker(settings, max_jobs=max_jobs)
 
 

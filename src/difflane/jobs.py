@@ -219,6 +219,15 @@ class Job:
             raise IllegalTransition(f"job {self.id} has no pending cancel")
         return self._finish(JobState.CANCELLED, now, error=JobError(ErrorCode.CANCELLED, "cancelled"))
 
+    def move_to_lane(self, worker: str, lane: str) -> Job:
+        """running → queued on another lane (e.g. a bigger GPU after running out of memory)."""
+        self._require_holder(worker)
+        if lane == self.lane:
+            raise IllegalTransition(f"job {self.id} is already on lane {lane}")
+        return dataclasses.replace(
+            self, state=JobState.QUEUED, lane=lane, lease=None, progress=Progress(0, self.request.steps)
+        )
+
     def requeue(self, worker: str | None = None) -> Job:
         """running → queued: give the job back (retry, shutdown, lost lease)."""
         if self.state is not JobState.RUNNING:

@@ -32,15 +32,13 @@ class Settings(BaseSettings):
     port: int = Field(8000, ge=0, le=65535)
     api_workers: int = Field(1, ge=1, le=64)  # API processes (one event loop each)
     max_body_bytes: int = Field(64 * 1024, gt=0)
-    auth: Literal["none"] = "none"
+    auth: Literal["none", "entra", "oidc"] = "none"  # see the identity section below
     public_url: str | None = None  # base for links in responses; default: from the request
 
     # dispatch and workers
     store: Literal["sqlite", "memory"] = "sqlite"
     dispatch: Literal["embedded", "memory"] = "embedded"
     workers: int = Field(1, ge=0, le=64)
-    # lanes a worker serves, comma-separated; empty = every lane in the catalog
-    lanes: Annotated[list[str], NoDecode] = Field(default_factory=list)
     lease_seconds: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     retry_backoff_seconds: float = Field(2.0, ge=0)
@@ -56,18 +54,67 @@ class Settings(BaseSettings):
     log_format: Literal["json", "text"] = "json"
 
     # --- identity, tenancy, limits, webhooks (issue 3) -------------------------------------
+    # `none` trusts the X-Difflane-Principal header: refused off loopback unless this is set.
+    insecure_no_auth: bool = False
+    auth_issuer: str | None = None  # oidc: the issuer; discovery at <issuer>/.well-known/openid-configuration
+    auth_authority: str = "https://login.microsoftonline.com"  # entra: where the metadata documents live
+    auth_audience: Annotated[list[str], NoDecode] = Field(default_factory=list)  # client id and/or App ID URI
+    auth_tenants: Annotated[list[str], NoDecode] = Field(default_factory=list)  # entra: tenant ids, or "*"
+    auth_token_versions: Annotated[list[Literal["1", "2"]], NoDecode] = Field(default_factory=lambda: ["2"])
+    auth_leeway_seconds: int = Field(60, ge=0, le=300)  # clock skew allowed on exp/nbf
+    auth_jwks_min_refresh_seconds: float = Field(300.0, ge=0)  # unknown `kid`: refetch keys at most this often
+    auth_metadata_max_age_seconds: float = Field(86400.0, gt=0)  # refetch metadata + keys after this long
+    auth_http_timeout_seconds: float = Field(5.0, gt=0)
+    # Limits; unset = off with DIFFLANE_AUTH=none (one developer), the production defaults otherwise.
+    limit_outstanding_jobs: int | None = Field(None, ge=0)  # queued + running per principal; 0 = no cap
+    limit_submit_rate: float | None = Field(None, ge=0)  # submits per second per principal; 0 = no cap
+    limit_submit_burst: int | None = Field(None, ge=1)
+    limit_queued_per_lane: int | None = Field(None, ge=0)  # 0 = no cap
+    limit_queued_lanes: Annotated[list[str], NoDecode] = Field(default_factory=list)  # "fast=100,long=10"
+    limit_retry_after_seconds: int = Field(5, ge=1)  # Retry-After when a cap (not the rate) is hit
+    # Webhooks: off until a secret is set (DIFFLANE_WEBHOOK_SECRET_FILE for a mounted secret).
+    webhook_secret: SecretStr | None = None  # Standard Webhooks format: whsec_<base64 of 24-64 bytes>
+    webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # host, *.domain, or *
+    webhook_allow_http: bool = False  # development only
+    webhook_allow_private_networks: bool = False  # development only: loopback/private receivers
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    webhook_max_attempts: int = Field(8, ge=1, le=50)
+    webhook_backoff_seconds: float = Field(5.0, ge=0)  # first retry; each later one waits 4x longer
+    webhook_backoff_max_seconds: float = Field(3600.0, ge=0)
+    webhook_state: Path | None = None  # delivery state; default: <data_dir>/webhooks.db
+
+    @field_validator(
+        "auth_audience",
+        "auth_tenants",
+        "auth_token_versions",
+        "limit_queued_lanes",
+        "webhook_allowed_hosts",
+        mode="before",
+    )
+    @classmethod
+    def _split_csv(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return [p.strip() for p in value.split(",") if p.strip()]
+        return value
 
     # --- Azure backends (issue 5) ------------------------------------------------------------
 
     # --- Kubernetes dispatch and controller (issue 6) ----------------------------------------
 
     # --- lanes and the GPU worker (issue 4) --------------------------------------------------
+    lanes: Path | None = None  # lanes YAML; default: the built-in lane "fast"
+    # lanes a worker serves, comma-separated; empty = every lane a catalog model uses
+    worker_lanes: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    runtime: Literal["diffusers", "fake"] = "diffusers"  # "fake": no torch, for tests and benchmarks
+    model_memory_budget_gb: float | None = Field(None, gt=0)  # LRU bound for loaded pipelines
+    preload: bool = True  # load and warm every served model before reporting ready
+    health_port: int | None = Field(None, ge=0, le=65535)  # worker's /livez /readyz /metrics
 
     # client side (`difflane generate`)
     api_url: str = "http://127.0.0.1:8000"
     client_token: SecretStr | None = None
 
-    @field_validator("lanes", mode="before")
+    @field_validator("worker_lanes", mode="before")
     @classmethod
     def _split_lanes(cls, value: Any) -> Any:
         if isinstance(value, str):

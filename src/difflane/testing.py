@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Iterator, Sequence
@@ -17,7 +18,7 @@ from difflane.catalog import ModelSpec
 from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
 from difflane.jobs import Job, JobState, Principal
 from difflane.store.base import IdempotencyKey
-from difflane.worker.runtime import Interrupted, RenderedImage, RenderTask, StepCallback
+from difflane.worker.runtime import Interrupted, RenderedImage, RenderStats, RenderTask, StepCallback
 
 
 class _Switch:
@@ -246,7 +247,10 @@ class FakeRuntime:
     """A Runtime that paints each image from its seed and prompt, with an optional step delay.
 
     Same task → same pixels, different seed → different pixels, like a real pipeline; it never
-    needs torch. ``fail_with`` makes the next render raise that exception (once).
+    needs torch. ``fail_with`` makes the next render raise that exception (once). Markers in a
+    prompt inject faults where a test cannot reach the object (a worker's child process):
+    ``[hang]`` never returns, ``[oom]`` raises MemoryError, ``[crash]`` kills the process,
+    ``[slow]`` makes each step take 0.2 s.
     """
 
     device = "cpu"
@@ -256,6 +260,11 @@ class FakeRuntime:
         self.loaded: set[str] = set()
         self.calls: list[RenderTask] = []
         self.fail_with: BaseException | None = None
+        self._last_stats: RenderStats | None = None
+
+    @property
+    def last_stats(self) -> RenderStats | None:
+        return self._last_stats
 
     def load(self, model: ModelSpec) -> float:
         if model.name in self.loaded:
@@ -263,17 +272,28 @@ class FakeRuntime:
         self.loaded.add(model.name)
         return 0.001
 
-    def render(self, task: RenderTask, on_step: StepCallback) -> list[RenderedImage]:
+    def render(self, task: RenderTask, on_step: StepCallback, timeout: float | None = None) -> list[RenderedImage]:
+        started = time.perf_counter()
         self.calls.append(task)
         if self.fail_with is not None:
             exc, self.fail_with = self.fail_with, None
             raise exc
+        markers = " ".join(task.prompts)
+        if "[oom]" in markers:
+            raise MemoryError("fake runtime: out of memory")
+        if "[crash]" in markers:
+            os._exit(137)
+        step_seconds = 0.2 if "[slow]" in markers else self.step_seconds
         for step in range(1, task.steps + 1):
-            if self.step_seconds:
-                time.sleep(self.step_seconds)
+            while "[hang]" in markers:
+                time.sleep(3600)
+            if step_seconds:
+                time.sleep(step_seconds)
             if not on_step(step, task.steps):
                 raise Interrupted()
-        return [self._paint(task, i) for i in range(len(task.seeds))]
+        images = [self._paint(task, i) for i in range(len(task.seeds))]
+        self._last_stats = RenderStats(seconds=time.perf_counter() - started)
+        return images
 
     def close(self) -> None:
         self.loaded.clear()

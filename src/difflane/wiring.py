@@ -9,12 +9,14 @@ import dataclasses
 from pathlib import Path
 
 from difflane import catalog as catalog_mod
+from difflane import lanes as lanes_mod
 from difflane.blobs.base import BlobStore
 from difflane.blobs.local import LocalBlobStore
 from difflane.catalog import Catalog
 from difflane.dispatch import doorbell
 from difflane.dispatch.base import Dispatcher, WorkSource
 from difflane.dispatch.embedded import EmbeddedQueue
+from difflane.lanes import Lanes
 from difflane.settings import Settings
 from difflane.store.base import JobStore
 from difflane.store.sqlite import Database, SqliteJobStore
@@ -28,6 +30,7 @@ class Components:
     dispatcher: Dispatcher  # API side
     source: WorkSource | None  # worker side; None where workers get one job id (Kubernetes)
     catalog: Catalog
+    lanes: Lanes = dataclasses.field(default_factory=lanes_mod.builtin)
     bell_dir: Path | None = None  # where embedded processes ring each other
     local_store: bool = False  # store calls are short local I/O (safe on the event loop)
 
@@ -40,6 +43,14 @@ class Components:
 
 def build(settings: Settings) -> Components:
     catalog = catalog_mod.load(settings.catalog)
+    lanes = lanes_mod.load(settings.lanes)
+    catalog.check_lanes(lanes)
+    parts = _backends(settings, catalog)
+    parts.lanes = lanes
+    return parts
+
+
+def _backends(settings: Settings, catalog: Catalog) -> Components:
     if settings.store == "memory" or settings.dispatch == "memory":
         queue = MemoryQueue(lease_seconds=settings.lease_seconds)
         return Components(MemoryJobStore(), MemoryBlobStore(), queue, queue, catalog)

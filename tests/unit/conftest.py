@@ -13,6 +13,7 @@ from difflane import wiring
 from difflane.api.app import create_app
 from difflane.settings import Settings
 from difflane.testing import FakeRuntime
+from difflane.worker.batching import Batcher
 from difflane.worker.consumer import Worker
 from difflane.worker.executor import Executor, WorkerConfig
 
@@ -34,9 +35,12 @@ class Platform:
             WorkerConfig(
                 "test-worker", lease_seconds=lease_seconds, max_attempts=max_attempts, retry_backoff_seconds=0.01
             ),
+            lanes=self.parts.lanes,
+            dispatcher=self.parts.dispatcher,
         )
         assert self.parts.source is not None
-        self.worker = Worker(self.parts.source, executor, ["fast"], grace_seconds=1.0)
+        batcher = Batcher(self.parts.source, self.parts.store, executor.lane, ["fast"], lease_seconds=lease_seconds)
+        self.worker = Worker(batcher, executor, grace_seconds=1.0)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
         return self.worker

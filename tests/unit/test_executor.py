@@ -115,13 +115,13 @@ def test_cancel_during_render_stops_within_a_step(rig: Rig) -> None:
     job = rig.submit(steps=50)
     original = rig.runtime.render
 
-    def render_and_cancel(task, on_step):  # type: ignore[no-untyped-def]
+    def render_and_cancel(task, on_step, timeout=None):  # type: ignore[no-untyped-def]
         def step(i: int, total: int) -> bool:
             if i == 3:
                 rig.store.update(rig.get(job.id).cancel(), rig.get(job.id).version)
             return on_step(i, total)
 
-        return original(task, step)
+        return original(task, step, timeout)
 
     rig.runtime.render = render_and_cancel  # type: ignore[method-assign]
     assert rig.executor.execute(rig.deliver()) is Outcome.CANCELLED

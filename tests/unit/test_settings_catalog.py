@@ -18,10 +18,10 @@ def test_env_and_file_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     secret = tmp_path / "token"
     secret.write_text("s3cret-value\n")
     monkeypatch.setenv("DIFFLANE_PORT", "9001")
-    monkeypatch.setenv("DIFFLANE_LANES", "fast, long")
+    monkeypatch.setenv("DIFFLANE_WORKER_LANES", "fast, long")
     monkeypatch.setenv("DIFFLANE_CLIENT_TOKEN_FILE", str(secret))
     s = load(workers=0)
-    assert s.port == 9001 and s.lanes == ["fast", "long"] and s.workers == 0
+    assert s.port == 9001 and s.worker_lanes == ["fast", "long"] and s.workers == 0
     assert s.client_token is not None and s.client_token.get_secret_value() == "s3cret-value"
     assert s.database_path == s.data_dir / "difflane.db"
 

@@ -40,6 +40,7 @@ def create_app(
         authenticator=authenticator or DevAuthenticator(),
         changes=ChangeSignal(),
         inline_store=parts.local_store,
+        lanes=parts.lanes,
     )
 
     @contextlib.asynccontextmanager

@@ -15,6 +15,7 @@ from difflane.api.watch import ChangeSignal
 from difflane.blobs.base import BlobStore
 from difflane.catalog import Catalog
 from difflane.dispatch.base import Dispatcher
+from difflane.lanes import Lanes
 from difflane.settings import Settings
 from difflane.store.base import JobStore
 
@@ -28,6 +29,7 @@ class ApiContext:
     catalog: Catalog
     authenticator: Authenticator
     changes: ChangeSignal
+    lanes: Lanes | None = None
     # True when store calls are local and short (SQLite): run them on the event loop. A hop to
     # a worker thread costs more than the call itself on a busy 2-core machine (GIL hand-offs),
     # and it capped admission at a third of the inline rate. Remote stores use the threadpool.
@@ -35,7 +37,7 @@ class ApiContext:
     service: JobService = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.service = JobService(self.store, self.dispatcher, self.catalog)
+        self.service = JobService(self.store, self.dispatcher, self.catalog, self.lanes)
 
     async def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a store/dispatch call the cheapest safe way (see ``inline_store``)."""

@@ -31,7 +31,7 @@ def problem(status: int, code: str, message: str, headers: dict[str, str] | None
 
 async def _difflane_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DifflaneError)
-    headers = None
+    headers: dict[str, str] | None = getattr(exc, "headers", None)  # WWW-Authenticate, Retry-After on 429
     if isinstance(exc, Unavailable):
         headers = {"Retry-After": str(exc.retry_after)}
         log.warning("dependency unavailable: %s", exc.message)

@@ -12,6 +12,7 @@ from difflane.catalog import Catalog, ModelSpec
 from difflane.dispatch.base import Dispatcher
 from difflane.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from difflane.jobs import MAX_SEED, GenerationRequest, Job, JobState, Principal, is_job_id, new_job
+from difflane.lanes import Lane, Lanes
 from difflane.store.base import IdempotencyKey, JobStore, mutate
 from difflane.telemetry import metrics
 
@@ -21,15 +22,16 @@ MAX_IDEMPOTENCY_KEY = 200
 
 
 class JobService:
-    def __init__(self, store: JobStore, dispatcher: Dispatcher, catalog: Catalog) -> None:
+    def __init__(self, store: JobStore, dispatcher: Dispatcher, catalog: Catalog, lanes: Lanes | None = None) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.catalog = catalog
+        self.lanes = lanes
 
     def submit(self, owner: Principal, body: dict[str, Any], idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Validate against the model's limits, then write record + queue entry. (job, created)."""
         spec = self._model(body["model"])
-        request = build_request(spec, body)
+        request = build_request(spec, body, self.lanes.get(spec.lane) if self.lanes else None)
         lane = body.get("lane") or spec.lane
         if lane != spec.lane:
             raise InvalidInput(
@@ -99,9 +101,14 @@ class JobService:
         return spec
 
 
-def build_request(spec: ModelSpec, body: dict[str, Any]) -> GenerationRequest:
-    """Fill defaults from the catalog and check the model's limits; InvalidInput names the field."""
+def build_request(spec: ModelSpec, body: dict[str, Any], lane: Lane | None = None) -> GenerationRequest:
+    """Fill defaults from the catalog and check the model's (and its lane's) limits; InvalidInput names the field."""
     d, lim = spec.defaults, spec.limits
+    if lane is not None:  # a lane's ceilings bound every model it serves
+        lim = lim.model_copy(update={
+            "max_pixels": min(lim.max_pixels, lane.max_pixels or lim.max_pixels),
+            "max_steps": min(lim.max_steps, lane.max_steps or lim.max_steps),
+        })
     width = body.get("width") or d.width
     height = body.get("height") or d.height
     steps = body.get("steps") or d.steps

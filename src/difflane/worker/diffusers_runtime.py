@@ -24,7 +24,9 @@ from difflane.errors import DifflaneError, MissingExtra
 from difflane.worker.runtime import (
     Interrupted,
     ModelUnavailable,
+    OutOfMemory,
     RenderedImage,
+    RenderStats,
     RenderTask,
     StepCallback,
 )
@@ -48,6 +50,16 @@ def _require(module: str) -> ModuleType:
 class _Loaded:
     spec: ModelSpec
     pipe: Any
+    bytes: int  # parameters and buffers: what the budget counts
+
+
+def _pipeline_bytes(pipe: Any) -> int:
+    total = 0
+    for component in getattr(pipe, "components", {}).values():
+        for tensors in (getattr(component, "parameters", None), getattr(component, "buffers", None)):
+            if callable(tensors):
+                total += sum(t.numel() * t.element_size() for t in tensors())
+    return total
 
 
 class _StepRelay:
@@ -66,8 +78,20 @@ class _StepRelay:
         return kwargs  # diffusers reads (possibly replaced) tensors back from this dict
 
 
+# Above this many pixels the VAE decodes in tiles and slices: its activations at 1024² and up
+# would otherwise dominate peak memory.
+VAE_TILING_PIXELS = 1024 * 1024
+
+
 class DiffusersRuntime:
-    def __init__(self, hf_home: Path, device: str = "auto") -> None:
+    def __init__(
+        self,
+        hf_home: Path,
+        device: str = "auto",
+        *,
+        memory_budget_bytes: int | None = None,
+        compile_models: frozenset[str] = frozenset(),
+    ) -> None:
         self._torch = _require("torch")
         self._diffusers = _require("diffusers")
         self._np = _require("numpy")
@@ -77,7 +101,10 @@ class DiffusersRuntime:
         # bfloat16 halves memory and is fast on modern GPUs without fp16's overflow issues;
         # CPUs compute float32 fastest and most exactly.
         self._dtype = self._torch.bfloat16 if self._on_cuda else self._torch.float32
-        self._pipelines: dict[str, _Loaded] = {}
+        self._pipelines: dict[str, _Loaded] = {}  # insertion order = least recently used first
+        self._budget = memory_budget_bytes
+        self._compile = compile_models
+        self._last_stats: RenderStats | None = None
         # Loading bars are noise in a worker's logs (diffusers and transformers draw them).
         self._diffusers.utils.logging.disable_progress_bar()
         _require("transformers").utils.logging.disable_progress_bar()
@@ -90,14 +117,28 @@ class DiffusersRuntime:
     # --- loading ---------------------------------------------------------------------------------
 
     def load(self, model: ModelSpec) -> float:
-        loaded = self._pipelines.get(model.name)
+        loaded = self._pipelines.pop(model.name, None)
         if loaded is not None and loaded.spec == model:
+            self._pipelines[model.name] = loaded  # now the most recently used
             return 0.0
         # Same name, different spec (a catalog edit): the old weights must not serve it.
-        self._pipelines.pop(model.name, None)
         start = time.perf_counter()
-        self._pipelines[model.name] = _Loaded(model, self._load_pipeline(model))
+        pipe = self._load_pipeline(model)
+        self._pipelines[model.name] = _Loaded(model, pipe, _pipeline_bytes(pipe))
+        self._evict()
         return time.perf_counter() - start
+
+    def loaded_models(self) -> list[str]:
+        """Loaded model names, least recently used first."""
+        return list(self._pipelines)
+
+    def _evict(self) -> None:
+        """Drop least recently used pipelines until the rest fit the memory budget (the newest stays)."""
+        if self._budget is None:
+            return
+        while len(self._pipelines) > 1 and sum(p.bytes for p in self._pipelines.values()) > self._budget:
+            del self._pipelines[next(iter(self._pipelines))]
+            self._free()
 
     def _load_pipeline(self, model: ModelSpec) -> Any:
         cls = getattr(self._diffusers, PIPELINE_CLASSES[model.pipeline])
@@ -119,6 +160,9 @@ class DiffusersRuntime:
         if self._on_cuda and getattr(pipe, "unet", None) is not None:
             # channels_last suits the UNet's convolutions on GPUs; SDPA attention is diffusers' default.
             pipe.unet.to(memory_format=self._torch.channels_last)
+        if model.name in self._compile and getattr(pipe, "unet", None) is not None:
+            # Compiled lazily on the first call per shape: the worker's warm-up pays for it.
+            pipe.unet = self._torch.compile(pipe.unet)
         return pipe
 
     def _unavailable(self, model: ModelSpec, cause: BaseException) -> ModelUnavailable:
@@ -138,28 +182,62 @@ class DiffusersRuntime:
 
     # --- rendering -------------------------------------------------------------------------------
 
-    def render(self, task: RenderTask, on_step: StepCallback) -> list[RenderedImage]:
+    @property
+    def last_stats(self) -> RenderStats | None:
+        return self._last_stats
+
+    def render(self, task: RenderTask, on_step: StepCallback, timeout: float | None = None) -> list[RenderedImage]:
+        # ``timeout`` cannot interrupt a running kernel from inside; the isolated runtime
+        # enforces it by killing the process that runs this.
         self.load(task.model)
         pipe = self._pipelines[task.model.name].pipe
         relay = _StepRelay(on_step)
         # One generator per image: each image's starting noise depends on its own seed only.
         generators = [self._generator(seed) for seed in task.seeds]
         negatives = list(task.negative_prompts) if any(task.negative_prompts) else None
-        with self._torch.inference_mode():
-            output = pipe(
-                prompt=list(task.prompts),
-                negative_prompt=negatives,
-                width=task.width,
-                height=task.height,
-                num_inference_steps=task.steps,
-                guidance_scale=task.guidance_scale,
-                generator=generators,
-                output_type="np",
-                callback_on_step_end=relay,
-            )
+        self._vae_for(pipe, task.width * task.height)
+        if self._on_cuda:
+            self._torch.cuda.reset_peak_memory_stats()
+        started = time.perf_counter()
+        try:
+            with self._torch.inference_mode():
+                output = pipe(
+                    prompt=list(task.prompts),
+                    negative_prompt=negatives,
+                    width=task.width,
+                    height=task.height,
+                    num_inference_steps=task.steps,
+                    guidance_scale=task.guidance_scale,
+                    generator=generators,
+                    output_type="np",
+                    callback_on_step_end=relay,
+                )
+        except self._torch.cuda.OutOfMemoryError as exc:
+            del exc  # holds frames that hold tensors
+            self._free()
+            raise OutOfMemory(f"CUDA out of memory rendering {len(task.seeds)} image(s) of {task.model.name}") from None
         if relay.interrupted:
             raise Interrupted(f"stopped by the step callback ({task.model.name})")
-        return [self._to_image(image) for image in output.images]
+        images = [self._to_image(image) for image in output.images]
+        peak = int(self._torch.cuda.max_memory_allocated()) if self._on_cuda else None
+        self._last_stats = RenderStats(seconds=time.perf_counter() - started, peak_memory_bytes=peak)
+        return images
+
+    def _vae_for(self, pipe: Any, pixels: int) -> None:
+        vae = getattr(pipe, "vae", None)
+        if vae is None or not hasattr(vae, "enable_tiling"):
+            return
+        if pixels >= VAE_TILING_PIXELS:
+            vae.enable_tiling()
+            vae.enable_slicing()
+        else:
+            vae.disable_tiling()
+            vae.disable_slicing()
+
+    def _free(self) -> None:
+        gc.collect()  # pipelines and exceptions hold reference cycles; free tensors first
+        if self._on_cuda:
+            self._torch.cuda.empty_cache()
 
     def _generator(self, seed: int) -> Any:
         device = self.device if self._on_cuda else "cpu"
@@ -177,9 +255,7 @@ class DiffusersRuntime:
 
     def close(self) -> None:
         self._pipelines.clear()
-        gc.collect()  # pipelines hold reference cycles; free their tensors before emptying the cache
-        if self._on_cuda:
-            self._torch.cuda.empty_cache()
+        self._free()
 
 
 def _unavailable_message(model: ModelSpec, exc: BaseException, cache_dir: Path) -> str:

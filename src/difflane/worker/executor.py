@@ -1,9 +1,13 @@
-"""Runs one delivered job: claim, render with progress and cancel, upload, settle.
+"""Runs delivered jobs, alone or as one batch: claim, render with progress and cancel, upload, settle.
 
 The job record decides everything. A delivery for a finished job is acknowledged without work;
 a lost lease stops the work without touching the record (someone else holds it now); outputs
 are uploaded under deterministic keys before the record says succeeded, so a crash in between
 only means the next attempt overwrites the same blobs with the same bytes.
+
+In a batch every job keeps its own fate: one job's cancel drops only its images, one job's lost
+lease touches only that job. What happens to the pipeline call (timeout, out of memory, crash)
+happens to every job still in it.
 """
 
 from __future__ import annotations
@@ -15,18 +19,28 @@ import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from difflane import __version__, png
 from difflane.blobs.base import BlobStore, output_key
 from difflane.catalog import Catalog, ModelSpec
-from difflane.dispatch.base import Delivery
-from difflane.errors import IllegalTransition, NotFound, VersionConflict
-from difflane.jobs import ErrorCode, Job, JobState, Output
+from difflane.dispatch.base import Delivery, Dispatcher
+from difflane.errors import IllegalTransition, NotFound
+from difflane.jobs import ErrorCode, Job, JobState, Output, RunMetrics
+from difflane.lanes import Lane, Lanes
 from difflane.store.base import JobStore, mutate
-from difflane.telemetry import metrics
+from difflane.telemetry import gpu, metrics
 from difflane.telemetry.logging import job_id_var
-from difflane.worker.runtime import Interrupted, ModelUnavailable, RenderedImage, RenderTask, Runtime
+from difflane.worker.batching import batch_key
+from difflane.worker.runtime import (
+    Interrupted,
+    ModelUnavailable,
+    OutOfMemory,
+    RenderedImage,
+    RenderTask,
+    RenderTimeout,
+    Runtime,
+)
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +49,7 @@ class Outcome(enum.StrEnum):
     SUCCEEDED = "succeeded"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    MOVED = "moved"  # sent to another lane (out of memory with on_oom)
     REQUEUED = "requeued"  # given back: retry later, shutdown, or a duplicate delivery
     SKIPPED = "skipped"  # nothing to do: already finished, unknown, or the lease was lost
 
@@ -53,6 +68,17 @@ class _Stop(enum.Enum):
     SHUTDOWN = "shutdown"
 
 
+@dataclasses.dataclass
+class _Item:
+    """One claimed job of a batch."""
+
+    delivery: Delivery
+    job: Job
+    queue_wait_s: float
+    stop: _Stop | None = None
+    outcome: Outcome | None = None  # set once the job is settled
+
+
 class Executor:
     def __init__(
         self,
@@ -62,6 +88,8 @@ class Executor:
         runtime: Runtime,
         config: WorkerConfig,
         *,
+        lanes: Lanes | None = None,
+        dispatcher: Dispatcher | None = None,
         should_give_back: Callable[[], bool] = lambda: False,
     ) -> None:
         self.store = store
@@ -69,16 +97,40 @@ class Executor:
         self.catalog = catalog
         self.runtime = runtime
         self.config = config
+        self.lanes = lanes
+        self.dispatcher = dispatcher  # to move jobs between lanes
         self.should_give_back = should_give_back  # True once a shutdown's grace period is over
 
-    def execute(self, delivery: Delivery) -> Outcome:
-        token = job_id_var.set(delivery.job_id)
-        try:
-            return self._execute(delivery)
-        finally:
-            job_id_var.reset(token)
+    def lane(self, name: str) -> Lane:
+        found = self.lanes.get(name) if self.lanes is not None else None
+        return found or Lane(name=name)
 
-    def _execute(self, delivery: Delivery) -> Outcome:
+    def execute(self, delivery: Delivery) -> Outcome:
+        return self.execute_batch([delivery])[0]
+
+    def execute_batch(self, deliveries: Sequence[Delivery]) -> list[Outcome]:
+        """Run the deliveries (compatible jobs of one lane) as one pipeline call where possible."""
+        outcomes: dict[int, Outcome] = {}
+        claimed: list[tuple[int, _Item]] = []
+        for i, delivery in enumerate(deliveries):
+            token = job_id_var.set(delivery.job_id)
+            try:
+                result = self._admit(delivery)
+            finally:
+                job_id_var.reset(token)
+            if isinstance(result, Outcome):
+                outcomes[i] = result
+            else:
+                claimed.append((i, result))
+        for group in _groups(claimed):
+            self._run([item for _, item in group])
+            for i, item in group:
+                outcomes[i] = item.outcome or Outcome.SKIPPED
+        return [outcomes[i] for i in range(len(deliveries))]
+
+    # --- admission and claiming ----------------------------------------------------------------
+
+    def _admit(self, delivery: Delivery) -> _Item | Outcome:
         job = self.store.get(delivery.job_id)
         if job is None:
             log.warning("delivery for an unknown job; dropping it")
@@ -87,114 +139,143 @@ class Executor:
         if job.state.terminal:
             delivery.ack()  # a redelivery of finished work: never run it twice
             return Outcome.SKIPPED
-        if delivery.attempt > self.config.max_attempts:
-            return self._give_up(job, delivery)
-        spec = self.catalog.get(job.request.model)
-        if spec is None:
+        max_attempts = self.lane(job.lane).max_attempts or self.config.max_attempts
+        if delivery.attempt > max_attempts:
+            return self._fail(
+                job,
+                delivery,
+                ErrorCode.MAX_ATTEMPTS,
+                f"delivered {delivery.attempt} times without finishing (at most {max_attempts} attempts)",
+                dead_letter=True,
+            )
+        if self.catalog.get(job.request.model) is None:
             return self._fail(
                 job,
                 delivery,
                 ErrorCode.MODEL_UNAVAILABLE,
                 f"model {job.request.model!r} is not in this worker's catalog",
             )
-        claimed = self._claim(job, delivery)
-        if claimed is None:
-            return Outcome.SKIPPED if self._is_terminal(job.id) else Outcome.REQUEUED
-        return self._run(claimed, spec, delivery)
-
-    # --- claiming ------------------------------------------------------------------------------
-
-    def _claim(self, job: Job, delivery: Delivery) -> Job | None:
         worker, lease = self.config.worker_id, self.config.lease_seconds
         try:
             claimed = mutate(self.store, job.id, lambda j: j.start(worker, lease))
         except IllegalTransition:
-            current = self.store.get(job.id)
-            if current is None or current.state.terminal:
-                delivery.ack()
-            elif current.cancel_requested and current.state is JobState.RUNNING:
-                self._settle_cancel(current, delivery)  # its worker died before honouring the cancel
-            else:
-                # Running under someone else's live lease: a duplicate delivery. Look again
-                # when that lease would expire, in case its holder dies.
-                remaining = (current.lease.expires_at - time.time()) if current.lease else lease
-                delivery.retry(max(remaining, 1.0))
-            return None
+            return self._not_claimed(job, delivery)
+        wait = max(time.time() - claimed.created_at.timestamp(), 0.0)
         metrics.JOBS_STARTED.labels(claimed.request.model, claimed.lane).inc()
-        metrics.QUEUE_WAIT.labels(claimed.lane).observe(max(time.time() - claimed.created_at.timestamp(), 0.0))
-        log.info("job started", extra={"attempt": claimed.attempts, "delivery": delivery.attempt})
-        return claimed
+        metrics.QUEUE_WAIT.labels(claimed.lane).observe(wait)
+        log.info("job started", extra={"job_id": job.id, "attempt": claimed.attempts, "delivery": delivery.attempt})
+        return _Item(delivery, claimed, wait)
+
+    def _not_claimed(self, job: Job, delivery: Delivery) -> Outcome:
+        current = self.store.get(job.id)
+        if current is None or current.state.terminal:
+            delivery.ack()
+            return Outcome.SKIPPED
+        if current.cancel_requested and current.state is JobState.RUNNING:
+            return self._settle_cancel(current, delivery)  # its worker died before honouring the cancel
+        # Running under someone else's live lease: a duplicate delivery. Look again when that
+        # lease would expire, in case its holder dies.
+        lease = self.config.lease_seconds
+        remaining = (current.lease.expires_at - time.time()) if current.lease else lease
+        delivery.retry(max(remaining, 1.0))
+        return Outcome.REQUEUED
 
     # --- running -------------------------------------------------------------------------------
 
-    def _run(self, job: Job, spec: ModelSpec, delivery: Delivery) -> Outcome:
-        stop: list[_Stop] = []
-        keeper = _LeaseKeeper(self, job.id, delivery, stop)
-
-        def on_step(step: int, total: int) -> bool:
-            if stop:
-                return False
-            if self.should_give_back():
-                stop.append(_Stop.SHUTDOWN)
-                return False
-            try:
-                with keeper.lock:
-                    current = mutate(self.store, job.id, lambda j: j.advance(self.config.worker_id, step, total))
-            except (IllegalTransition, NotFound):
-                stop.append(_Stop.LOST)
-                return False
-            if current.cancel_requested:
-                stop.append(_Stop.CANCEL)
-                return False
-            return True
-
-        r = job.request
-        task = RenderTask(
-            model=spec,
-            prompts=(r.prompt,) * r.num_images,
-            negative_prompts=(r.negative_prompt,) * r.num_images,
-            seeds=r.seeds(),
-            width=r.width,
-            height=r.height,
-            steps=r.steps,
-            guidance_scale=r.guidance_scale,
-        )
+    def _run(self, items: list[_Item]) -> None:
+        first = items[0].job
+        spec = self.catalog.get(first.request.model)
+        assert spec is not None  # checked at admission
+        lane = self.lane(first.lane)
+        task = _task(spec, [item.job for item in items])
+        keeper = _LeaseKeeper(self, items)
         started = time.perf_counter()
+        load_s = 0.0
         keeper.start()
         try:
-            self.runtime.load(spec)
-            images = self.runtime.render(task, on_step)
+            load_s = self.runtime.load(spec)
+            images = self.runtime.render(
+                task, lambda step, total: self._on_step(items, keeper, step, total), timeout=lane.timeout_s
+            )
         except Interrupted:
-            return self._interrupted(job, delivery, stop[0] if stop else _Stop.SHUTDOWN)
+            self._after_interrupt(items)
+            return
+        except RenderTimeout as exc:
+            self._fail_all(items, ErrorCode.TIMEOUT, f"{exc} (lane {lane.name}: {lane.timeout_s:g} s)")
+            return
+        except (OutOfMemory, MemoryError) as exc:
+            self._out_of_memory(items, lane, str(exc) or "out of memory")
+            return
         except ModelUnavailable as exc:
-            return self._fail(job, delivery, ErrorCode.MODEL_UNAVAILABLE, exc.message)
-        except MemoryError:
-            return self._fail(job, delivery, ErrorCode.OOM, "out of memory while rendering")
+            self._fail_all(items, ErrorCode.MODEL_UNAVAILABLE, exc.message)
+            return
         except Exception as exc:
             log.exception("render failed")
-            return self._retry(job, delivery, f"{type(exc).__name__}: {exc}")
+            self._retry_all(items, f"{type(exc).__name__}: {exc}")
+            return
         finally:
             keeper.stop()
-        metrics.EXECUTION.labels(spec.name, job.lane).observe(time.perf_counter() - started)
-        if stop and stop[0] is _Stop.LOST:
-            return Outcome.SKIPPED
-        return self._complete(job, spec, images, delivery)
+        elapsed = time.perf_counter() - started
+        stats = self.runtime.last_stats
+        execution_s = stats.seconds if stats else elapsed - load_s
+        metrics.EXECUTION.labels(spec.name, lane.name).observe(execution_s)
+        run = RunMetrics(
+            load_s=round(load_s, 4),
+            execution_s=round(execution_s, 4),
+            batch_size=len(task.seeds),
+            device=self.runtime.device,
+            peak_memory_bytes=stats.peak_memory_bytes if stats else None,
+            gpu_utilization=gpu.utilization(),
+        )
+        offset = 0
+        for item in items:
+            count = item.job.request.num_images
+            mine = images[offset : offset + count]
+            offset += count
+            if item.outcome is not None or item.stop is not None:
+                continue  # cancelled (already settled) or lost mid-batch: its images are dropped
+            with _job_context(item.job.id):
+                self._complete(item, spec, mine, dataclasses.replace(run, queue_wait_s=round(item.queue_wait_s, 4)))
 
-    def _complete(self, job: Job, spec: ModelSpec, images: list[RenderedImage], delivery: Delivery) -> Outcome:
+    def _on_step(self, items: list[_Item], keeper: _LeaseKeeper, step: int, total: int) -> bool:
+        if self.should_give_back():
+            for item in items:
+                item.stop = item.stop or _Stop.SHUTDOWN
+            return False
+        for item in items:
+            if item.stop is not None or item.outcome is not None:
+                continue
+            try:
+                with keeper.lock:
+                    item.job = mutate(self.store, item.job.id, lambda j: j.advance(self.config.worker_id, step, total))
+            except (IllegalTransition, NotFound):
+                item.stop = _Stop.LOST
+                continue
+            if item.job.cancel_requested:
+                item.stop = _Stop.CANCEL
+                with _job_context(item.job.id):
+                    item.outcome = self._settle_cancel(item.job, item.delivery)
+        # Go on while any job still wants its images.
+        return any(item.stop is None for item in items)
+
+    def _complete(self, item: _Item, spec: ModelSpec, images: list[RenderedImage], run: RunMetrics) -> None:
+        job = item.job
         outputs = tuple(self._upload(job, spec, i, image) for i, image in enumerate(images))
         try:
-            done = mutate(self.store, job.id, lambda j: j.succeed(self.config.worker_id, outputs))
+            done = mutate(self.store, job.id, lambda j: j.succeed(self.config.worker_id, outputs, metrics=run))
         except IllegalTransition:
             current = self.store.get(job.id)
             if current is not None and current.cancel_requested and current.state is JobState.RUNNING:
                 for o in outputs:  # a cancelled job keeps no outputs
                     self.blobs.delete(o.key)
-                return self._settle_cancel(current, delivery)
-            return Outcome.SKIPPED  # the lease was lost; the holder decides
-        delivery.ack()
+                item.outcome = self._settle_cancel(current, item.delivery)
+            else:
+                item.outcome = Outcome.SKIPPED  # the lease was lost; the holder decides
+            return
+        item.delivery.ack()
+        item.outcome = Outcome.SUCCEEDED
         metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "succeeded", "").inc()
-        log.info("job succeeded", extra={"outputs": len(outputs)})
-        return Outcome.SUCCEEDED
+        log.info("job succeeded", extra={"outputs": len(outputs), "batch_size": run.batch_size})
 
     def _upload(self, job: Job, spec: ModelSpec, index: int, image: RenderedImage) -> Output:
         r = job.request
@@ -231,30 +312,65 @@ class Executor:
 
     # --- endings -------------------------------------------------------------------------------
 
-    def _interrupted(self, job: Job, delivery: Delivery, why: _Stop) -> Outcome:
-        if why is _Stop.LOST:
+    def _live(self, items: list[_Item]) -> list[_Item]:
+        return [item for item in items if item.outcome is None and item.stop is not _Stop.LOST]
+
+    def _after_interrupt(self, items: list[_Item]) -> None:
+        for item in self._live(items):
+            with _job_context(item.job.id):
+                if item.stop is _Stop.CANCEL:
+                    item.outcome = self._settle_cancel(item.job, item.delivery)
+                    continue
+                with contextlib.suppress(IllegalTransition, NotFound):
+                    mutate(self.store, item.job.id, lambda j: j.requeue(self.config.worker_id))
+                item.delivery.retry(0.0)
+                item.outcome = Outcome.REQUEUED
+                log.info("job given back at shutdown")
+
+    def _fail_all(self, items: list[_Item], code: ErrorCode, message: str) -> None:
+        for item in self._live(items):
+            with _job_context(item.job.id):
+                item.outcome = self._fail(item.job, item.delivery, code, message)
+
+    def _retry_all(self, items: list[_Item], reason: str) -> None:
+        for item in self._live(items):
+            with _job_context(item.job.id):
+                item.outcome = self._retry(item.job, item.delivery, reason)
+
+    def _out_of_memory(self, items: list[_Item], lane: Lane, message: str) -> None:
+        target = lane.on_oom
+        for item in self._live(items):
+            with _job_context(item.job.id):
+                if target is None or self.dispatcher is None:
+                    item.outcome = self._fail(item.job, item.delivery, ErrorCode.OOM, message)
+                else:
+                    item.outcome = self._move(item, target, message)
+
+    def _move(self, item: _Item, target: str, reason: str) -> Outcome:
+        assert self.dispatcher is not None
+        try:
+            moved = mutate(self.store, item.job.id, lambda j: j.move_to_lane(self.config.worker_id, target))
+        except (IllegalTransition, NotFound):
             return Outcome.SKIPPED
-        if why is _Stop.CANCEL:
-            current = self.store.get(job.id)
-            return self._settle_cancel(current, delivery) if current else Outcome.SKIPPED
-        with contextlib.suppress(IllegalTransition, NotFound):
-            mutate(self.store, job.id, lambda j: j.requeue(self.config.worker_id))
-        delivery.retry(0.0)
-        log.info("job given back at shutdown")
-        return Outcome.REQUEUED
+        self.dispatcher.dispatch(moved)  # idempotent; if this fails the lease expiry redelivers here
+        item.delivery.ack()
+        log.warning("job moved to lane %s: %s", target, reason)
+        return Outcome.MOVED
 
     def _settle_cancel(self, job: Job, delivery: Delivery) -> Outcome:
         try:
             done = mutate(self.store, job.id, lambda j: j.acknowledge_cancel())
         except IllegalTransition:
-            return Outcome.SKIPPED if self._is_terminal(job.id) else Outcome.REQUEUED
+            current = self.store.get(job.id)
+            return Outcome.SKIPPED if current is None or current.state.terminal else Outcome.REQUEUED
         delivery.ack()
         metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "cancelled", "cancelled").inc()
         log.info("job cancelled")
         return Outcome.CANCELLED
 
     def _retry(self, job: Job, delivery: Delivery, reason: str) -> Outcome:
-        if delivery.attempt >= self.config.max_attempts:
+        max_attempts = self.lane(job.lane).max_attempts or self.config.max_attempts
+        if delivery.attempt >= max_attempts:
             return self._fail(
                 job,
                 delivery,
@@ -266,15 +382,6 @@ class Executor:
             mutate(self.store, job.id, lambda j: j.requeue(self.config.worker_id))
         delivery.retry(self.config.retry_backoff_seconds * 2 ** (delivery.attempt - 1))
         return Outcome.REQUEUED
-
-    def _give_up(self, job: Job, delivery: Delivery) -> Outcome:
-        return self._fail(
-            job,
-            delivery,
-            ErrorCode.MAX_ATTEMPTS,
-            f"delivered {delivery.attempt} times without finishing (at most {self.config.max_attempts} attempts)",
-            dead_letter=True,
-        )
 
     def _fail(
         self, job: Job, delivery: Delivery, code: ErrorCode, message: str, *, dead_letter: bool = False
@@ -292,23 +399,56 @@ class Executor:
         log.warning("job failed", extra={"code": code.value, "reason": message})
         return Outcome.FAILED
 
-    def _is_terminal(self, job_id: str) -> bool:
-        current = self.store.get(job_id)
-        return current is None or current.state.terminal
+
+def _task(spec: ModelSpec, jobs: list[Job]) -> RenderTask:
+    r = jobs[0].request
+    prompts: list[str] = []
+    negatives: list[str] = []
+    seeds: list[int] = []
+    for job in jobs:
+        prompts += [job.request.prompt] * job.request.num_images
+        negatives += [job.request.negative_prompt] * job.request.num_images
+        seeds += job.request.seeds()
+    return RenderTask(
+        model=spec,
+        prompts=tuple(prompts),
+        negative_prompts=tuple(negatives),
+        seeds=tuple(seeds),
+        width=r.width,
+        height=r.height,
+        steps=r.steps,
+        guidance_scale=r.guidance_scale,
+    )
+
+
+def _groups(claimed: list[tuple[int, _Item]]) -> list[list[tuple[int, _Item]]]:
+    """Compatible jobs share one pipeline call; the batcher only sends compatible ones, but a
+    record read here is the truth, so group again rather than trust it."""
+    groups: dict[tuple[object, ...], list[tuple[int, _Item]]] = {}
+    for entry in claimed:
+        groups.setdefault(batch_key(entry[1].job), []).append(entry)
+    return list(groups.values())
+
+
+@contextlib.contextmanager
+def _job_context(job_id: str):  # type: ignore[no-untyped-def]
+    token = job_id_var.set(job_id)
+    try:
+        yield
+    finally:
+        job_id_var.reset(token)
 
 
 class _LeaseKeeper:
-    """Renews the delivery's and the record's lease while a job runs (model loads and long
-    steps included), and flags a lost lease so the render stops at its next step."""
+    """Renews the queue's and the record's leases of every job in a batch while it runs (model
+    loads and long steps included), and flags a lost lease so that job stops at the next step."""
 
-    def __init__(self, executor: Executor, job_id: str, delivery: Delivery, stop: list[_Stop]) -> None:
+    def __init__(self, executor: Executor, items: list[_Item]) -> None:
         self.lock = threading.Lock()
         self._executor = executor
-        self._job_id = job_id
-        self._delivery = delivery
-        self._stop_flags = stop
+        self._items = items
         self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name=f"lease-{job_id[:8]}", daemon=True)
+        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
 
     def start(self) -> None:
         self._thread.start()
@@ -319,20 +459,21 @@ class _LeaseKeeper:
 
     def _loop(self) -> None:
         config = self._executor.config
-        interval = config.lease_seconds / 3
-        while not self._done.wait(interval):
-            try:
-                held = self._delivery.renew(config.lease_seconds)
-                with self.lock:
-                    mutate(
-                        self._executor.store, self._job_id, lambda j: j.renew(config.worker_id, config.lease_seconds)
-                    )
-            except (IllegalTransition, NotFound):
-                held = False
-            except (VersionConflict, Exception):
-                log.warning("lease renewal failed; will retry", exc_info=True)
-                continue
-            if not held:
-                log.warning("lease lost; stopping at the next step")
-                self._stop_flags.append(_Stop.LOST)
-                return
+        while not self._done.wait(config.lease_seconds / 3):
+            for item in self._items:
+                if item.outcome is not None or item.stop is not None:
+                    continue
+                try:
+                    held = item.delivery.renew(config.lease_seconds)
+                    with self.lock:
+                        mutate(
+                            self._executor.store, item.job.id, lambda j: j.renew(config.worker_id, config.lease_seconds)
+                        )
+                except (IllegalTransition, NotFound):
+                    held = False
+                except Exception:
+                    log.warning("lease renewal failed; will retry", exc_info=True)
+                    continue
+                if not held:
+                    log.warning("lease lost; the job stops at the next step", extra={"job_id": item.job.id})
+                    item.stop = _Stop.LOST

@@ -1,4 +1,4 @@
-"""Starting a worker process: wiring, signals, the model runtime."""
+"""Starting a worker process: wiring, device check, model process, warm-up, signals."""
 
 from __future__ import annotations
 
@@ -10,26 +10,42 @@ import uuid
 from types import FrameType
 
 from difflane import wiring
+from difflane.catalog import ModelSpec
 from difflane.dispatch.base import WorkSource
-from difflane.errors import InvalidInput
+from difflane.errors import ConfigError, InvalidInput
 from difflane.jobs import is_job_id
+from difflane.lanes import Lane
 from difflane.settings import Settings
 from difflane.telemetry import logging as log_setup
+from difflane.worker import device as device_mod
+from difflane.worker.batching import Batcher
 from difflane.worker.consumer import Worker
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
-from difflane.worker.runtime import Runtime
+from difflane.worker.health import Health
+from difflane.worker.isolation import IsolatedRuntime, RuntimeConfig
+from difflane.worker.runtime import RenderTask, Runtime
 
 log = logging.getLogger(__name__)
+
+WARMUP_STEPS = 2
 
 
 def new_worker_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
-def default_runtime(settings: Settings) -> Runtime:
-    from difflane.worker.diffusers_runtime import DiffusersRuntime
-
-    return DiffusersRuntime(settings.hf_home_path, device=settings.device)
+def isolated_runtime(settings: Settings, parts: wiring.Components, lanes: list[str]) -> IsolatedRuntime:
+    compiled = frozenset(m.name for m in parts.catalog if m.lane in lanes and parts.lanes[m.lane].compile)
+    budget = settings.model_memory_budget_gb
+    return IsolatedRuntime(
+        RuntimeConfig(
+            kind=settings.runtime,
+            hf_home=str(settings.hf_home_path),
+            device=settings.device,
+            memory_budget_bytes=int(budget * 2**30) if budget else None,
+            compile_models=compiled,
+        )
+    )
 
 
 def _executor(settings: Settings, parts: wiring.Components, runtime: Runtime) -> Executor:
@@ -39,39 +55,84 @@ def _executor(settings: Settings, parts: wiring.Components, runtime: Runtime) ->
         max_attempts=settings.max_attempts,
         retry_backoff_seconds=settings.retry_backoff_seconds,
     )
-    return Executor(parts.store, parts.blobs, parts.catalog, runtime, config)
+    return Executor(
+        parts.store, parts.blobs, parts.catalog, runtime, config, lanes=parts.lanes, dispatcher=parts.dispatcher
+    )
 
 
-def _source(parts: wiring.Components) -> WorkSource:
-    if parts.source is None:
-        raise InvalidInput("this dispatch backend hands jobs to `difflane run-job`; there is no queue to serve")
-    return parts.source
+def served_lanes(settings: Settings, parts: wiring.Components) -> list[Lane]:
+    names = settings.worker_lanes or sorted(parts.catalog.lanes())
+    unknown = [n for n in names if parts.lanes.get(n) is None]
+    if unknown:
+        raise ConfigError(
+            f"unknown lane(s) {', '.join(unknown)}; the lanes file defines {', '.join(parts.lanes.names())}"
+        )
+    return [parts.lanes[n] for n in names]
+
+
+def check_capacity(settings: Settings, lanes: list[Lane]) -> device_mod.DeviceInfo:
+    """Refuse to start on a device that cannot meet a served lane's capacity class."""
+    device = device_mod.detect(settings.device)
+    problems = [p for lane in lanes if (p := device_mod.unmet(device, lane))]
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return device
+
+
+def warm_up(runtime: Runtime, models: list[ModelSpec], lanes: dict[str, Lane]) -> None:
+    """Load every served model and run one call per configured batch shape (compiles happen here)."""
+    for spec in models:
+        seconds = runtime.load(spec)
+        for size in lanes[spec.lane].warmup_shapes():
+            d = spec.defaults
+            task = RenderTask(
+                spec,
+                ("warm-up",) * size,
+                ("",) * size,
+                tuple(range(size)),
+                d.width,
+                d.height,
+                WARMUP_STEPS,
+                d.guidance_scale,
+            )
+            runtime.render(task, lambda step, total: True, timeout=lanes[spec.lane].timeout_s)
+        log.info("model ready", extra={"model": spec.name, "load_s": round(seconds, 3)})
 
 
 def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: int | None = None) -> None:
     log_setup.setup(settings.log_level, settings.log_format)
     parts = wiring.build(settings)
-    lanes = settings.lanes or sorted(parts.catalog.lanes())
-    unknown = set(lanes) - parts.catalog.lanes()
-    if unknown:
-        raise InvalidInput(f"no model in the catalog uses lane(s) {', '.join(sorted(unknown))}")
-    runtime = runtime or default_runtime(settings)
-    worker = Worker(
-        _source(parts), _executor(settings, parts, runtime), lanes, grace_seconds=settings.shutdown_grace_seconds
-    )
+    if parts.source is None:
+        raise InvalidInput("this dispatch backend hands jobs to `difflane run-job`; there is no queue to serve")
+    source: WorkSource = parts.source
+    lanes = served_lanes(settings, parts)
+    device = check_capacity(settings, lanes)
+    names = [lane.name for lane in lanes]
+    runtime = runtime or isolated_runtime(settings, parts, names)
+    executor = _executor(settings, parts, runtime)
+    batcher = Batcher(source, parts.store, executor.lane, names, lease_seconds=settings.lease_seconds)
+    worker = Worker(batcher, executor, grace_seconds=settings.shutdown_grace_seconds)
+    health = Health()
+    if settings.health_port is not None:
+        port = health.serve("0.0.0.0", settings.health_port)
+        log.info("worker health on port %d", port)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
-        log.info("signal %s: stopping after the current job", signal.Signals(signum).name)
+        log.info("signal %s: stopping after the current batch", signal.Signals(signum).name)
         worker.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    for spec in parts.catalog:  # load what this worker serves before taking work
-        if spec.lane in lanes:
-            runtime.load(spec)
     try:
+        if isinstance(runtime, IsolatedRuntime):
+            runtime.start()
+        if settings.preload:
+            warm_up(runtime, [m for m in parts.catalog if m.lane in names], {lane.name: lane for lane in lanes})
+        health.ready.set()
+        log.info("worker ready", extra={"lanes": names, "device": device.describe()})
         worker.run(max_jobs=max_jobs)
     finally:
+        health.close()
         runtime.close()
         parts.close()
 
@@ -108,10 +169,14 @@ def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) 
         if job is None:
             log.error("job %s not found", job_id)
             return 2
-        runtime = runtime or default_runtime(settings)
-        delivery = _OneShotDelivery(job_id, job.lane, job.attempts + 1)
-        executor = _executor(settings, parts, runtime)
-        outcome = executor.execute(delivery)
+        lane = parts.lanes.get(job.lane)
+        if lane is not None:
+            check_capacity(settings, [lane])
+        runtime = runtime or isolated_runtime(settings, parts, [job.lane])
+        try:
+            outcome = _executor(settings, parts, runtime).execute(_OneShotDelivery(job_id, job.lane, job.attempts + 1))
+        finally:
+            runtime.close()
         if outcome is Outcome.FAILED:
             final = parts.store.get(job_id)
             return 2 if final and final.error and final.error.code.value == "invalid_input" else 0

@@ -53,6 +53,26 @@ class ModelUnavailable(DifflaneError):
     code = "model_unavailable"
 
 
+class OutOfMemory(Exception):
+    """The device ran out of memory; the runtime has freed what it could and can go on."""
+
+
+class RenderTimeout(Exception):
+    """The render outlived its time limit; the runtime was reset (its process killed)."""
+
+
+class RuntimeCrashed(Exception):
+    """The process running the model died; a fresh one is started for the next call."""
+
+
+@dataclass(frozen=True)
+class RenderStats:
+    """What the last render measured: its pipeline time and peak device memory (CUDA only)."""
+
+    seconds: float
+    peak_memory_bytes: int | None = None
+
+
 class Runtime(Protocol):
     device: str  # "cpu", "cuda", ...
 
@@ -60,8 +80,15 @@ class Runtime(Protocol):
         """Make the model ready; returns seconds spent (0.0 when it was already loaded)."""
         ...
 
-    def render(self, task: RenderTask, on_step: StepCallback) -> list[RenderedImage]:
-        """Run one batch; raises Interrupted when on_step returns False."""
+    def render(self, task: RenderTask, on_step: StepCallback, timeout: float | None = None) -> list[RenderedImage]:
+        """Run one batch; raises Interrupted when on_step returns False, OutOfMemory when the
+        device ran out, RenderTimeout past ``timeout`` seconds (runtimes that cannot stop a
+        running call, i.e. in-process ones, ignore it)."""
+        ...
+
+    @property
+    def last_stats(self) -> RenderStats | None:
+        """Figures of the last successful render."""
         ...
 
     def close(self) -> None: ...

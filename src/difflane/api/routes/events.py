@@ -15,11 +15,11 @@ from fastapi import APIRouter, Depends, Header, Path, Request
 from starlette.responses import StreamingResponse
 
 from difflane.api.context import ApiContext, get_context
-from difflane.api.deps import current_principal
+from difflane.api.deps import Reader
 from difflane.api.routes.render import base_url, job_json
 from difflane.api.schemas import Problem
 from difflane.errors import DifflaneError
-from difflane.jobs import Job, Principal
+from difflane.jobs import Job
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": Problem}})
 
@@ -62,7 +62,7 @@ async def job_events(
     job_id: Annotated[str, Path(max_length=64)],
     request: Request,
     ctx: Annotated[ApiContext, Depends(get_context)],
-    caller: Annotated[Principal, Depends(current_principal)],
+    caller: Reader,
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> StreamingResponse:
     await ctx.call(ctx.service.get, caller, job_id)  # 404 before the stream starts

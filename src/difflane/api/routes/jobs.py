@@ -8,16 +8,15 @@ from fastapi import APIRouter, Depends, Header, Path, Query, Request, Response
 from starlette.responses import JSONResponse, RedirectResponse, StreamingResponse
 
 from difflane.api.context import ApiContext, get_context
-from difflane.api.deps import current_principal
+from difflane.api.deps import Canceller, Reader, Submitter
 from difflane.api.routes.render import SIGNED_URL_TTL_SECONDS, base_url, job_json
 from difflane.api.schemas import JobCreate, JobOut, JobPage, Problem
 from difflane.errors import Conflict, NotFound
-from difflane.jobs import JobState, Principal
+from difflane.jobs import JobState
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": Problem}})
 
 Ctx = Annotated[ApiContext, Depends(get_context)]
-Caller = Annotated[Principal, Depends(current_principal)]
 JobId = Annotated[str, Path(max_length=64, description="The job id (a UUIDv7)")]
 
 _ERRORS: dict[int | str, dict[str, object]] = {
@@ -31,14 +30,14 @@ _ERRORS: dict[int | str, dict[str, object]] = {
     "",
     status_code=202,
     response_model=JobOut,
-    responses={**_ERRORS, 409: {"model": Problem}, 413: {"model": Problem}},
+    responses={**_ERRORS, 409: {"model": Problem}, 413: {"model": Problem}, 429: {"model": Problem}},
     summary="Submit a generation job",
 )
 async def submit_job(
     body: JobCreate,
     request: Request,
     ctx: Ctx,
-    caller: Caller,
+    caller: Submitter,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JSONResponse:
     job, created = await ctx.call(ctx.service.submit, caller, body.model_dump(exclude_unset=True), idempotency_key)
@@ -53,7 +52,7 @@ async def submit_job(
 async def list_jobs(
     request: Request,
     ctx: Ctx,
-    caller: Caller,
+    caller: Reader,
     state: JobState | None = None,
     cursor: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
@@ -64,7 +63,7 @@ async def list_jobs(
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS, summary="Get a job")
-async def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
+async def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Reader) -> JSONResponse:
     job = await ctx.call(ctx.service.get, caller, job_id)
     return JSONResponse(job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs))
 
@@ -76,7 +75,7 @@ async def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> 
     responses={**_ERRORS, 409: {"model": Problem}},
     summary="Cancel a job (a running job stops within one step)",
 )
-async def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) -> JSONResponse:
+async def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Canceller) -> JSONResponse:
     job = await ctx.call(ctx.service.cancel, caller, job_id)
     return JSONResponse(job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs), status_code=202)
 
@@ -92,7 +91,7 @@ async def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Caller) 
     },
     summary="Download one output image",
 )
-async def get_output(job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], ctx: Ctx, caller: Caller) -> Response:
+async def get_output(job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], ctx: Ctx, caller: Reader) -> Response:
     job = await ctx.call(ctx.service.get, caller, job_id)
     if job.state is not JobState.SUCCEEDED:
         raise Conflict(

@@ -7,17 +7,14 @@ from typing import Annotated
 from fastapi import APIRouter, Depends
 
 from difflane.api.context import ApiContext, get_context
-from difflane.api.deps import current_principal
+from difflane.api.deps import AnyPermission
 from difflane.api.schemas import ModelList
-from difflane.jobs import Principal
 
 router = APIRouter(prefix="/v1/models", tags=["models"])
 
 
 @router.get("", response_model=ModelList, summary="List the models this deployment serves")
-async def list_models(
-    ctx: Annotated[ApiContext, Depends(get_context)], caller: Annotated[Principal, Depends(current_principal)]
-) -> dict[str, object]:
+async def list_models(ctx: Annotated[ApiContext, Depends(get_context)], caller: AnyPermission) -> dict[str, object]:
     return {
         "models": [
             {

@@ -1,0 +1,44 @@
+"""Finding the jobs that are not finished, so the controller can look at each one.
+
+The ``JobStore`` seam has no "list by state" (the API only lists by owner), so this is a small
+seam of its own: a store that offers ``list_unfinished(limit)`` is used as it is, and the SQLite
+store is read through its database. A store with neither cannot be swept: the controller then
+repairs only jobs it sees as Kubernetes Jobs, and says so at start-up.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol, runtime_checkable
+
+from difflane.jobs import Job
+from difflane.store import records
+from difflane.store.base import JobStore
+
+
+@runtime_checkable
+class UnfinishedJobs(Protocol):
+    def list_unfinished(self, limit: int) -> list[Job]:
+        """Jobs that are queued or running, oldest first, at most ``limit``."""
+        ...
+
+
+class _SqliteUnfinished:
+    def __init__(self, store: object) -> None:
+        self._db = store.db  # type: ignore[attr-defined]
+
+    def list_unfinished(self, limit: int) -> list[Job]:
+        with self._db.read() as conn:
+            rows = conn.execute(
+                "SELECT record FROM jobs WHERE state IN ('queued', 'running') ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        return [records.loads(row[0]) for row in rows]
+
+
+def for_store(store: JobStore) -> UnfinishedJobs | None:
+    if isinstance(store, UnfinishedJobs):
+        return store
+    from difflane.store.sqlite import SqliteJobStore
+
+    if isinstance(store, SqliteJobStore):
+        return _SqliteUnfinished(store)
+    return None

@@ -1,0 +1,96 @@
+"""The model process: builds the runtime, then serves Load and Render requests until Stop.
+
+Runs on its own main thread (inference is fastest there). Any failure is reported as a typed
+message; only a dead process goes unreported, and the parent notices the broken pipe.
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import multiprocessing.connection
+import signal
+from typing import Any
+
+from difflane.worker.isolation import (
+    Done,
+    Failed,
+    GoOn,
+    Load,
+    Loaded,
+    Ready,
+    Render,
+    RuntimeConfig,
+    Step,
+    Stop,
+)
+from difflane.worker.runtime import Interrupted, ModelUnavailable, OutOfMemory, Runtime
+
+log = logging.getLogger("difflane.worker.child")
+
+
+def main(conn: multiprocessing.connection.Connection, config: RuntimeConfig) -> None:
+    # The parent handles SIGINT/SIGTERM (finish or give back the batch); the child just serves.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        runtime = build_runtime(config)
+    except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails loudly
+        conn.send(Failed("error", f"cannot start the model runtime: {type(exc).__name__}: {exc}"))
+        return
+    conn.send(Ready(runtime.device))
+    while True:
+        try:
+            message = conn.recv()
+        except (EOFError, OSError):
+            return  # the parent is gone
+        if isinstance(message, Stop):
+            runtime.close()
+            return
+        conn.send(_handle(runtime, conn, message))
+
+
+def build_runtime(config: RuntimeConfig) -> Runtime:
+    if config.kind == "fake":
+        from difflane.testing import FakeRuntime
+
+        return FakeRuntime(step_seconds=config.fake_step_seconds)
+    from pathlib import Path
+
+    from difflane.worker.diffusers_runtime import DiffusersRuntime
+
+    return DiffusersRuntime(
+        Path(config.hf_home),
+        device=config.device,
+        memory_budget_bytes=config.memory_budget_bytes,
+        compile_models=config.compile_models,
+    )
+
+
+def _handle(runtime: Runtime, conn: multiprocessing.connection.Connection, message: Any) -> Any:
+    try:
+        if isinstance(message, Load):
+            return Loaded(runtime.load(message.model))
+        if isinstance(message, Render):
+            images = runtime.render(message.task, lambda step, total: _ask(conn, step, total))
+            return Done(images, runtime.last_stats)
+        return Failed("error", f"unknown request {type(message).__name__}")
+    except Interrupted as exc:
+        return Failed("interrupted", str(exc) or "stopped")
+    except ModelUnavailable as exc:
+        return Failed("model_unavailable", exc.message)
+    except (OutOfMemory, MemoryError) as exc:
+        gc.collect()  # the failed batch's tensors are garbage now; give their memory back
+        return Failed("oom", str(exc) or "out of memory")
+    except Exception as exc:
+        if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, raised outside render
+            gc.collect()
+            return Failed("oom", str(exc).splitlines()[0] if str(exc) else "CUDA out of memory")
+        log.exception("render failed")
+        return Failed("error", f"{type(exc).__name__}: {exc}")
+
+
+def _ask(conn: multiprocessing.connection.Connection, step: int, total: int) -> bool:
+    conn.send(Step(step, total))
+    reply = conn.recv()
+    return bool(isinstance(reply, GoOn) and reply.go_on)

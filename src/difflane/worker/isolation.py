@@ -1,0 +1,244 @@
+"""The model runs in a child process; the worker (parent) keeps the queue, leases and records.
+
+A hung kernel or a runaway job cannot be stopped from inside a process, but a process can be
+killed: past the lane's timeout, the parent kills the child, reports RenderTimeout and starts a
+fresh child for the next call. Out-of-memory errors are caught in the child (which frees what it
+can and goes on); a child that dies is reported as RuntimeCrashed and replaced.
+
+Parent and child exchange small typed messages over a pipe. Every step is a round trip (the
+child asks "go on?"), so progress and cancellation cross the boundary within one step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import multiprocessing
+import multiprocessing.connection
+import time
+from typing import Any, Literal
+
+from difflane.catalog import ModelSpec
+from difflane.worker.runtime import (
+    Interrupted,
+    ModelUnavailable,
+    OutOfMemory,
+    RenderedImage,
+    RenderStats,
+    RenderTask,
+    RenderTimeout,
+    RuntimeCrashed,
+    StepCallback,
+)
+
+log = logging.getLogger(__name__)
+
+START_TIMEOUT_S = 600.0  # importing torch and building the runtime; loading models is separate
+LOAD_TIMEOUT_S = 1800.0  # a large model from a network file share can be slow
+
+
+@dataclasses.dataclass(frozen=True)
+class RuntimeConfig:
+    """How the child builds its runtime (picklable: it crosses the process boundary)."""
+
+    kind: Literal["diffusers", "fake"]
+    hf_home: str
+    device: str = "auto"
+    memory_budget_bytes: int | None = None
+    compile_models: frozenset[str] = frozenset()
+    fake_step_seconds: float = 0.0
+
+
+# --- messages ------------------------------------------------------------------------------------
+# parent → child
+
+
+@dataclasses.dataclass(frozen=True)
+class Load:
+    model: ModelSpec
+
+
+@dataclasses.dataclass(frozen=True)
+class Render:
+    task: RenderTask
+
+
+@dataclasses.dataclass(frozen=True)
+class GoOn:
+    go_on: bool
+
+
+@dataclasses.dataclass(frozen=True)
+class Stop:
+    pass
+
+
+# child → parent
+
+
+@dataclasses.dataclass(frozen=True)
+class Ready:
+    device: str
+
+
+@dataclasses.dataclass(frozen=True)
+class Loaded:
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    step: int
+    total: int
+
+
+@dataclasses.dataclass(frozen=True)
+class Done:
+    images: list[RenderedImage]
+    stats: RenderStats | None
+
+
+@dataclasses.dataclass(frozen=True)
+class Failed:
+    kind: Literal["oom", "model_unavailable", "interrupted", "error"]
+    message: str
+
+
+class IsolatedRuntime:
+    """A Runtime whose model lives in a child process (see the module docstring)."""
+
+    def __init__(self, config: RuntimeConfig) -> None:
+        self.config = config
+        self.device = "unknown"
+        self._ctx = multiprocessing.get_context("spawn")  # never fork a process that may hold CUDA
+        self._process: multiprocessing.process.BaseProcess | None = None
+        self._conn: multiprocessing.connection.Connection | None = None
+        self._loaded: dict[str, ModelSpec] = {}  # what the live child has loaded, to reload after a restart
+        self._last_stats: RenderStats | None = None
+        self._started = False
+        self.restarts = 0  # children replaced after a timeout or a crash
+
+    # --- Runtime ---------------------------------------------------------------------------------
+
+    def load(self, model: ModelSpec) -> float:
+        self._ensure_child()
+        reply = self._request(Load(model), LOAD_TIMEOUT_S)
+        self._loaded[model.name] = model
+        assert isinstance(reply, Loaded)
+        return reply.seconds
+
+    def render(self, task: RenderTask, on_step: StepCallback, timeout: float | None = None) -> list[RenderedImage]:
+        self._ensure_child()
+        conn = self._connection()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        conn.send(Render(task))
+        while True:
+            message = self._receive(deadline, what=f"render of {task.model.name}")
+            if isinstance(message, Step):
+                conn.send(GoOn(on_step(message.step, message.total)))
+            elif isinstance(message, Done):
+                self._last_stats = message.stats
+                return message.images
+            elif isinstance(message, Failed):
+                raise _exception(message)
+            else:
+                raise RuntimeCrashed(f"unexpected message from the model process: {message!r}")
+
+    @property
+    def last_stats(self) -> RenderStats | None:
+        return self._last_stats
+
+    def close(self) -> None:
+        if self._conn is not None and self._process is not None and self._process.is_alive():
+            try:
+                self._conn.send(Stop())
+                self._process.join(10)
+            except (OSError, EOFError):
+                pass
+        self._kill()
+
+    # --- the child's lifecycle -------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Start the child now (instead of on first use), so start-up cost is paid before ready."""
+        self._ensure_child()
+
+    def _ensure_child(self) -> None:
+        if self._process is not None and self._process.is_alive():
+            return
+        if self._started:
+            self.restarts += 1
+            log.warning("starting a new model process (restart %d)", self.restarts)
+        self._kill()
+        self._started = True
+        parent, child = self._ctx.Pipe(duplex=True)
+        from difflane.worker import child as child_main  # the child's entry point
+
+        process = self._ctx.Process(
+            target=child_main.main, args=(child, self.config), name="difflane-model", daemon=True
+        )
+        process.start()
+        child.close()
+        self._process, self._conn = process, parent
+        reply = self._receive(time.monotonic() + START_TIMEOUT_S, what="model process start")
+        if isinstance(reply, Failed):
+            self._kill()
+            raise _exception(reply)
+        assert isinstance(reply, Ready)
+        self.device = reply.device
+        previously = list(self._loaded.values())
+        self._loaded.clear()
+        for spec in previously:  # a replaced child serves what its predecessor had loaded
+            self.load(spec)
+
+    def _request(self, message: Load, timeout: float) -> Any:
+        self._connection().send(message)
+        reply = self._receive(time.monotonic() + timeout, what=f"load of {message.model.name}")
+        if isinstance(reply, Failed):
+            raise _exception(reply)
+        return reply
+
+    def _receive(self, deadline: float | None, *, what: str) -> Any:
+        conn = self._connection()
+        remaining = None if deadline is None else max(deadline - time.monotonic(), 0.0)
+        try:
+            ready = conn.poll(remaining)
+        except (OSError, EOFError):
+            ready = True  # the next recv reports the broken pipe
+        if not ready:
+            self._kill()
+            raise RenderTimeout(f"{what} took longer than its time limit; the model process was restarted")
+        try:
+            return conn.recv()
+        except (EOFError, OSError, ConnectionResetError) as exc:
+            code = self._process.exitcode if self._process else None
+            self._kill()
+            raise RuntimeCrashed(f"the model process died during {what} (exit code {code})") from exc
+
+    def _connection(self) -> multiprocessing.connection.Connection:
+        if self._conn is None:
+            raise RuntimeCrashed("the model process is not running")
+        return self._conn
+
+    def _kill(self) -> None:
+        process, self._process = self._process, None
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+        if process is not None and process.is_alive():
+            process.kill()  # SIGKILL: a hung CUDA kernel ignores anything gentler
+            process.join(10)
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process is not None else None
+
+
+def _exception(failure: Failed) -> Exception:
+    if failure.kind == "oom":
+        return OutOfMemory(failure.message)
+    if failure.kind == "model_unavailable":
+        return ModelUnavailable(failure.message)
+    if failure.kind == "interrupted":
+        return Interrupted(failure.message)
+    return RuntimeError(failure.message)
