@@ -184,3 +184,17 @@ def test_wake_makes_a_waiting_receive_return(queue: MemoryQueue | EmbeddedQueue)
     queue.wake()
     t.join(timeout=10)
     assert returned and returned[0] - woke < 5  # far below the 30 s timeout
+
+
+def test_dispatch_after_a_lane_change_moves_the_entry(queue: MemoryQueue | EmbeddedQueue) -> None:
+    import dataclasses
+
+    job = make_job()
+    queue.dispatch(job)
+    held = queue.receive(["fast"], timeout=1)
+    assert held is not None
+    queue.dispatch(dataclasses.replace(job, lane="big"))  # e.g. moved after running out of memory
+    held.ack()  # the old holder's settlement must not drop the moved entry
+    assert queue.backlog("fast") == 0 and queue.backlog("big") == 1
+    moved = queue.receive(["big"], timeout=1)
+    assert moved is not None and moved.job_id == job.id

@@ -157,3 +157,89 @@ def test_unknown_job_is_dropped(rig: Rig) -> None:
     rig.queue.dispatch(make_job())  # never written to the store
     assert rig.executor.execute(rig.deliver()) is Outcome.SKIPPED
     assert rig.queue.backlog("fast") == 0
+
+
+# --- batches -----------------------------------------------------------------------------------
+
+
+def batch(rig: Rig, count: int, **changes: object) -> list[Job]:
+    jobs = [rig.submit(seed=i, **changes) for i in range(count)]
+    return jobs
+
+
+def deliver_all(rig: Rig, count: int):  # type: ignore[no-untyped-def]
+    return [rig.deliver() for _ in range(count)]
+
+
+def test_a_batch_is_one_pipeline_call_and_each_job_gets_its_images(rig: Rig) -> None:
+    jobs = batch(rig, 3, num_images=2)
+    outcomes = rig.executor.execute_batch(deliver_all(rig, 3))
+    assert outcomes == [Outcome.SUCCEEDED] * 3
+    assert len(rig.runtime.calls) == 1 and len(rig.runtime.calls[0].seeds) == 6
+    for job in jobs:
+        done = rig.get(job.id)
+        assert [o.seed for o in done.outputs] == list(job.request.seeds())
+        assert done.metrics is not None and done.metrics.batch_size == 6
+
+
+def test_batched_images_equal_the_same_jobs_run_alone(rig: Rig) -> None:
+    together = batch(rig, 3)
+    rig.executor.execute_batch(deliver_all(rig, 3))
+    alone = batch(rig, 3)
+    for _ in alone:
+        rig.executor.execute(rig.deliver())
+    for a, b in zip(together, alone, strict=True):
+        assert rig.get(a.id).outputs[0].sha256 == rig.get(b.id).outputs[0].sha256
+
+
+def test_cancelling_one_job_of_a_batch_drops_only_its_outputs(rig: Rig) -> None:
+    jobs = batch(rig, 3, steps=20)
+    victim = jobs[1]
+    original = rig.runtime.render
+
+    def render(task, on_step, timeout=None):  # type: ignore[no-untyped-def]
+        def step(i: int, total: int) -> bool:
+            if i == 3:
+                current = rig.get(victim.id)
+                rig.store.update(current.cancel(), current.version)
+            return on_step(i, total)
+
+        return original(task, step, timeout)
+
+    rig.runtime.render = render  # type: ignore[method-assign]
+    outcomes = rig.executor.execute_batch(deliver_all(rig, 3))
+    assert outcomes == [Outcome.SUCCEEDED, Outcome.CANCELLED, Outcome.SUCCEEDED]
+    assert rig.get(victim.id).state is JobState.CANCELLED and rig.get(victim.id).outputs == ()
+    assert all(not key.startswith(f"outputs/{victim.id}/") for key in rig.blobs.blobs)
+    assert len(rig.blobs.blobs) == 2
+
+
+def test_a_timeout_fails_every_job_of_the_batch(rig: Rig) -> None:
+    from difflane.worker.runtime import RenderTimeout
+
+    jobs = batch(rig, 2)
+    rig.runtime.fail_with = RenderTimeout("took too long")
+    assert rig.executor.execute_batch(deliver_all(rig, 2)) == [Outcome.FAILED] * 2
+    assert all(rig.get(j.id).error.code is ErrorCode.TIMEOUT for j in jobs)  # type: ignore[union-attr]
+    assert rig.queue.backlog("fast") == 0
+
+
+def test_out_of_memory_moves_jobs_to_the_on_oom_lane(rig: Rig) -> None:
+    from difflane.lanes import Lane, Lanes
+
+    rig.executor.lanes = Lanes([Lane(name="fast", on_oom="big"), Lane(name="big", capacity="gpu")])
+    rig.executor.dispatcher = rig.queue
+    job = rig.submit()
+    rig.runtime.fail_with = MemoryError()
+    assert rig.executor.execute(rig.deliver()) is Outcome.MOVED
+    moved = rig.get(job.id)
+    assert moved.state is JobState.QUEUED and moved.lane == "big" and moved.error is None
+    assert rig.queue.backlog("fast") == 0 and rig.queue.backlog("big") == 1
+
+
+def test_records_carry_run_metrics(rig: Rig) -> None:
+    job = rig.submit()
+    rig.executor.execute(rig.deliver())
+    m = rig.get(job.id).metrics
+    assert m is not None and m.batch_size == 1 and m.device == "cpu"
+    assert m.queue_wait_s is not None and m.queue_wait_s >= 0 and m.execution_s is not None

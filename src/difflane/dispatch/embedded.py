@@ -42,8 +42,12 @@ class EmbeddedQueue:
     def enqueue_in(conn: sqlite3.Connection, job: Job) -> None:
         """Insert the queue row inside someone else's transaction (the job store's create)."""
         now = time.time()
+        # Idempotent for the same lane; a job moved to another lane (e.g. after running out of
+        # memory) takes its entry along, and the old holder's lease token stops matching.
         conn.execute(
-            "INSERT OR IGNORE INTO queue (job_id, lane, available_at, enqueued_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO queue (job_id, lane, available_at, enqueued_at) VALUES (?, ?, ?, ?) "
+            "ON CONFLICT (job_id) DO UPDATE SET lane = excluded.lane, available_at = excluded.available_at, "
+            "lease_token = NULL, lease_expires_at = NULL WHERE queue.lane != excluded.lane",
             (job.id, job.lane, now, now),
         )
 
