@@ -219,6 +219,8 @@ class Executor:
         stats = self.runtime.last_stats
         execution_s = stats.seconds if stats else elapsed - load_s
         metrics.EXECUTION.labels(spec.name, lane.name).observe(execution_s)
+        metrics.MODEL_LOAD.labels(spec.name).observe(load_s)
+        metrics.BATCH_SIZE.labels(spec.name, lane.name).observe(len(task.seeds))
         run = RunMetrics(
             load_s=round(load_s, 4),
             execution_s=round(execution_s, 4),
@@ -227,6 +229,10 @@ class Executor:
             peak_memory_bytes=stats.peak_memory_bytes if stats else None,
             gpu_utilization=gpu.utilization(),
         )
+        if run.peak_memory_bytes is not None:
+            metrics.PEAK_DEVICE_MEMORY.labels(spec.name).set(run.peak_memory_bytes)
+        if run.gpu_utilization is not None:
+            metrics.GPU_UTILIZATION.set(run.gpu_utilization)
         offset = 0
         for item in items:
             count = item.job.request.num_images
