@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import socket
+from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,3 +52,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
+
+
+def read_sse(lines: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
+    """(event, data) pairs of a Server-Sent Events stream."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    event = None
+    for line in lines:
+        if line.startswith("event: "):
+            event = line[7:]
+        elif line.startswith("data: ") and event:
+            out.append((event, json.loads(line[6:])))
+    return out

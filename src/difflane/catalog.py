@@ -10,9 +10,9 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from difflane import yamlfile
 from difflane.errors import ConfigError
 from difflane.lanes import Lanes
 
@@ -126,27 +126,14 @@ def builtin() -> Catalog:
 
 
 def parse(text: str, origin: str = "<catalog>") -> Catalog:
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
-    models = data.get("models") if isinstance(data, dict) else None
-    if not isinstance(models, dict) or not models:
-        raise ConfigError(f"{origin}: expected a top-level 'models:' mapping with at least one model")
     specs = []
-    for name, body in models.items():
+    for name, fields in yamlfile.entries(text, "models", origin).items():
         try:
-            specs.append(ModelSpec(name=str(name), **(body or {})))
+            specs.append(ModelSpec(name=name, **fields))
         except (ValidationError, TypeError) as exc:
             raise ConfigError(f"{origin}: model {name!r}: {exc}") from exc
     return Catalog(specs)
 
 
 def load(path: str | Path | None) -> Catalog:
-    if path is None:
-        return builtin()
-    p = Path(path)
-    try:
-        return parse(p.read_text(encoding="utf-8"), str(p))
-    except OSError as exc:
-        raise ConfigError(f"cannot read catalog {p}: {exc}") from exc
+    return builtin() if path is None else parse(*yamlfile.read(path))

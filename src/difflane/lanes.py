@@ -17,9 +17,9 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from difflane import yamlfile
 from difflane.errors import ConfigError
 
 _CAPACITY = re.compile(r"^(cpu|gpu|mig-[1-9]g\.[0-9]+gb)$")
@@ -96,27 +96,14 @@ def builtin() -> Lanes:
 
 
 def parse(text: str, origin: str = "<lanes>") -> Lanes:
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
-    body = data.get("lanes") if isinstance(data, dict) else None
-    if not isinstance(body, dict) or not body:
-        raise ConfigError(f"{origin}: expected a top-level 'lanes:' mapping with at least one lane")
     lanes = []
-    for name, fields in body.items():
+    for name, fields in yamlfile.entries(text, "lanes", origin).items():
         try:
-            lanes.append(Lane(name=str(name), **(fields or {})))
+            lanes.append(Lane(name=name, **fields))
         except (ValidationError, TypeError) as exc:
             raise ConfigError(f"{origin}: lane {name!r}: {exc}") from exc
     return Lanes(lanes)
 
 
 def load(path: str | Path | None) -> Lanes:
-    if path is None:
-        return builtin()
-    p = Path(path)
-    try:
-        return parse(p.read_text(encoding="utf-8"), str(p))
-    except OSError as exc:
-        raise ConfigError(f"cannot read lanes file {p}: {exc}") from exc
+    return builtin() if path is None else parse(*yamlfile.read(path))

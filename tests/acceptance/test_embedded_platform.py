@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sqlite3
@@ -13,21 +12,15 @@ import pytest
 
 from difflane import png
 from tests.acceptance.conftest import Platform
+from tests.conftest import read_sse
 
 pytestmark = pytest.mark.acceptance
 
 
 def sse_events(p: Platform, job_id: str) -> list[tuple[str, dict[str, Any]]]:
-    out: list[tuple[str, dict[str, Any]]] = []
     with p.http.stream("GET", f"/v1/jobs/{job_id}/events", timeout=120) as r:
         assert r.status_code == 200
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event:
-                out.append((event, json.loads(line[6:])))
-    return out
+        return read_sse(r.iter_lines())
 
 
 # --- one shared platform: submit and read ---------------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from difflane import png
+from tests.conftest import read_sse
 from tests.unit.conftest import Platform
 
 TINY = {"model": "tiny", "prompt": "a red fox in the snow"}
@@ -33,16 +34,9 @@ def wait_for(platform: Platform, job_id: str, states: tuple[str, ...], timeout: 
 
 
 def events(platform: Platform, job_id: str, **headers: str) -> list[tuple[str, dict[str, Any]]]:
-    out = []
     with platform.client.stream("GET", f"/v1/jobs/{job_id}/events", headers=headers) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
-        event = None
-        for line in r.iter_lines():
-            if line.startswith("event: "):
-                event = line[7:]
-            elif line.startswith("data: ") and event:
-                out.append((event, json.loads(line[6:])))
-    return out
+        return read_sse(r.iter_lines())
 
 
 # --- submit -----------------------------------------------------------------------------------

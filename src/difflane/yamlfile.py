@@ -1,0 +1,36 @@
+"""Reading the YAML data files (catalog, lanes): one top-level mapping of named entries."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from difflane.errors import ConfigError
+
+
+def entries(text: str, key: str, origin: str) -> dict[str, dict[str, Any]]:
+    """The ``key:`` mapping of ``text``: name → fields (an empty entry is an empty dict)."""
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{origin}: not valid YAML: {exc}") from exc
+    body = data.get(key) if isinstance(data, dict) else None
+    if not isinstance(body, dict) or not body:
+        raise ConfigError(f"{origin}: expected a top-level '{key}:' mapping with at least one entry")
+    out: dict[str, dict[str, Any]] = {}
+    for name, fields in body.items():
+        if fields is not None and not isinstance(fields, dict):
+            raise ConfigError(f"{origin}: {key}.{name} must be a mapping")
+        out[str(name)] = fields or {}
+    return out
+
+
+def read(path: str | Path) -> tuple[str, str]:
+    """(text, origin) of a data file; ConfigError when it cannot be read."""
+    p = Path(path)
+    try:
+        return p.read_text(encoding="utf-8"), str(p)
+    except OSError as exc:
+        raise ConfigError(f"cannot read {p}: {exc}") from exc
