@@ -6,10 +6,13 @@ message; only a dead process goes unreported, and the parent notices the broken 
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import logging
 import multiprocessing.connection
 import signal
+import sys
 from typing import Any
 
 from difflane.worker.isolation import (
@@ -28,11 +31,14 @@ from difflane.worker.runtime import Interrupted, ModelUnavailable, OutOfMemory, 
 
 log = logging.getLogger("difflane.worker.child")
 
+PR_SET_PDEATHSIG = 1  # from <linux/prctl.h>
+
 
 def main(conn: multiprocessing.connection.Connection, config: RuntimeConfig) -> None:
     # The parent handles SIGINT/SIGTERM (finish or give back the batch); the child just serves.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    _die_with_parent()
     try:
         runtime = build_runtime(config)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails loudly
@@ -48,6 +54,16 @@ def main(conn: multiprocessing.connection.Connection, config: RuntimeConfig) -> 
             runtime.close()
             return
         conn.send(_handle(runtime, conn, message))
+
+
+def _die_with_parent() -> None:
+    """Linux: if the worker is killed (even with SIGKILL), the kernel kills this process too,
+    so a hung render never outlives its worker and keeps holding the GPU."""
+    if sys.platform != "linux":
+        return
+    with contextlib.suppress(OSError, AttributeError):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
 def build_runtime(config: RuntimeConfig) -> Runtime:
