@@ -153,7 +153,9 @@ class MemoryQueue(_Switch):
         with self._cond:
             entry = self._entries.get(job.id)
             if entry is None or entry.lane != job.lane:  # a moved job takes its entry along
-                self._entries[job.id] = _Entry(job.id, job.lane, time.time(), deliveries=entry.deliveries if entry else 0)
+                self._entries[job.id] = _Entry(
+                    job.id, job.lane, time.time(), deliveries=entry.deliveries if entry else 0
+                )
             self._cond.notify_all()
 
     def cancel(self, job: Job) -> None:

@@ -19,7 +19,7 @@ def test_least_recently_used_models_are_evicted_beyond_the_budget(tiny_hf_home: 
     a, b, c = (tiny.model_copy(update={"name": n}) for n in ("a", "b", "c"))
     probe = DiffusersRuntime(tiny_hf_home, device="cpu")
     probe.load(a)
-    one_model = probe._pipelines["a"].bytes  # noqa: SLF001 - the size the budget counts
+    one_model = probe._pipelines["a"].bytes  # the size the budget counts
     probe.close()
     assert one_model > 1_000_000
 

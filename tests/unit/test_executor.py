@@ -243,3 +243,13 @@ def test_records_carry_run_metrics(rig: Rig) -> None:
     m = rig.get(job.id).metrics
     assert m is not None and m.batch_size == 1 and m.device == "cpu"
     assert m.queue_wait_s is not None and m.queue_wait_s >= 0 and m.execution_s is not None
+
+
+def test_duplicates_while_another_worker_holds_the_job_do_not_use_up_attempts(rig: Rig) -> None:
+    job = rig.submit()
+    rig.store.update(rig.get(job.id).start("other", lease_seconds=60), 1)
+    for _ in range(5):  # more deliveries than max_attempts, all while "other" is alive
+        d = rig.deliver()
+        assert rig.executor.execute(d) is Outcome.REQUEUED
+        rig.queue._entries[job.id].available_at = 0  # type: ignore[attr-defined]  # skip the wait
+    assert rig.get(job.id).state is JobState.RUNNING and rig.get(job.id).error is None

@@ -139,6 +139,10 @@ class Executor:
         if job.state.terminal:
             delivery.ack()  # a redelivery of finished work: never run it twice
             return Outcome.SKIPPED
+        if _held_elsewhere(job, self.config.worker_id):
+            # A duplicate while another worker runs the job: not an attempt of ours, so it must
+            # not count towards max_attempts. Look again when that lease would expire.
+            return self._not_claimed(job, delivery)
         max_attempts = self.lane(job.lane).max_attempts or self.config.max_attempts
         if delivery.attempt > max_attempts:
             return self._fail(
@@ -404,6 +408,13 @@ class Executor:
         metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "failed", code.value).inc()
         log.warning("job failed", extra={"code": code.value, "reason": message})
         return Outcome.FAILED
+
+
+def _held_elsewhere(job: Job, worker: str) -> bool:
+    lease = job.lease
+    return (
+        job.state is JobState.RUNNING and lease is not None and lease.owner != worker and lease.expires_at > time.time()
+    )
 
 
 def _task(spec: ModelSpec, jobs: list[Job]) -> RenderTask:
