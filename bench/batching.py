@@ -29,8 +29,17 @@ def burst(url: str, jobs: int, steps: int, size: int) -> dict[str, Any]:
     with httpx.Client(base_url=url, timeout=60) as http:
         started = time.time()
         ids = [
-            http.post("/v1/jobs", json={"model": "tiny", "prompt": f"a red fox number {i}", "seed": i,
-                                         "steps": steps, "width": size, "height": size}).json()["id"]
+            http.post(
+                "/v1/jobs",
+                json={
+                    "model": "tiny",
+                    "prompt": f"a red fox number {i}",
+                    "seed": i,
+                    "steps": steps,
+                    "width": size,
+                    "height": size,
+                },
+            ).json()["id"]
             for i in range(jobs)
         ]
         done: dict[str, dict[str, Any]] = {}
@@ -79,11 +88,16 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         batched = run(args.max_batch, args, Path(tmp))
         single = run(1, args, Path(tmp))
-    print(json.dumps({
-        "batched": batched,
-        "one_at_a_time": single,
-        "ratio": round(batched["images_per_s"] / single["images_per_s"], 3),
-    }, indent=2))
+    print(
+        json.dumps(
+            {
+                "batched": batched,
+                "one_at_a_time": single,
+                "ratio": round(batched["images_per_s"] / single["images_per_s"], 3),
+            },
+            indent=2,
+        )
+    )
 
 
 if __name__ == "__main__":

@@ -40,10 +40,14 @@ MODELS = {
 def spec_for(kind: str, folder: Path, size: int, name: str, lane: str) -> Any:
     from difflane.catalog import Defaults, Limits, ModelSpec
 
-    return ModelSpec(name=name, source=str(folder), pipeline=MODELS[kind]["pipeline"], lane=lane,  # type: ignore[arg-type]
-                     defaults=Defaults(width=size, height=size, steps=30),
-                     limits=Limits(max_width=size, max_height=size, max_pixels=size * size, max_steps=100,
-                                   max_images=8))
+    return ModelSpec(
+        name=name,
+        source=str(folder),
+        pipeline=MODELS[kind]["pipeline"],
+        lane=lane,  # type: ignore[arg-type]
+        defaults=Defaults(width=size, height=size, steps=30),
+        limits=Limits(max_width=size, max_height=size, max_pixels=size * size, max_steps=100, max_images=8),
+    )
 
 
 def bare(kind: str, folder: Path, args: argparse.Namespace, size: int, batch: int) -> dict[str, Any]:
@@ -58,8 +62,9 @@ def bare(kind: str, folder: Path, args: argparse.Namespace, size: int, batch: in
     load_s = runtime.load(spec)
 
     def task(images: int, steps: int) -> RenderTask:
-        return RenderTask(spec, ("a red fox in the snow",) * images, ("",) * images, tuple(range(images)),
-                          size, size, steps, 7.5)
+        return RenderTask(
+            spec, ("a red fox in the snow",) * images, ("",) * images, tuple(range(images)), size, size, steps, 7.5
+        )
 
     def timed(images: int, steps: int) -> float:
         if args.device == "cuda":
@@ -99,22 +104,39 @@ def bare(kind: str, folder: Path, args: argparse.Namespace, size: int, batch: in
 
 def through_difflane(kind: str, folder: Path, args: argparse.Namespace, size: int, batch: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"difflane-gpu-{kind}-"))
-    (work / "catalog.yaml").write_text(json.dumps({"models": {
-        f"{kind}-batched": {"source": str(folder), "pipeline": MODELS[kind]["pipeline"], "lane": "batched",
-                            "defaults": {"width": size, "height": size, "steps": args.steps},
-                            "limits": {"max_width": size, "max_height": size, "max_pixels": size * size,
-                                       "max_steps": 100}},
-        f"{kind}-single": {"source": str(folder), "pipeline": MODELS[kind]["pipeline"], "lane": "single",
-                           "defaults": {"width": size, "height": size, "steps": args.steps},
-                           "limits": {"max_width": size, "max_height": size, "max_pixels": size * size,
-                                      "max_steps": 100}},
-    }}))
+    (work / "catalog.yaml").write_text(
+        json.dumps(
+            {
+                "models": {
+                    f"{kind}-batched": {
+                        "source": str(folder),
+                        "pipeline": MODELS[kind]["pipeline"],
+                        "lane": "batched",
+                        "defaults": {"width": size, "height": size, "steps": args.steps},
+                        "limits": {"max_width": size, "max_height": size, "max_pixels": size * size, "max_steps": 100},
+                    },
+                    f"{kind}-single": {
+                        "source": str(folder),
+                        "pipeline": MODELS[kind]["pipeline"],
+                        "lane": "single",
+                        "defaults": {"width": size, "height": size, "steps": args.steps},
+                        "limits": {"max_width": size, "max_height": size, "max_pixels": size * size, "max_steps": 100},
+                    },
+                }
+            }
+        )
+    )
     capacity = "gpu" if args.device == "cuda" else "cpu"
     (work / "lanes.yaml").write_text(
         f"lanes:\n  batched: {{capacity: {capacity}, max_batch: {batch}, max_wait_ms: 50, timeout_s: 3600}}\n"
-        f"  single: {{capacity: {capacity}, max_batch: 1, timeout_s: 3600}}\n")
-    settings = {"catalog": str(work / "catalog.yaml"), "lanes": str(work / "lanes.yaml"), "device": args.device,
-                "lease_seconds": "120"}
+        f"  single: {{capacity: {capacity}, max_batch: 1, timeout_s: 3600}}\n"
+    )
+    settings = {
+        "catalog": str(work / "catalog.yaml"),
+        "lanes": str(work / "lanes.yaml"),
+        "device": args.device,
+        "lease_seconds": "120",
+    }
     with platform(workers=1, **settings) as (url, _), httpx.Client(base_url=url, timeout=600) as http:
         latencies = [_one_job(http, f"{kind}-single", i) for i in range(args.repeats + 1)][1:]
         single_rate = _burst(http, f"{kind}-single", args.jobs)
@@ -141,8 +163,9 @@ def _one_job(http: httpx.Client, model: str, seed: int) -> float:
 
 def _burst(http: httpx.Client, model: str, jobs: int) -> float:
     started = time.perf_counter()
-    ids = [http.post("/v1/jobs", json={"model": model, "prompt": f"fox {i}", "seed": i}).json()["id"]
-           for i in range(jobs)]
+    ids = [
+        http.post("/v1/jobs", json={"model": model, "prompt": f"fox {i}", "seed": i}).json()["id"] for i in range(jobs)
+    ]
     pending = set(ids)
     while pending:
         for job_id in list(pending):
@@ -177,7 +200,8 @@ def main() -> None:
         results[kind]["bare"] = bare(kind, folder, args, size, batch)
         results[kind]["difflane"] = through_difflane(kind, folder, args, size, batch)
         results[kind]["e2e_over_bare"] = round(
-            results[kind]["difflane"]["e2e_latency_p50_s"] / results[kind]["bare"]["latency_p50_s"], 3)
+            results[kind]["difflane"]["e2e_latency_p50_s"] / results[kind]["bare"]["latency_p50_s"], 3
+        )
         args.out.write_text(json.dumps(results, indent=2))  # keep what we have if a later model fails
         print(json.dumps({kind: results[kind]}, indent=2), flush=True)
 

@@ -53,13 +53,33 @@ def main() -> None:
 @click.option("--workers", type=int, help="Worker processes to run beside the API (0 = API only).")
 @click.option("--api-workers", type=int, help="API processes (default 1).")
 @click.option("--data-dir", type=click.Path(path_type=Path), help="Where the database, results and models live.")
+@click.option(
+    "--insecure-no-auth",
+    is_flag=True,
+    default=None,
+    help="Allow DIFFLANE_AUTH=none on a non-loopback address (callers name themselves: never in production).",
+)
 def serve(
-    host: str | None, port: int | None, workers: int | None, api_workers: int | None, data_dir: Path | None
+    host: str | None,
+    port: int | None,
+    workers: int | None,
+    api_workers: int | None,
+    data_dir: Path | None,
+    insecure_no_auth: bool | None,
 ) -> None:
     """Run the API and workers on the embedded defaults (SQLite, local results, the tiny model)."""
     from difflane.serve import run
 
-    run(_settings(host=host, port=port, workers=workers, api_workers=api_workers, data_dir=data_dir))
+    run(
+        _settings(
+            host=host,
+            port=port,
+            workers=workers,
+            api_workers=api_workers,
+            data_dir=data_dir,
+            insecure_no_auth=insecure_no_auth,
+        )
+    )
 
 
 @main.command()
@@ -82,6 +102,15 @@ def run_job(job_id: str, data_dir: Path | None) -> None:
     from difflane.worker import main as worker_main
 
     sys.exit(worker_main.run_one(_settings(data_dir=data_dir), job_id))
+
+
+@main.command()
+def controller() -> None:
+    """Run the Kubernetes controller (DIFFLANE_DISPATCH=kubernetes): repairs jobs whose pods died,
+    timed out or never started, with leader election so several replicas are safe."""
+    from difflane.controller import main as controller_main
+
+    controller_main.run(_settings())
 
 
 # --- client -----------------------------------------------------------------------------------

@@ -53,8 +53,12 @@ def generate(api_url: str, body: dict[str, Any], output: Path, *, token: str | N
 def _submit(http: httpx.Client, body: dict[str, Any]) -> dict[str, Any]:
     for attempt in range(RECONNECT_ATTEMPTS):
         response = http.post("/v1/jobs", json=body)
-        if response.status_code == 503 and attempt + 1 < RECONNECT_ATTEMPTS:
-            time.sleep(float(response.headers.get("Retry-After", "1")))
+        retry_after = response.headers.get("Retry-After", "1")
+        wait = float(retry_after) if retry_after.isdigit() else 1.0
+        # 503: the API is down; 429: over a limit. The Idempotency-Key makes a retry safe; a long
+        # wait (a rate limit) is reported instead of sat through.
+        if response.status_code in (429, 503) and attempt + 1 < RECONNECT_ATTEMPTS and wait <= 30:
+            time.sleep(wait)
             continue
         return _json(response, 202)
     raise ClientError("the API stayed unavailable")

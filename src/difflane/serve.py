@@ -28,6 +28,9 @@ RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
 
 def run(settings: Settings) -> None:
     log_setup.setup(settings.log_level, settings.log_format)
+    from difflane.api import auth
+
+    auth.check_bind(settings)  # DIFFLANE_AUTH=none is refused off loopback unless --insecure-no-auth
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     _prepare_metrics_dir(settings.data_dir / "metrics")  # before prometheus_client is imported
     if settings.workers > 0:

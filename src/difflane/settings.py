@@ -36,8 +36,8 @@ class Settings(BaseSettings):
     public_url: str | None = None  # base for links in responses; default: from the request
 
     # dispatch and workers
-    store: Literal["sqlite", "memory"] = "sqlite"
-    dispatch: Literal["embedded", "memory"] = "embedded"
+    store: Literal["sqlite", "memory", "azure"] = "sqlite"
+    dispatch: Literal["embedded", "memory", "kubernetes", "servicebus"] = "embedded"
     workers: int = Field(1, ge=0, le=64)
     lease_seconds: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1)
@@ -60,7 +60,7 @@ class Settings(BaseSettings):
     auth_authority: str = "https://login.microsoftonline.com"  # entra: where the metadata documents live
     auth_audience: Annotated[list[str], NoDecode] = Field(default_factory=list)  # client id and/or App ID URI
     auth_tenants: Annotated[list[str], NoDecode] = Field(default_factory=list)  # entra: tenant ids, or "*"
-    auth_token_versions: Annotated[list[Literal["1", "2"]], NoDecode] = Field(default_factory=lambda: ["2"])
+    auth_token_versions: Annotated[list[Literal["1", "2"]], NoDecode] = Field(default=["2"])  # "1,2": v1 too
     auth_leeway_seconds: int = Field(60, ge=0, le=300)  # clock skew allowed on exp/nbf
     auth_jwks_min_refresh_seconds: float = Field(300.0, ge=0)  # unknown `kid`: refetch keys at most this often
     auth_metadata_max_age_seconds: float = Field(86400.0, gt=0)  # refetch metadata + keys after this long
@@ -98,8 +98,49 @@ class Settings(BaseSettings):
         return value
 
     # --- Azure backends (issue 5) ------------------------------------------------------------
+    # Blob Storage: an account URL signs in with DefaultAzureCredential (workload identity in AKS);
+    # a connection string is for development only (Azurite): prefer ..._CONNECTION_STRING_FILE.
+    azure_storage_account_url: str | None = None  # https://<account>.blob.core.windows.net
+    azure_storage_connection_string: SecretStr | None = None
+    azure_container: str = Field("difflane", pattern=r"^[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+    azure_create_container: bool = False  # development: create the container when missing
+    # Result URLs: "stream" (the API streams after its own authorization), "user-delegation"
+    # (SAS signed with a user delegation key: workload identity), "account-key" (Azurite).
+    azure_result_urls: Literal["stream", "user-delegation", "account-key"] = "stream"
+    azure_result_url_ttl_seconds: int = Field(300, ge=30, le=3600)  # a URL never outlives this
+    azure_timeout_seconds: float = Field(10.0, gt=0, le=120)  # per Blob call (connect: at most 5 s)
+    azure_retries: int = Field(5, ge=0, le=20)  # on 408/429/5xx and network errors
+    azure_retry_backoff_seconds: float = Field(0.25, ge=0)  # full jitter; the cap doubles up to 8 s
+    azure_sweep_seconds: float = Field(15.0, ge=0)  # outbox sweeper period (jobs whose dispatch failed); 0 = off
+    # Service Bus: one queue per lane, named <prefix><lane>.
+    servicebus_namespace: str | None = None  # <name>.servicebus.windows.net (DefaultAzureCredential)
+    servicebus_connection_string: SecretStr | None = None  # development only
+    servicebus_queue_prefix: str = Field("difflane-", pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,200}$")
+    servicebus_max_lock_renewal_seconds: float = Field(3600.0, gt=0)  # AutoLockRenewer bound per message
 
     # --- Kubernetes dispatch and controller (issue 6) ----------------------------------------
+    kubernetes_namespace: str = "difflane"  # where Jobs, pods and the controller's Lease live
+    kubernetes_api_url: str | None = None  # default: in-cluster service account, else ~/.kube/config
+    kubernetes_worker_image: str | None = None  # required with DIFFLANE_DISPATCH=kubernetes
+    kubernetes_worker_service_account: str = "difflane-worker"  # carries the workload identity
+    kubernetes_env_config_map: str | None = "difflane-config"  # envFrom of worker pods
+    kubernetes_files_config_map: str | None = "difflane-files"  # lanes.yaml + catalog.yaml
+    kubernetes_model_cache_claim: str | None = "difflane-model-cache"  # PVC with the HF cache
+    kubernetes_model_cache_host_path: str | None = None  # node-local cache instead of the PVC
+    kubernetes_capacity_label: str = "difflane.io/capacity"  # node-pool label: cpu, gpu, mig-<profile>
+    kubernetes_kueue: bool = False  # create Jobs suspended in the lane's LocalQueue
+    kubernetes_queue_prefix: str = "difflane-"  # LocalQueue <prefix><lane>
+    kubernetes_priority_class_prefix: str = "difflane-"  # PriorityClass <prefix><lane> (with Kueue)
+    kubernetes_backoff_limit: int = Field(2, ge=0, le=10)
+    kubernetes_ttl_seconds: int = Field(3600, ge=0)  # finished Jobs are deleted after this
+    kubernetes_startup_allowance_seconds: int = Field(600, ge=0)  # image pull + model load
+    kubernetes_request_timeout_seconds: float = Field(10.0, gt=0)
+    controller_lease_name: str = "difflane-controller"
+    controller_lease_seconds: float = Field(15.0, ge=1)
+    controller_resync_seconds: float = Field(60.0, gt=0)
+    controller_image_pull_grace_seconds: float = Field(300.0, ge=0)
+    controller_dispatch_after_seconds: float = Field(30.0, ge=0)  # a record without a Job is re-dispatched
+    controller_health_port: int = Field(8081, ge=0, le=65535)  # /livez /readyz /metrics
 
     # --- lanes and the GPU worker (issue 4) --------------------------------------------------
     lanes: Path | None = None  # lanes YAML; default: the built-in lane "fast"

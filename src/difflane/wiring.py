@@ -6,7 +6,9 @@ Each seam has its own small builder below, so adding a backend touches one funct
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from difflane import catalog as catalog_mod
 from difflane import lanes as lanes_mod
@@ -16,11 +18,15 @@ from difflane.catalog import Catalog
 from difflane.dispatch import doorbell
 from difflane.dispatch.base import Dispatcher, WorkSource
 from difflane.dispatch.embedded import EmbeddedQueue
+from difflane.errors import ConfigError
 from difflane.lanes import Lanes
 from difflane.settings import Settings
 from difflane.store.base import JobStore
 from difflane.store.sqlite import Database, SqliteJobStore
 from difflane.testing import MemoryBlobStore, MemoryJobStore, MemoryQueue
+
+if TYPE_CHECKING:
+    from difflane.store.azure_blob import AzureBlobJobStore, BlobOutbox
 
 
 @dataclasses.dataclass
@@ -54,6 +60,10 @@ def _backends(settings: Settings, catalog: Catalog) -> Components:
     if settings.store == "memory" or settings.dispatch == "memory":
         queue = MemoryQueue(lease_seconds=settings.lease_seconds)
         return Components(MemoryJobStore(), MemoryBlobStore(), queue, queue, catalog)
+    if settings.dispatch == "kubernetes":
+        return _kubernetes(settings, catalog)
+    if settings.store == "azure" or settings.dispatch == "servicebus":
+        return _azure(settings, catalog)
     return _embedded(settings, catalog)
 
 
@@ -65,3 +75,121 @@ def _embedded(settings: Settings, catalog: Catalog) -> Components:
     store = SqliteJobStore(db, on_create=queue.enqueue_in, on_update=lambda job: doorbell.ring(bell_dir, "api"))
     blobs = LocalBlobStore(settings.results_path)
     return Components(store, blobs, queue, queue, catalog, bell_dir=bell_dir, local_store=True)
+
+
+def _kubernetes(settings: Settings, catalog: Catalog) -> Components:
+    # No queue: each job becomes a Kubernetes Job running `difflane run-job`, so there is no
+    # work source. Not local_store: dispatch is a network call to the API server, which must not
+    # run on the event loop.
+    dispatcher = _kubernetes_dispatcher(settings)
+    if settings.store == "azure":  # AKS: records and results in Blob Storage, through the outbox
+        from difflane.dispatch.sweeper import OutboxDispatcher, Sweeper
+
+        store, blobs, outbox = _azure_store(settings)
+        sweeper = Sweeper(store, outbox, dispatcher.dispatch, interval_s=settings.azure_sweep_seconds)
+        return Components(store, blobs, OutboxDispatcher(dispatcher, outbox, sweeper), None, catalog)
+    # SQLite (one node, or a shared volume): the controller's sweep finds records without a Job.
+    sqlite = SqliteJobStore(Database(settings.database_path, busy_timeout_ms=settings.sqlite_busy_timeout_ms))
+    return Components(sqlite, LocalBlobStore(settings.results_path), dispatcher, None, catalog)
+
+
+def _kubernetes_dispatcher(settings: Settings) -> Dispatcher:
+    from difflane.dispatch import kubernetes  # the `k8s` extra, imported only when used
+
+    return kubernetes.from_settings(settings, lanes_mod.load(settings.lanes))
+
+
+# --- Azure backends (issue 5) ---------------------------------------------------------------------
+
+
+def _azure(settings: Settings, catalog: Catalog) -> Components:
+    """Records and results in Blob Storage; dispatch by Service Bus or the embedded queue.
+
+    The store cannot share a transaction with either queue, so accepted jobs go through the
+    outbox and its sweeper (``dispatch.sweeper``). Not local_store: every store call is network I/O.
+    """
+    if settings.store != "azure":
+        raise ConfigError(
+            "DIFFLANE_DISPATCH=servicebus needs DIFFLANE_STORE=azure: workers on other machines cannot share SQLite"
+        )
+    from difflane.dispatch.sweeper import OutboxDispatcher, Sweeper
+
+    store, blobs, outbox = _azure_store(settings)
+    bell_dir: Path | None = None
+    inner: Dispatcher
+    source: WorkSource
+    if settings.dispatch == "servicebus":
+        inner, source = _servicebus(settings, store.running)
+    else:  # one machine: the embedded queue in SQLite beside records in Blob Storage
+        bell_dir = doorbell.socket_dir(settings.data_dir)
+        queue = EmbeddedQueue(
+            Database(settings.database_path, busy_timeout_ms=settings.sqlite_busy_timeout_ms),
+            bell_dir,
+            lease_seconds=settings.lease_seconds,
+        )
+        inner = source = queue
+        ring = bell_dir
+        store.on_update = lambda job: doorbell.ring(ring, "api")
+    sweeper = Sweeper(store, outbox, inner.dispatch, interval_s=settings.azure_sweep_seconds)
+    return Components(store, blobs, OutboxDispatcher(inner, outbox, sweeper), source, catalog, bell_dir=bell_dir)
+
+
+def _azure_store(settings: Settings) -> tuple[AzureBlobJobStore, BlobStore, BlobOutbox]:
+    """The Blob job store, result store and outbox (reusable with any dispatch)."""
+    from difflane import azure_auth
+
+    azure_auth.require("azure.storage.blob")
+    from difflane.azure_io import Backoff, BlobIO
+    from difflane.blobs.azure import AzureBlobStore
+    from difflane.store.azure_blob import AzureBlobJobStore, BlobOutbox
+
+    service = azure_auth.blob_service(settings)
+    io = BlobIO(
+        service.get_container_client(settings.azure_container),
+        Backoff(retries=settings.azure_retries, first_s=settings.azure_retry_backoff_seconds),
+        timeout_s=settings.azure_timeout_seconds,
+    )
+    if settings.azure_create_container:
+        io.ensure_container()
+    outbox = BlobOutbox(io)
+    store = AzureBlobJobStore(io, on_create=outbox.add)
+    blobs = AzureBlobStore(
+        io, signer=_azure_signer(settings, service), max_ttl_seconds=settings.azure_result_url_ttl_seconds
+    )
+    return store, blobs, outbox
+
+
+def _azure_signer(settings: Settings, service: Any) -> Any:
+    from difflane.blobs.azure import AccountKeySigner, UserDelegationSigner, delegation_key_fetcher
+
+    mode = settings.azure_result_urls
+    if mode == "stream":
+        return None
+    if mode == "account-key":
+        key = getattr(service.credential, "account_key", None)
+        if not key:
+            raise ConfigError("DIFFLANE_AZURE_RESULT_URLS=account-key needs a connection string with an AccountKey")
+        return AccountKeySigner(service.account_name, settings.azure_container, key)
+    https = str(service.url).startswith("https://")
+    return UserDelegationSigner(
+        service.account_name, settings.azure_container, delegation_key_fetcher(service), https_only=https
+    )
+
+
+def _servicebus(settings: Settings, running: Callable[[str], int]) -> tuple[Dispatcher, WorkSource]:
+    from difflane import azure_auth
+
+    sb = azure_auth.require("azure.servicebus")
+    from difflane.dispatch.servicebus import ServiceBusDispatcher, ServiceBusWorkSource, queue_names
+
+    names = queue_names(settings.servicebus_queue_prefix)
+    dispatcher = ServiceBusDispatcher(
+        azure_auth.servicebus_client(settings), names, admin=azure_auth.servicebus_admin(settings), running=running
+    )
+    source = ServiceBusWorkSource(
+        azure_auth.servicebus_client(settings),
+        names,
+        sb.AutoLockRenewer(max_workers=4),
+        max_lock_renewal_s=settings.servicebus_max_lock_renewal_seconds,
+    )
+    return dispatcher, source

@@ -74,8 +74,9 @@ def test_a_saturated_long_lane_does_not_delay_the_fast_lane(make_platform: Any) 
 
 
 def test_sigterm_during_a_batch_finishes_or_gives_back_every_job(make_platform: Any) -> None:
-    p = fake_platform(make_platform, "lanes:\n  fast: {max_batch: 4, max_wait_ms: 1000}\n  long: {}\n",
-                      shutdown_grace_seconds="0.5")
+    p = fake_platform(
+        make_platform, "lanes:\n  fast: {max_batch: 4, max_wait_ms: 1000}\n  long: {}\n", shutdown_grace_seconds="0.5"
+    )
     p.serve(workers=0)
     first = p.worker(worker_lanes="fast")
     jobs = [p.submit(prompt="[slow] a fox", steps=20, seed=i) for i in range(4)]

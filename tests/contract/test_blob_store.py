@@ -10,10 +10,13 @@ from difflane.blobs.base import BlobStore
 from difflane.blobs.local import LocalBlobStore
 from difflane.errors import InvalidInput, NotFound
 from difflane.testing import MemoryBlobStore
+from tests import azurite
 
 
-@pytest.fixture(params=["memory", "local"])
+@pytest.fixture(params=["memory", "local", pytest.param("azure", marks=pytest.mark.integration)])
 def blobs(request: pytest.FixtureRequest, tmp_path: Path) -> BlobStore:
+    if request.param == "azure":
+        return azurite.blob_store()  # Blob Storage on Azurite
     return MemoryBlobStore() if request.param == "memory" else LocalBlobStore(tmp_path / "blobs")
 
 

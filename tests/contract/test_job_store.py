@@ -13,12 +13,17 @@ from difflane.jobs import JobState
 from difflane.store.base import IdempotencyKey, JobStore, mutate
 from difflane.store.sqlite import Database, SqliteJobStore
 from difflane.testing import MemoryJobStore
+from tests import azurite
 from tests.conftest import ALICE, BOB, MALLORY, make_job
 
 
-@pytest.fixture(params=["memory", "sqlite"])
+@pytest.fixture(params=["memory", "sqlite", pytest.param("azure", marks=pytest.mark.integration)])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
-    s: JobStore = MemoryJobStore() if request.param == "memory" else SqliteJobStore(Database(tmp_path / "jobs.db"))
+    s: JobStore
+    if request.param == "azure":
+        s = azurite.job_store()  # Blob Storage on Azurite
+    else:
+        s = MemoryJobStore() if request.param == "memory" else SqliteJobStore(Database(tmp_path / "jobs.db"))
     yield s
     s.close()
 

@@ -52,8 +52,14 @@ def test_a_job_bigger_than_max_batch_runs_alone(rig) -> None:  # type: ignore[no
 
 @pytest.mark.parametrize(
     "other",
-    [{"steps": 8}, {"width": 128}, {"height": 128}, {"guidance_scale": 3.0}, {"negative_prompt": "blurry"},
-     {"model": "other"}],
+    [
+        {"steps": 8},
+        {"width": 128},
+        {"height": 128},
+        {"guidance_scale": 3.0},
+        {"negative_prompt": "blurry"},
+        {"model": "other"},
+    ],
 )
 def test_incompatible_jobs_are_held_for_the_next_batch(rig, other: dict[str, object]) -> None:  # type: ignore[no-untyped-def]
     store, queue, batcher = rig

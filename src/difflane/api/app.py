@@ -5,18 +5,21 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from fastapi import FastAPI
+from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from difflane import __version__, wiring
-from difflane.api import problems
-from difflane.api.auth import Authenticator, DevAuthenticator
+from difflane.api import auth, limits, problems
+from difflane.api.auth import Authenticator
 from difflane.api.context import ApiContext
+from difflane.api.deps import current_caller
 from difflane.api.routes import events, health, jobs, models
+from difflane.api.schemas import Problem
 from difflane.api.watch import API_ROLE, ChangeSignal
 from difflane.dispatch.doorbell import Doorbell
 from difflane.settings import Settings
 from difflane.telemetry import metrics
+from difflane.webhooks import setup as webhook_setup
 
 DESCRIPTION = """Submit image-generation jobs, follow them, and fetch their results.
 
@@ -31,33 +34,43 @@ def create_app(
 ) -> FastAPI:
     owned = components is None
     parts = components or wiring.build(settings)
+    hooks = webhook_setup.build(settings, parts.store)
     ctx = ApiContext(
         settings=settings,
         store=parts.store,
         blobs=parts.blobs,
         dispatcher=parts.dispatcher,
         catalog=parts.catalog,
-        authenticator=authenticator or DevAuthenticator(),
+        authenticator=authenticator or auth.from_settings(settings),
         changes=ChangeSignal(),
         inline_store=parts.local_store,
         lanes=parts.lanes,
+        admission=limits.from_settings(settings, parts.store, parts.dispatcher),
+        webhooks=hooks.intake if hooks else None,
     )
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.changes.attach(Doorbell(parts.bell_dir, API_ROLE) if parts.bell_dir else None)
+        if hooks:
+            hooks.start(parts.bell_dir)
         try:
             yield
         finally:
             ctx.changes.detach()
+            if hooks:
+                hooks.close()
             if owned:
                 parts.close()
 
     app = FastAPI(title="difflane", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.ctx = ctx
     problems.install(app)
-    for module in (jobs, events, models, health):
-        app.include_router(module.router)
+    # Every /v1 route authenticates (also declared per route with the permission it needs).
+    refusals: dict[int | str, dict[str, object]] = {401: {"model": Problem}, 403: {"model": Problem}}
+    for module in (jobs, events, models):
+        app.include_router(module.router, dependencies=[Depends(current_caller)], responses=refusals)
+    app.include_router(health.router)
     app.add_middleware(RequestCounter)
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
     return app

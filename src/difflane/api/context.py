@@ -10,6 +10,7 @@ from fastapi.concurrency import run_in_threadpool
 from starlette.requests import HTTPConnection
 
 from difflane.api.auth import Authenticator
+from difflane.api.limits import Admission
 from difflane.api.service import JobService
 from difflane.api.watch import ChangeSignal
 from difflane.blobs.base import BlobStore
@@ -18,6 +19,7 @@ from difflane.dispatch.base import Dispatcher
 from difflane.lanes import Lanes
 from difflane.settings import Settings
 from difflane.store.base import JobStore
+from difflane.webhooks.intake import WebhookIntake
 
 
 @dataclasses.dataclass
@@ -30,6 +32,8 @@ class ApiContext:
     authenticator: Authenticator
     changes: ChangeSignal
     lanes: Lanes | None = None
+    admission: Admission | None = None  # limits; None: off
+    webhooks: WebhookIntake | None = None  # None: webhooks off
     # True when store calls are local and short (SQLite): run them on the event loop. A hop to
     # a worker thread costs more than the call itself on a busy 2-core machine (GIL hand-offs),
     # and it capped admission at a third of the inline rate. Remote stores use the threadpool.
@@ -37,7 +41,9 @@ class ApiContext:
     service: JobService = dataclasses.field(init=False)
 
     def __post_init__(self) -> None:
-        self.service = JobService(self.store, self.dispatcher, self.catalog, self.lanes)
+        self.service = JobService(
+            self.store, self.dispatcher, self.catalog, self.lanes, admission=self.admission, webhooks=self.webhooks
+        )
 
     async def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:
         """Run a store/dispatch call the cheapest safe way (see ``inline_store``)."""

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -11,6 +11,23 @@ from difflane.jobs import MAX_SEED, ErrorCode, JobState
 # Bounds that hold for every model; each model's own (tighter) limits are checked on submit.
 MAX_PROMPT_CHARS = 10_000
 MAX_SIDE = 8192
+
+
+class WebhookCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    url: Annotated[
+        str,
+        Field(
+            min_length=1,
+            max_length=2048,
+            description="https URL on a host this deployment allows; signed per Standard Webhooks",
+        ),
+    ]
+    events: Annotated[
+        list[Literal["started", "progress", "completed"]],
+        Field(min_length=1, max_length=3, description="Which events to send (default: completed)"),
+    ] = ["completed"]
 
 
 class JobCreate(BaseModel):
@@ -26,6 +43,7 @@ class JobCreate(BaseModel):
     seed: Annotated[int | None, Field(ge=0, le=MAX_SEED, description="Random when absent; always recorded")] = None
     num_images: Annotated[int, Field(ge=1, le=64)] = 1
     lane: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+    webhook: WebhookCreate | None = None
 
 
 class ProgressOut(BaseModel):

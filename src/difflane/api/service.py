@@ -2,19 +2,23 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import secrets
 from typing import Any
 
+from difflane.api.limits import Admission
+from difflane.auth.caller import Caller
 from difflane.catalog import Catalog, ModelSpec
 from difflane.dispatch.base import Dispatcher
-from difflane.errors import Conflict, IllegalTransition, InvalidInput, NotFound
-from difflane.jobs import MAX_SEED, GenerationRequest, Job, JobState, Principal, is_job_id, new_job
+from difflane.errors import Conflict, DifflaneError, IllegalTransition, InvalidInput, NotFound
+from difflane.jobs import MAX_SEED, GenerationRequest, Job, JobState, Webhook, is_job_id, new_job
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import IdempotencyKey, JobStore, mutate
 from difflane.telemetry import metrics
+from difflane.webhooks.intake import WebhookIntake
 
 log = logging.getLogger(__name__)
 
@@ -22,14 +26,26 @@ MAX_IDEMPOTENCY_KEY = 200
 
 
 class JobService:
-    def __init__(self, store: JobStore, dispatcher: Dispatcher, catalog: Catalog, lanes: Lanes | None = None) -> None:
+    def __init__(
+        self,
+        store: JobStore,
+        dispatcher: Dispatcher,
+        catalog: Catalog,
+        lanes: Lanes | None = None,
+        *,
+        admission: Admission | None = None,
+        webhooks: WebhookIntake | None = None,
+    ) -> None:
         self.store = store
         self.dispatcher = dispatcher
         self.catalog = catalog
         self.lanes = lanes
+        self.admission = admission  # None: no limits (development)
+        self.webhooks = webhooks  # None: webhooks are off
 
-    def submit(self, owner: Principal, body: dict[str, Any], idempotency_key: str | None = None) -> tuple[Job, bool]:
-        """Validate against the model's limits, then write record + queue entry. (job, created)."""
+    def submit(self, caller: Caller, body: dict[str, Any], idempotency_key: str | None = None) -> tuple[Job, bool]:
+        """Validate against the model's limits, admit, then write record + queue entry. (job, created)."""
+        owner = caller.principal
         spec = self._model(body["model"])
         request = build_request(spec, body, self.lanes.get(spec.lane) if self.lanes else None)
         lane = body.get("lane") or spec.lane
@@ -46,7 +62,10 @@ class JobService:
                     field="Idempotency-Key",
                 )
             key = IdempotencyKey(idempotency_key, fingerprint(body))
-        job, created = self.store.create(new_job(owner, request, lane), key)
+        webhook = self._webhook(body.get("webhook"))
+        # Over a limit: 429 before anything is written.
+        with self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext():
+            job, created = self._create(new_job(owner, request, lane, webhook=webhook), key)
         if created:
             # Idempotent on every backend; with the embedded store the queue row already
             # committed with the record, and this only wakes the workers.
@@ -55,25 +74,48 @@ class JobService:
             log.info("job accepted", extra={"job_id": job.id, "model": spec.name, "lane": lane})
         return job, created
 
-    def get(self, owner: Principal, job_id: str) -> Job:
-        """The job, if ``owner`` may see it. Someone else's job is indistinguishable from none."""
+    def _webhook(self, raw: dict[str, Any] | None) -> Webhook | None:
+        if raw is None:
+            return None
+        if self.webhooks is None:
+            raise InvalidInput("webhooks are not enabled on this deployment", code="webhooks_disabled", field="webhook")
+        return self.webhooks.validate(raw)
+
+    def _create(self, job: Job, key: IdempotencyKey | None) -> tuple[Job, bool]:
+        if job.webhook is None or self.webhooks is None:
+            return self.store.create(job, key)
+        # Watch first: once the record exists its webhook must not be lost to a crash. A watch
+        # whose job never appears is dropped by the notifier.
+        self.webhooks.watch(job.id)
+        try:
+            stored, created = self.store.create(job, key)
+        except BaseException:
+            with contextlib.suppress(DifflaneError):
+                self.webhooks.unwatch(job.id)
+            raise
+        if not created:  # an idempotent replay: the original job is watched under its own id
+            self.webhooks.unwatch(job.id)
+        return stored, created
+
+    def get(self, caller: Caller, job_id: str) -> Job:
+        """The job, if ``caller`` may see it. Someone else's job is indistinguishable from none."""
         job = self.store.get(job_id) if is_job_id(job_id) else None
-        if job is None or job.owner != owner:
+        if job is None or not caller.may_access(job.owner):
             raise NotFound(f"job {job_id} not found", code="job_not_found")
         return job
 
     def list(
-        self, owner: Principal, state: JobState | None, cursor: str | None, limit: int
+        self, caller: Caller, state: JobState | None, cursor: str | None, limit: int
     ) -> tuple[list[Job], str | None]:
         if cursor is not None and not is_job_id(cursor):
             raise InvalidInput("cursor is not valid", code="invalid_cursor", field="cursor")
-        jobs = self.store.list_by_owner(owner, state=state, before=cursor, limit=limit + 1)
+        jobs = self.store.list_by_owner(caller.principal, state=state, before=cursor, limit=limit + 1)
         more = len(jobs) > limit
         jobs = jobs[:limit]
         return jobs, (jobs[-1].id if more else None)
 
-    def cancel(self, owner: Principal, job_id: str) -> Job:
-        current = self.get(owner, job_id)
+    def cancel(self, caller: Caller, job_id: str) -> Job:
+        current = self.get(caller, job_id)
         if current.cancel_requested and not current.state.terminal:
             return current  # already asked; the worker will stop it within a step
         try:
@@ -105,10 +147,12 @@ def build_request(spec: ModelSpec, body: dict[str, Any], lane: Lane | None = Non
     """Fill defaults from the catalog and check the model's (and its lane's) limits; InvalidInput names the field."""
     d, lim = spec.defaults, spec.limits
     if lane is not None:  # a lane's ceilings bound every model it serves
-        lim = lim.model_copy(update={
-            "max_pixels": min(lim.max_pixels, lane.max_pixels or lim.max_pixels),
-            "max_steps": min(lim.max_steps, lane.max_steps or lim.max_steps),
-        })
+        lim = lim.model_copy(
+            update={
+                "max_pixels": min(lim.max_pixels, lane.max_pixels or lim.max_pixels),
+                "max_steps": min(lim.max_steps, lane.max_steps or lim.max_steps),
+            }
+        )
     width = body.get("width") or d.width
     height = body.get("height") or d.height
     steps = body.get("steps") or d.steps

@@ -10,6 +10,7 @@ one thread fetches while the others wait for its result.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import logging
 import math
@@ -65,8 +66,6 @@ def http_fetch(timeout: float) -> Fetch:
 
 
 def is_loopback_url(url: str) -> bool:
-    import ipaddress
-
     host = (urlsplit(url).hostname or "").lower()
     if host == "localhost":
         return True
@@ -141,14 +140,12 @@ class KeySource:
             try:
                 snapshot = self._load()
             except (FetchError, ValueError) as exc:
-                log.warning("identity provider fetch failed (%s); keeping %s keys", exc, self._describe())
+                kept = "the keys it had" if self._snapshot is not None else "no keys"
+                log.warning("identity provider fetch failed (%s); keeping %s", exc, kept)
                 return self._snapshot
             self._snapshot = snapshot
             log.info("identity provider keys loaded from %s: %d key(s)", self.metadata_url, len(snapshot.keys))
             return snapshot
-
-    def _describe(self) -> str:
-        return "the previous" if self._snapshot is not None else "no"
 
     def _load(self) -> Snapshot:
         metadata = self._fetch(self.metadata_url)

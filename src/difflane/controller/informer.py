@@ -94,6 +94,8 @@ class Informer:
                 version = str((obj.get("metadata") or {}).get("resourceVersion") or version)
                 if kind == "BOOKMARK":
                     continue
+                if self._stopping.is_set():
+                    break  # no more callbacks once stopped: the next leader has its own informers
                 with self._lock:
                     if kind == "DELETED":
                         self._objects.pop(_name(obj), None)

@@ -1,14 +1,15 @@
 """Finding the jobs that are not finished, so the controller can look at each one.
 
 The ``JobStore`` seam has no "list by state" (the API only lists by owner), so this is a small
-seam of its own: a store that offers ``list_unfinished(limit)`` is used as it is, and the SQLite
-store is read through its database. A store with neither cannot be swept: the controller then
-repairs only jobs it sees as Kubernetes Jobs, and says so at start-up.
+seam of its own: a store that offers ``list_unfinished(limit)`` is used as it is, the SQLite
+store is read through its database, and with the Azure store the outbox of accepted but not yet
+dispatched jobs (``dispatch.sweeper``) names them. Otherwise the controller repairs only jobs it
+sees as Kubernetes Jobs, and says so at start-up.
 """
 
 from __future__ import annotations
 
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 from difflane.jobs import Job
 from difflane.store import records
@@ -34,11 +35,31 @@ class _SqliteUnfinished:
         return [records.loads(row[0]) for row in rows]
 
 
-def for_store(store: JobStore) -> UnfinishedJobs | None:
+class _OutboxUnfinished:
+    """With an outbox (``dispatch.sweeper``): accepted jobs not yet known to be dispatched."""
+
+    def __init__(self, store: JobStore, outbox: Any) -> None:
+        self._store = store
+        self._outbox = outbox
+
+    def list_unfinished(self, limit: int) -> list[Job]:
+        found: list[Job] = []
+        for job_id, _ in self._outbox.pending():
+            job = self._store.get(job_id)
+            if job is not None and not job.state.terminal:
+                found.append(job)
+            if len(found) >= limit:
+                break
+        return found
+
+
+def for_store(store: JobStore, outbox: Any = None) -> UnfinishedJobs | None:
     if isinstance(store, UnfinishedJobs):
         return store
     from difflane.store.sqlite import SqliteJobStore
 
     if isinstance(store, SqliteJobStore):
         return _SqliteUnfinished(store)
+    if outbox is not None and callable(getattr(outbox, "pending", None)):
+        return _OutboxUnfinished(store, outbox)
     return None

@@ -44,7 +44,7 @@ class ControllerConfig:
     resync_seconds: float = 60.0
     watch_seconds: int = 240  # one watch request; the server ends it, we start the next
     sweep_limit: int = 1000  # unfinished records looked at per resync
-    rules: Rules = Rules()
+    rules: Rules = dataclasses.field(default_factory=Rules)
 
 
 class Controller:
@@ -54,7 +54,7 @@ class Controller:
         store: JobStore,
         dispatcher: KubernetesDispatcher,
         identity: str,
-        config: ControllerConfig = ControllerConfig(),
+        config: ControllerConfig | None = None,
         *,
         unfinished: UnfinishedJobs | None = None,
         clock: Callable[[], float] = time.time,
@@ -63,7 +63,7 @@ class Controller:
         self.api = api
         self.store = store
         self.dispatcher = dispatcher
-        self.config = config
+        self.config = config = config or ControllerConfig()
         self.unfinished = unfinished
         self.elector = LeaderElector(
             api, config.lease_name, identity, lease_seconds=config.lease_seconds, clock=monotonic
@@ -91,6 +91,10 @@ class Controller:
     def wake(self) -> None:
         self._queue.wake()
 
+    def idle_seconds(self) -> float:
+        """Since the loop last turned (the liveness probe's measure)."""
+        return self._monotonic() - self.last_tick
+
     # --- leading -------------------------------------------------------------------------------
 
     def _lead(self, stop: threading.Event) -> None:
@@ -117,7 +121,9 @@ class Controller:
             for informer in (jobs, pods):
                 informer.stop()
             for t in threads:
-                t.join(timeout=self.config.watch_seconds)
+                # Closing the streams ends them at once; a thread that still lingers only finishes
+                # a request and stops without calling back, so there is no need to wait long.
+                t.join(timeout=2.0)
             self._deleted.clear()
 
     def _reconcile_while_leading(self, stop: threading.Event, jobs: Informer, pods: Informer) -> None:
@@ -131,16 +137,18 @@ class Controller:
                     log.warning("lost the controller lease; standing by")
                     return
                 next_renew = now + self.config.retry_seconds
-            synced = jobs.synced.is_set() and pods.synced.is_set()
-            if synced and now >= next_resync:
+            if not (jobs.synced.is_set() and pods.synced.is_set()):
+                # Decisions on half-filled caches could be wrong ("no Job" when it is just not
+                # listed yet); events queue up meanwhile.
+                jobs.synced.wait(0.1)
+                pods.synced.wait(0.1)
+                continue
+            if now >= next_resync:
                 self._resync(jobs)
                 next_resync = now + self.config.resync_seconds
-            wait = max(0.0, min(next_renew, next_resync if synced else next_renew) - now)
-            job_id = self._queue.get(min(wait, 0.5) if not synced else wait)
-            if job_id is not None and synced:
+            job_id = self._queue.get(max(0.0, min(next_renew, next_resync) - now))
+            if job_id is not None:
                 self.reconcile(job_id, jobs, pods)
-            elif job_id is not None:
-                self._queue.put(job_id)  # caches not complete yet: a decision now could be wrong
 
     def _on_job(self, kind: str, obj: Obj) -> None:
         job_id = spec.job_id_of(obj)
@@ -182,6 +190,12 @@ class Controller:
                 now=self._clock(),
             )
             decision = decide(seen, self.config.rules)
+            if seen.job is None and decision.act is not Act.NOTHING:
+                # "No Job" from a cache may only mean its event is still on the way (Jobs and
+                # pods arrive on separate watches): ask the API server before acting on it.
+                live = self.api.get_job(spec.job_name(job_id))
+                if live is not None:
+                    decision = decide(dataclasses.replace(seen, job=live, deleted=False), self.config.rules)
             if decision.act is not Act.NOTHING and record is not None:
                 self._apply(record, decision)
             return decision

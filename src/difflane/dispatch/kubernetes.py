@@ -10,22 +10,40 @@ few, through ``backoffLimit``) of ``run-job`` onto the right node, and the contr
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any
 
 from difflane.dispatch import kubernetes_spec as spec
-from difflane.dispatch.kubernetes_api import Conflict, KubeApi
+from difflane.dispatch.kubernetes_api import Conflict, KubeApi, connect
 from difflane.errors import ConfigError
 from difflane.jobs import Job
+
+if TYPE_CHECKING:
+    from difflane.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
 class KubernetesDispatcher:
-    def __init__(self, api: KubeApi, template: spec.JobTemplate, lanes: Mapping[str, spec.LaneSpec]) -> None:
-        self.api = api
+    def __init__(
+        self,
+        api: KubeApi | Callable[[], KubeApi],
+        template: spec.JobTemplate,
+        lanes: Mapping[str, spec.LaneSpec],
+    ) -> None:
+        self._api = api if isinstance(api, KubeApi) else None
+        self._connect = api if not isinstance(api, KubeApi) else None
         self.template = template
         self.lanes = dict(lanes)
+
+    @property
+    def api(self) -> KubeApi:
+        """Connected on first use: `difflane run-job` builds the same components in a worker pod,
+        which has no Kubernetes credentials and never dispatches."""
+        if self._api is None:
+            assert self._connect is not None
+            self._api = self._connect()
+        return self._api
 
     def manifest(self, job: Job) -> dict[str, Any]:
         lane = self.lanes.get(job.lane)
@@ -60,7 +78,41 @@ class KubernetesDispatcher:
         self.api.list_jobs(f"{spec.SELECTOR},{spec.JOB_ID_LABEL}=ping")
 
     def close(self) -> None:
-        self.api.close()
+        if self._api is not None:
+            self._api.close()
+
+
+def template_from(settings: Settings) -> spec.JobTemplate:
+    if not settings.kubernetes_worker_image:
+        raise ConfigError("DIFFLANE_DISPATCH=kubernetes needs DIFFLANE_KUBERNETES_WORKER_IMAGE (the worker image)")
+    return spec.JobTemplate(
+        namespace=settings.kubernetes_namespace,
+        image=settings.kubernetes_worker_image,
+        service_account=settings.kubernetes_worker_service_account,
+        # An empty variable switches a mount off (e.g. a worker image with its config baked in).
+        env_config_map=settings.kubernetes_env_config_map or None,
+        files_config_map=settings.kubernetes_files_config_map or None,
+        model_cache_claim=settings.kubernetes_model_cache_claim or None,
+        model_cache_host_path=settings.kubernetes_model_cache_host_path or None,
+        kueue=settings.kubernetes_kueue,
+        queue_prefix=settings.kubernetes_queue_prefix,
+        priority_class_prefix=settings.kubernetes_priority_class_prefix,
+        backoff_limit=settings.kubernetes_backoff_limit,
+        ttl_seconds=settings.kubernetes_ttl_seconds,
+        startup_allowance_s=settings.kubernetes_startup_allowance_seconds,
+        capacity_label=settings.kubernetes_capacity_label,
+    )
+
+
+def from_settings(settings: Settings, lanes: Iterable[spec.LaneSpec]) -> KubernetesDispatcher:
+    def api() -> KubeApi:
+        return KubeApi(
+            connect(settings.kubernetes_api_url),
+            settings.kubernetes_namespace,
+            timeout=settings.kubernetes_request_timeout_seconds,
+        )
+
+    return KubernetesDispatcher(api, template_from(settings), {lane.name: lane for lane in lanes})
 
 
 # --- reading a Job's status ---------------------------------------------------------------------

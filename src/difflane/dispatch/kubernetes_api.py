@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -34,10 +36,10 @@ def connect(api_url: str | None = None) -> Any:
     if api_url:
         return client.ApiClient(client.Configuration(host=api_url))
     try:
-        config.load_incluster_config()
+        config.load_incluster_config()  # type: ignore[no-untyped-call]
     except config.ConfigException:
         try:
-            config.load_kube_config()
+            config.load_kube_config()  # type: ignore[no-untyped-call]
         except (config.ConfigException, OSError) as exc:
             raise Unavailable(f"no Kubernetes configuration (in-cluster or kubeconfig): {exc}") from exc
     return client.ApiClient()
@@ -149,14 +151,16 @@ class WatchStream:
     ) -> None:
         from kubernetes import watch
 
-        self._watch = watch.Watch()
-        self._args = (fn, namespace)
+        self._watch = watch.Watch()  # type: ignore[no-untyped-call]
+        self._connect_timeout = request_timeout
+        # A plain wrapper hides the list function's return type from Watch, so events stay
+        # dicts. (Its own `deserialize=False` mishandles ERROR events: KeyError on 410.)
+        self._args = (lambda *args, **kwargs: fn(*args, **kwargs), namespace)
         self._kwargs: dict[str, Any] = dict(
             label_selector=selector,
             resource_version=resource_version,
             timeout_seconds=timeout_s,
             allow_watch_bookmarks=True,
-            deserialize=False,
             # The server closes the stream after timeout_s; the read timeout only catches a
             # connection that went silent without closing.
             _request_timeout=(request_timeout, timeout_s + request_timeout),
@@ -170,7 +174,7 @@ class WatchStream:
         if self.closed:
             return
         try:
-            for event in self._watch.stream(*self._args, **self._kwargs):
+            for event in self._watch.stream(*self._args, **self._kwargs):  # type: ignore[no-untyped-call]
                 kind, obj = event.get("type"), event.get("object")
                 if isinstance(kind, str) and isinstance(obj, dict):
                     yield kind, obj
@@ -178,12 +182,24 @@ class WatchStream:
             if exc.status == 410:
                 raise Expired(str(exc.reason)) from exc
             raise Unavailable(f"Kubernetes API: watch failed with {exc.status}: {_reason(exc)}") from exc
-        except (HTTPError, OSError, ValueError) as exc:
-            raise Unavailable(f"Kubernetes API: watch interrupted: {exc}") from exc
+        except (HTTPError, OSError, ValueError, KeyError) as exc:
+            raise Unavailable(f"Kubernetes API: watch interrupted: {exc!r}") from exc
 
     def close(self) -> None:
         self.closed = True
-        self._watch.stop()
+        self._watch.stop()  # type: ignore[no-untyped-call]
+        if getattr(self._watch, "_resp", None) is None:
+            # The request may still be on its way: once its response arrives, a read would block
+            # until the server's timeout. Shut it down as soon as it exists.
+            threading.Thread(target=self._close_when_connected, name="watch-close", daemon=True).start()
+
+    def _close_when_connected(self) -> None:
+        deadline = time.monotonic() + self._connect_timeout + 1.0
+        while time.monotonic() < deadline:
+            if getattr(self._watch, "_resp", None) is not None:
+                self._watch.stop()  # type: ignore[no-untyped-call]
+                return
+            time.sleep(0.01)
 
 
 class Expired(Exception):

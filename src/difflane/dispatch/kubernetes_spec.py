@@ -138,30 +138,12 @@ def active_deadline(lane: LaneSpec, template: JobTemplate) -> int:
 
 def build_job(job_id: str, lane: LaneSpec, template: JobTemplate) -> dict[str, Any]:
     """The Job manifest that runs ``difflane run-job <job_id>`` on the lane's capacity."""
-    where = placement(lane.capacity, template.capacity_label)
     meta_labels = labels(job_id, lane.name)
-    pod_labels = {**meta_labels, WORKLOAD_IDENTITY_LABEL: "true"}
+    pod_spec = pod_spec_for(["difflane", "run-job", job_id], lane, template)
+    # Retries are the Job's (backoffLimit), so that podFailurePolicy decides what counts.
+    pod_spec["restartPolicy"] = "Never"
     if template.kueue:
         meta_labels[QUEUE_LABEL] = f"{template.queue_prefix}{lane.name}"
-    pod_spec: dict[str, Any] = {
-        "restartPolicy": "Never",  # retries are the Job's (backoffLimit), so podFailurePolicy applies
-        "serviceAccountName": template.service_account,
-        # The workload identity webhook projects its own token; the API token is not needed.
-        "automountServiceAccountToken": False,
-        "nodeSelector": where.node_selector,
-        "securityContext": {
-            "runAsNonRoot": True,
-            "runAsUser": 10001,
-            "runAsGroup": 10001,
-            "fsGroup": 10001,
-            "seccompProfile": {"type": "RuntimeDefault"},
-        },
-        "containers": [_container(job_id, where, template)],
-        "volumes": _volumes(template),
-    }
-    if where.tolerations:
-        pod_spec["tolerations"] = [dict(t) for t in where.tolerations]
-    if template.kueue:
         pod_spec["priorityClassName"] = f"{template.priority_class_prefix}{lane.name}"
     spec: dict[str, Any] = {
         "backoffLimit": template.backoff_limit,
@@ -180,7 +162,7 @@ def build_job(job_id: str, lane: LaneSpec, template: JobTemplate) -> dict[str, A
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
             ]
         },
-        "template": {"metadata": {"labels": pod_labels}, "spec": pod_spec},
+        "template": {"metadata": {"labels": pod_labels(labels(job_id, lane.name))}, "spec": pod_spec},
     }
     if template.kueue:
         spec["suspend"] = True  # Kueue admits it by unsuspending
@@ -192,8 +174,36 @@ def build_job(job_id: str, lane: LaneSpec, template: JobTemplate) -> dict[str, A
     }
 
 
-def _container(job_id: str, where: Placement, template: JobTemplate) -> dict[str, Any]:
-    mounts = [{"name": "tmp", "mountPath": "/tmp"}]
+def pod_labels(base: dict[str, str]) -> dict[str, str]:
+    return {**base, WORKLOAD_IDENTITY_LABEL: "true"}
+
+
+def pod_spec_for(command: list[str], lane: LaneSpec, template: JobTemplate) -> dict[str, Any]:
+    """A worker pod on the lane's capacity: the same for a Job's pod and a long-lived worker
+    (``scripts/render-lanes`` builds the Service Bus overlay's Deployments from it)."""
+    where = placement(lane.capacity, template.capacity_label)
+    pod_spec: dict[str, Any] = {
+        "serviceAccountName": template.service_account,
+        # The workload identity webhook projects its own token; the API token is not needed.
+        "automountServiceAccountToken": False,
+        "nodeSelector": where.node_selector,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 10001,
+            "runAsGroup": 10001,
+            "fsGroup": 10001,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "containers": [_container(command, where, template)],
+        "volumes": _volumes(template),
+    }
+    if where.tolerations:
+        pod_spec["tolerations"] = [dict(t) for t in where.tolerations]
+    return pod_spec
+
+
+def _container(command: list[str], where: Placement, template: JobTemplate) -> dict[str, Any]:
+    mounts: list[dict[str, Any]] = [{"name": "tmp", "mountPath": "/tmp"}]
     # The root filesystem is read-only: everything that writes (caches, the data dir) goes to /tmp.
     env = [{"name": "HOME", "value": "/tmp"}, {"name": "DIFFLANE_DATA_DIR", "value": "/tmp/difflane"}]
     if template.model_cache_claim or template.model_cache_host_path:
@@ -209,7 +219,10 @@ def _container(job_id: str, where: Placement, template: JobTemplate) -> dict[str
     container: dict[str, Any] = {
         "name": CONTAINER,
         "image": template.image,
-        "command": ["difflane", "run-job", job_id],
+        # Worker images are large and immutable (a release tag or digest): a node that has one
+        # starts the next job without asking the registry, even while the registry is down.
+        "imagePullPolicy": "IfNotPresent",
+        "command": command,
         "env": env,
         "resources": {"requests": dict(where.requests), "limits": dict(where.limits)},
         "securityContext": {
@@ -233,9 +246,8 @@ def _volumes(template: JobTemplate) -> list[dict[str, Any]]:
             {"name": "model-cache", "hostPath": {"path": template.model_cache_host_path, "type": "Directory"}}
         )
     elif template.model_cache_claim:
-        volumes.append(
-            {"name": "model-cache", "persistentVolumeClaim": {"claimName": template.model_cache_claim, "readOnly": True}}
-        )
+        claim = {"claimName": template.model_cache_claim, "readOnly": True}
+        volumes.append({"name": "model-cache", "persistentVolumeClaim": claim})
     if template.files_config_map:
         volumes.append({"name": "difflane-files", "configMap": {"name": template.files_config_map}})
     return volumes

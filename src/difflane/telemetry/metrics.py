@@ -39,18 +39,23 @@ EXECUTION = Histogram(
     buckets=_LATENCY_BUCKETS,
 )
 MODEL_LOAD = Histogram(
-    "difflane_model_load_seconds", "Time to make a model ready before a batch (0 when cached)", ["model"],
+    "difflane_model_load_seconds",
+    "Time to make a model ready before a batch (0 when cached)",
+    ["model"],
     buckets=(0.001, 0.1, 1, 5, 15, 30, 60, 120, 300, 600),
 )
 BATCH_SIZE = Histogram(
     "difflane_batch_images", "Images per pipeline call", ["model", "lane"], buckets=(1, 2, 4, 8, 16, 32, 64)
 )
 PEAK_DEVICE_MEMORY = Gauge(
-    "difflane_peak_device_memory_bytes", "Peak CUDA memory of the last batch", ["model"],
+    "difflane_peak_device_memory_bytes",
+    "Peak CUDA memory of the last batch",
+    ["model"],
     multiprocess_mode="mostrecent",
 )
 GPU_UTILIZATION = Gauge(
-    "difflane_gpu_utilization_ratio", "NVML utilisation sampled after the last batch (0..1)",
+    "difflane_gpu_utilization_ratio",
+    "NVML utilisation sampled after the last batch (0..1)",
     multiprocess_mode="mostrecent",
 )
 HTTP_REQUESTS = Counter("difflane_http_requests", "HTTP requests served", ["method", "route", "status"])

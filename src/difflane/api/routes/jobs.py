@@ -18,6 +18,7 @@ router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": P
 
 Ctx = Annotated[ApiContext, Depends(get_context)]
 JobId = Annotated[str, Path(max_length=64, description="The job id (a UUIDv7)")]
+JOB_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-7[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$"  # what is_job_id accepts
 
 _ERRORS: dict[int | str, dict[str, object]] = {
     404: {"model": Problem},
@@ -54,7 +55,9 @@ async def list_jobs(
     ctx: Ctx,
     caller: Reader,
     state: JobState | None = None,
-    cursor: Annotated[str | None, Query(max_length=64)] = None,
+    cursor: Annotated[
+        str | None, Query(max_length=64, pattern=JOB_ID_PATTERN, description="next_cursor of the previous page")
+    ] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JSONResponse:
     jobs, next_cursor = await ctx.call(ctx.service.list, caller, state, cursor, limit)

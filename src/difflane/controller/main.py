@@ -1,0 +1,89 @@
+"""Starting the controller process: wiring, identity, probes, signals."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+import uuid
+from types import FrameType
+
+from difflane import wiring
+from difflane.controller import pending
+from difflane.controller.decide import Rules
+from difflane.controller.health import HealthServer
+from difflane.controller.reconciler import Controller, ControllerConfig
+from difflane.dispatch.kubernetes import KubernetesDispatcher
+from difflane.errors import ConfigError
+from difflane.settings import Settings
+from difflane.telemetry import logging as log_setup
+
+log = logging.getLogger(__name__)
+
+
+def config_from(settings: Settings) -> ControllerConfig:
+    return ControllerConfig(
+        lease_name=settings.controller_lease_name,
+        lease_seconds=settings.controller_lease_seconds,
+        retry_seconds=max(0.5, settings.controller_lease_seconds / 7),  # client-go: 15 s lease, 2 s retry
+        resync_seconds=settings.controller_resync_seconds,
+        rules=Rules(
+            image_pull_grace_s=settings.controller_image_pull_grace_seconds,
+            dispatch_after_s=settings.controller_dispatch_after_seconds,
+        ),
+    )
+
+
+def identity() -> str:
+    """Unique per process: a restarted container must not inherit its predecessor's Lease."""
+    return f"{os.environ.get('POD_NAME') or socket.gethostname()}-{uuid.uuid4().hex[:6]}"
+
+
+def build(settings: Settings, parts: wiring.Components, *, name: str | None = None) -> Controller:
+    # With the Azure store the dispatcher is wrapped in the outbox (dispatch.sweeper).
+    dispatcher = getattr(parts.dispatcher, "inner", parts.dispatcher)
+    if not isinstance(dispatcher, KubernetesDispatcher):
+        raise ConfigError("`difflane controller` needs DIFFLANE_DISPATCH=kubernetes")
+    unfinished = pending.for_store(parts.store, getattr(parts.dispatcher, "outbox", None))
+    if unfinished is None:
+        log.warning(
+            "this job store cannot list unfinished jobs: records whose Job was never created are not re-dispatched"
+        )
+    return Controller(
+        dispatcher.api,
+        parts.store,
+        dispatcher,
+        name or identity(),
+        config_from(settings),
+        unfinished=unfinished,
+    )
+
+
+def run(settings: Settings) -> None:
+    log_setup.setup(settings.log_level, settings.log_format)
+    parts = wiring.build(settings)
+    controller = build(settings, parts)
+    stop = threading.Event()
+
+    def on_signal(signum: int, frame: FrameType | None) -> None:
+        log.info("signal %s: releasing the lease and stopping", signal.Signals(signum).name)
+        stop.set()
+        controller.wake()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    # A loop that has not turned for this long is stuck (the slowest turn is one renewal).
+    stuck_after = max(30.0, 10 * controller.config.retry_seconds)
+    health = HealthServer(
+        alive=lambda: controller.idle_seconds() < stuck_after,
+        leading=lambda: controller.leading,
+    )
+    port = health.serve(settings.host, settings.controller_health_port)
+    log.info("controller %s started; probes on port %d", controller.elector.identity, port)
+    try:
+        controller.run(stop)
+    finally:
+        health.close()
+        parts.close()

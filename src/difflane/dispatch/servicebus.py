@@ -1,0 +1,421 @@
+"""Azure Service Bus dispatch: one queue per lane, peek-lock workers, the job record decides.
+
+API side (``ServiceBusDispatcher``): one message per job to ``<prefix><lane>``, ``message_id`` =
+job id (the queue's duplicate detection drops a second send within its window), a JSON body with
+only the job id, the lane and the W3C trace context (``traceparent``/``tracestate``).
+
+Worker side (``ServiceBusWorkSource``): peek-lock receive, no prefetch (a prefetched message's
+lock runs while it waits). Each message is registered with an ``AutoLockRenewer`` (jobs longer
+than the lock, max 5 minutes on the service); its failure callback marks the delivery lost, so
+the next ``renew()`` says False and the executor stops the job at its next step without writing.
+``renew()`` also renews the lock itself, so the executor's lease keeper is a second heartbeat.
+
+Settlement, mapped to the ``Delivery`` contract:
+
+- ``ack`` → complete (the executor acks only once the record is terminal);
+- ``retry(0)`` → abandon (graceful shutdown gives the message back at once);
+- ``retry(delay)`` → a copy scheduled ``delay`` seconds ahead (message id ``<job>/r<attempt>``,
+  so duplicate detection does not drop it), then complete the original. The copy carries the
+  attempts so far in ``difflane-prior-deliveries``: ``attempt`` = prior + delivery count + 1;
+- ``dead_letter(reason)`` → dead-letter with the reason (the executor has written it on the job).
+
+Every settlement may be lost (``complete_message`` does not wait for the service): a message can
+come back for a finished job, and the executor completes it without work. A settlement on a lost
+lock is logged and ignored: the record decides, not the message.
+
+Service Bus itself dead-letters after the queue's ``MaxDeliveryCount``: set it above the lanes'
+``max_attempts`` so that difflane sees the last attempt and writes the reason on the job.
+This adapter is tested against ``difflane.testing_servicebus`` only; it has not met a real namespace.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from azure.servicebus import ServiceBusMessage
+from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, ServiceBusError
+
+from difflane.errors import Unavailable
+from difflane.jobs import Job, is_job_id
+
+log = logging.getLogger(__name__)
+
+PRIOR_DELIVERIES = "difflane-prior-deliveries"
+SEND_TIMEOUT_S = 10.0
+RECEIVE_SLICE_S = 1.0  # a receive waits at most this long per call, so wake() and other lanes get a turn
+_FAILURE_MEMORY_S = 60.0  # ping reports a failed send this long, unless a send succeeds since
+
+
+# --- the SDK surface the adapter uses (the real SDK and the fake both provide it) ---------------
+
+
+class SenderLike(Protocol):
+    def send_messages(self, message: Any, **kwargs: Any) -> Any: ...
+
+    def schedule_messages(self, messages: Any, schedule_time_utc: dt.datetime, **kwargs: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class ReceiverLike(Protocol):
+    def receive_messages(self, max_message_count: int | None = ..., max_wait_time: float | None = ...) -> Any: ...
+
+    def complete_message(self, message: Any) -> None: ...
+
+    def abandon_message(self, message: Any) -> None: ...
+
+    def dead_letter_message(
+        self, message: Any, reason: str | None = ..., error_description: str | None = ...
+    ) -> None: ...
+
+    def renew_message_lock(self, message: Any, **kwargs: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class ClientLike(Protocol):
+    def get_queue_sender(self, queue_name: str, **kwargs: Any) -> Any: ...
+
+    def get_queue_receiver(self, queue_name: str, **kwargs: Any) -> Any: ...
+
+    def close(self) -> None: ...
+
+
+class RenewerLike(Protocol):
+    def register(
+        self,
+        receiver: Any,
+        renewable: Any,
+        max_lock_renewal_duration: float | None = ...,
+        on_lock_renew_failure: Callable[[Any, Exception | None], None] | None = ...,
+    ) -> None: ...
+
+    def close(self, wait: bool = ...) -> None: ...
+
+
+def queue_names(prefix: str) -> Callable[[str], str]:
+    return lambda lane: f"{prefix}{lane}"
+
+
+def trace_context() -> dict[str, str]:
+    """The current W3C trace context, when OpenTelemetry is installed and a span is active."""
+    try:
+        from opentelemetry import propagate
+    except ImportError:
+        return {}
+    carrier: dict[str, str] = {}
+    propagate.inject(carrier)
+    return {k: v for k, v in carrier.items() if k in ("traceparent", "tracestate")}
+
+
+def message_id(job: Job) -> str:
+    """The job id for its first dispatch, so a re-send (the sweeper's) is dropped as a duplicate.
+    A job moved to another lane after attempts gets ``<id>/<lane>/a<attempts>``: a move back to a
+    lane it was on must not be dropped by that queue's duplicate detection."""
+    return job.id if job.attempts == 0 else f"{job.id}/{job.lane}/a{job.attempts}"
+
+
+def encode(job_id: str, lane: str, trace: dict[str, str]) -> str:
+    return json.dumps({"job_id": job_id, "lane": lane, **trace}, separators=(",", ":"))
+
+
+# --- API side --------------------------------------------------------------------------------------
+
+
+class ServiceBusDispatcher:
+    def __init__(
+        self,
+        client: ClientLike,
+        queue_name: Callable[[str], str],
+        *,
+        admin: Any = None,
+        running: Callable[[str], int] = lambda lane: 0,
+        trace: Callable[[], dict[str, str]] = trace_context,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.client = client
+        self.queue_name = queue_name
+        self.admin = admin  # ServiceBusAdministrationClient: runtime counts for the backlog
+        self.running = running  # jobs running on a lane according to the store
+        self.trace = trace
+        self._clock = clock
+        self._senders: dict[str, tuple[threading.Lock, Any]] = {}
+        self._senders_lock = threading.Lock()
+        self._last_failure: float | None = None
+
+    def dispatch(self, job: Job) -> None:
+        message = ServiceBusMessage(
+            encode(job.id, job.lane, self.trace()), message_id=message_id(job), content_type="application/json"
+        )
+        lock, sender = self._sender(job.lane)
+        try:
+            with lock:  # SDK clients are not thread-safe; the API calls from its threadpool
+                sender.send_messages(message, timeout=SEND_TIMEOUT_S)
+        except ServiceBusError as exc:
+            self._last_failure = self._clock()
+            raise Unavailable(f"cannot send to queue {self.queue_name(job.lane)}: {type(exc).__name__}") from exc
+        self._last_failure = None
+
+    def cancel(self, job: Job) -> None:
+        """Nothing to do: a message cannot be removed by id; its worker completes it without work."""
+
+    def backlog(self, lane: str) -> int:
+        """Active messages (locked ones included, as the service counts) minus jobs running."""
+        if self.admin is None:
+            raise Unavailable("no Service Bus administration client: backlog unknown")
+        try:
+            props = self.admin.get_queue_runtime_properties(self.queue_name(lane))
+        except Exception as exc:  # HTTP or auth errors of the management endpoint
+            raise Unavailable(f"cannot read queue {self.queue_name(lane)}: {type(exc).__name__}") from exc
+        return max(int(props.active_message_count) - self.running(lane), 0)
+
+    def ping(self) -> None:
+        # No call of its own: reading queue properties needs Manage rights the API may lack. A
+        # send that failed recently (and none succeeded since) makes the API not ready.
+        failed = self._last_failure
+        if failed is not None and self._clock() - failed < _FAILURE_MEMORY_S:
+            raise Unavailable("the last send to Service Bus failed", retry_after=5)
+
+    def close(self) -> None:
+        with self._senders_lock:
+            for _, sender in self._senders.values():
+                _close_quietly(sender)
+            self._senders.clear()
+        _close_quietly(self.client)
+
+    def _sender(self, lane: str) -> tuple[threading.Lock, Any]:
+        with self._senders_lock:
+            found = self._senders.get(lane)
+            if found is None:
+                found = self._senders[lane] = (threading.Lock(), self.client.get_queue_sender(self.queue_name(lane)))
+            return found
+
+
+# --- worker side ---------------------------------------------------------------------------------
+
+
+class ServiceBusWorkSource:
+    def __init__(
+        self,
+        client: ClientLike,
+        queue_name: Callable[[str], str],
+        renewer: RenewerLike | None,
+        *,
+        max_lock_renewal_s: float = 3600.0,
+        receive_slice_s: float = RECEIVE_SLICE_S,
+    ) -> None:
+        self.client = client
+        self.queue_name = queue_name
+        self.renewer = renewer
+        self.max_lock_renewal_s = max_lock_renewal_s
+        self.receive_slice_s = receive_slice_s
+        self._receivers: dict[str, _Receiver] = {}
+        self._lock = threading.Lock()
+        self._woken = threading.Event()
+        self._turn = 0
+
+    def receive(self, lanes: Sequence[str], timeout: float) -> ServiceBusDelivery | None:
+        deadline = time.monotonic() + timeout
+        while True:
+            if self._woken.is_set():
+                self._woken.clear()
+                return None
+            lane = lanes[self._turn % len(lanes)]
+            self._turn += 1
+            remaining = deadline - time.monotonic()
+            wait = max(min(remaining, self.receive_slice_s), 0.01)
+            delivery = self._receive_one(lane, wait)
+            if delivery is not None:
+                return delivery
+            if deadline - time.monotonic() <= 0:
+                return None
+
+    def _receive_one(self, lane: str, wait: float) -> ServiceBusDelivery | None:
+        receiver = self._receiver(lane)
+        try:
+            with receiver.lock:
+                messages = receiver.sdk.receive_messages(max_message_count=1, max_wait_time=wait)
+        except ServiceBusError as exc:
+            raise Unavailable(f"cannot receive from {self.queue_name(lane)}: {type(exc).__name__}") from exc
+        for message in messages:
+            delivery = self._delivery(receiver, lane, message)
+            if delivery is not None:
+                return delivery
+        return None
+
+    def _delivery(self, receiver: _Receiver, lane: str, message: Any) -> ServiceBusDelivery | None:
+        try:
+            body = json.loads(_body_bytes(message))
+            job_id = str(body["job_id"])
+            if not is_job_id(job_id):
+                raise ValueError("not a job id")
+        except (ValueError, KeyError, TypeError):
+            log.warning("dead-lettering a message that is not a difflane job", extra={"lane": lane})
+            with receiver.lock:
+                _settle_quietly(lambda: receiver.sdk.dead_letter_message(message, reason="malformed_message"))
+            return None
+        prior = _prior_deliveries(message)
+        attempt = prior + int(message.delivery_count or 0) + 1
+        trace = {k: str(body[k]) for k in ("traceparent", "tracestate") if k in body}
+        delivery = ServiceBusDelivery(self, receiver, message, job_id, lane, attempt, trace)
+        if self.renewer is not None:
+            self.renewer.register(
+                receiver.sdk,
+                message,
+                max_lock_renewal_duration=self.max_lock_renewal_s,
+                on_lock_renew_failure=delivery.lock_lost,
+            )
+        return delivery
+
+    def wake(self) -> None:
+        self._woken.set()
+
+    def close(self) -> None:
+        if self.renewer is not None:
+            self.renewer.close(wait=False)
+        with self._lock:
+            for receiver in self._receivers.values():
+                _close_quietly(receiver.sdk)
+            self._receivers.clear()
+        _close_quietly(self.client)
+
+    def _receiver(self, lane: str) -> _Receiver:
+        with self._lock:
+            found = self._receivers.get(lane)
+            if found is None:
+                sdk = self.client.get_queue_receiver(self.queue_name(lane), prefetch_count=0)
+                found = self._receivers[lane] = _Receiver(sdk)
+            return found
+
+    def _sender(self, lane: str) -> Any:
+        return self.client.get_queue_sender(self.queue_name(lane))
+
+
+class _Receiver:
+    def __init__(self, sdk: Any) -> None:
+        self.sdk = sdk
+        self.lock = threading.Lock()  # the worker's main thread settles, its lease keeper renews
+
+
+class ServiceBusDelivery:
+    def __init__(
+        self,
+        source: ServiceBusWorkSource,
+        receiver: _Receiver,
+        message: Any,
+        job_id: str,
+        lane: str,
+        attempt: int,
+        trace: dict[str, str],
+    ) -> None:
+        self._source = source
+        self._receiver = receiver
+        self._message = message
+        self.job_id = job_id
+        self.lane = lane
+        self.attempt = attempt
+        self.trace_context = trace
+        self._lost = threading.Event()
+
+    def lock_lost(self, renewable: Any, error: Exception | None) -> None:
+        """The AutoLockRenewer's failure callback: the job must stop, someone else may hold it."""
+        log.warning("message lock lost", extra={"job_id": self.job_id, "error": type(error).__name__})
+        self._lost.set()
+
+    def ack(self) -> None:
+        self._settle("complete", lambda sdk: sdk.complete_message(self._message))
+
+    def retry(self, delay: float = 0.0) -> None:
+        if delay <= 0:
+            self._settle("abandon", lambda sdk: sdk.abandon_message(self._message))
+            return
+        copy = ServiceBusMessage(
+            _body_bytes(self._message),
+            message_id=f"{self.job_id}/r{self.attempt}",
+            content_type="application/json",
+            application_properties={PRIOR_DELIVERIES: self.attempt},
+        )
+        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+        sender = self._source._sender(self.lane)
+        try:
+            sender.schedule_messages(copy, when, timeout=SEND_TIMEOUT_S)
+        except ServiceBusError:
+            # No copy: give the message back now instead; it comes again at once (one more attempt).
+            log.warning("could not schedule a delayed retry; abandoning instead", extra={"job_id": self.job_id})
+            self._settle("abandon", lambda sdk: sdk.abandon_message(self._message))
+            return
+        finally:
+            _close_quietly(sender)
+        self._settle("complete", lambda sdk: sdk.complete_message(self._message))
+
+    def dead_letter(self, reason: str) -> None:
+        self._settle(
+            "dead-letter",
+            lambda sdk: sdk.dead_letter_message(
+                self._message, reason=reason, error_description=f"difflane gave up after {self.attempt} attempt(s)"
+            ),
+        )
+
+    def renew(self, seconds: float) -> bool:
+        if self._lost.is_set():
+            return False
+        try:
+            with self._receiver.lock:
+                self._receiver.sdk.renew_message_lock(self._message)
+        except (MessageLockLostError, MessageAlreadySettled):
+            self._lost.set()
+            return False
+        except (ServiceBusError, ValueError):  # a link down, a closed receiver: is the lock still good?
+            log.warning("lock renewal failed", extra={"job_id": self.job_id}, exc_info=True)
+            until = self._message.locked_until_utc  # kept current by the auto-renewer's renewals too
+            if until is None or until <= dt.datetime.now(dt.UTC):
+                self._lost.set()
+        return not self._lost.is_set()
+
+    def _settle(self, what: str, call: Callable[[Any], None]) -> None:
+        with self._receiver.lock:
+            _settle_quietly(lambda: call(self._receiver.sdk), what=what, job_id=self.job_id)
+
+
+def _settle_quietly(call: Callable[[], None], *, what: str = "settle", job_id: str = "") -> None:
+    # The record decides, never the settlement: a lost lock or a closed link only means the
+    # message may come back, and the executor handles a message for a finished job.
+    try:
+        call()
+    except (MessageLockLostError, MessageAlreadySettled, ServiceBusError) as exc:
+        log.warning(
+            "message settlement failed; it may be delivered again",
+            extra={"settle": what, "job_id": job_id, "error": type(exc).__name__},
+        )
+
+
+def _body_bytes(message: Any) -> bytes:
+    body = message.body
+    if isinstance(body, bytes | str):
+        return body.encode() if isinstance(body, str) else body
+    return b"".join(bytes(part) for part in body)
+
+
+def _prior_deliveries(message: Any) -> int:
+    props = message.application_properties or {}
+    for key, value in props.items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if name == PRIOR_DELIVERIES:
+            try:
+                return max(int(value), 0)
+            except (TypeError, ValueError):
+                return 0
+    return 0
+
+
+def _close_quietly(closable: Any) -> None:
+    try:
+        closable.close()
+    except Exception:  # closing at shutdown: nothing left to do about it
+        log.debug("close failed", exc_info=True)

@@ -1,0 +1,359 @@
+"""Job records in Azure Blob Storage: ETag compare-and-set, create-only keys, newest-first listing.
+
+The layout is in ``azure_layout``. The rules that keep it correct without transactions:
+
+- **One blob is the truth.** A job's record blob is written with ``If-None-Match: *`` when the
+  job is created and with ``If-Match: <etag>`` for every change, so two writers never both win;
+  ``store.base.mutate`` re-reads and re-judges on a lost race. The record's state, version and
+  lane ride in the same write as blob metadata, so listing filters by state without reading
+  records and is never out of step with them.
+- **Everything else is written in an order that a crash cannot make wrong.** Creating: the
+  idempotency key (create-only) → the id's owner pointer (create-only) → the outbox entry
+  (the ``on_create`` hook) → the record. A crash leaves at most a key or pointer without a
+  record; a retry with the same Idempotency-Key finishes that job under its first id.
+- **History follows the record.** After a record write succeeds its version is copied to
+  ``versions/<id>/<n>``. ``history()`` reads the record (the newest version) and the copies
+  between. A writer that dies between the two writes leaves a gap; the event stream then
+  misses that one version's progress step, never a state (each state event compares with the
+  version sent before it).
+- **Running markers are advisory.** ``lanes/<lane>/running/<id>`` is written before the claim and
+  removed after the job leaves ``running``; ``running()`` checks each marker against its record
+  and clears stale ones, so a crash costs one extra read, never a wrong count.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import functools
+import json
+import logging
+import threading
+import time
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator
+
+from difflane.azure_io import BlobIO, Exists, Listed, Modified
+from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
+from difflane.jobs import Job, JobState, Principal, is_job_id
+from difflane.store import azure_layout as layout
+from difflane.store import records
+from difflane.store.base import IdempotencyKey
+
+log = logging.getLogger(__name__)
+
+_CACHE_SIZE = 50_000
+_STALE_MARKER_S = 120.0  # a running marker whose record is not running, older than this, is removed
+
+
+@dataclasses.dataclass(frozen=True)
+class _Seen:
+    """The last version of a record this process read or wrote, with the ETag to write over it."""
+
+    version: int
+    etag: str
+    state: str
+    lane: str
+
+
+class _Lru(OrderedDict[str, object]):
+    def __init__(self, size: int) -> None:
+        super().__init__()
+        self._size = size
+        self._lock = threading.Lock()
+
+    def get_item(self, key: str) -> object | None:
+        with self._lock:
+            value = self.get(key)
+            if value is not None:
+                self.move_to_end(key)
+            return value
+
+    def put(self, key: str, value: object) -> None:
+        with self._lock:
+            self[key] = value
+            self.move_to_end(key)
+            while len(self) > self._size:
+                self.popitem(last=False)
+
+
+class AzureBlobJobStore:
+    def __init__(
+        self,
+        io: BlobIO,
+        *,
+        on_create: Callable[[Job], None] | None = None,
+        on_update: Callable[[Job], None] | None = None,
+        readers: int = 8,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.io = io
+        self.on_create = on_create  # before the record is written (the outbox entry)
+        self.on_update = on_update  # after a change is written (wakes event streams)
+        self._owners = _Lru(_CACHE_SIZE)  # job id → Principal; ids never change owner
+        self._seen = _Lru(_CACHE_SIZE)  # job id → _Seen
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=readers, thread_name_prefix="blob-read")
+        self._clock = clock
+
+    # --- creating --------------------------------------------------------------------------
+
+    def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> tuple[Job, bool]:
+        candidate = job
+        if idempotency is not None:
+            first_id = self._claim_key(job, idempotency)
+            if first_id is not None:
+                existing = self.get(first_id)
+                if existing is not None:
+                    return existing, False
+                # The first request with this key died before writing its record (or is still
+                # writing it): finish the job under the key's id; the create-only write decides.
+                candidate = dataclasses.replace(job, id=first_id)
+        stored = dataclasses.replace(candidate, version=1)
+        self._write_pointer(stored)
+        if self.on_create is not None:
+            self.on_create(stored)
+        name = layout.record_name(stored.owner, stored.id)
+        try:
+            etag = self.io.put(name, records.dumps(stored).encode(), metadata=_metadata(stored), create_only=True)
+        except Exists:
+            if idempotency is not None:  # a concurrent request with the same key wrote it first
+                existing = self.get(stored.id)
+                if existing is not None:
+                    return existing, False
+            raise Conflict(f"job {stored.id} already exists", code="job_exists") from None
+        self._remember(stored, etag)
+        self._write_version(stored)
+        return stored, True
+
+    def _claim_key(self, job: Job, idempotency: IdempotencyKey) -> str | None:
+        """Write the key for ``job``; None when it is ours, else the job id it already names."""
+        name = layout.idempotency_name(job.owner, idempotency.key)
+        body = json.dumps({"fingerprint": idempotency.fingerprint, "job_id": job.id}).encode()
+        for _ in range(3):
+            try:
+                self.io.put(name, body, create_only=True)
+                return None
+            except Exists:
+                found = self.io.get(name)
+            if found is None:
+                continue  # removed between our two calls: try to write it again
+            data = json.loads(found.data)
+            if data["fingerprint"] != idempotency.fingerprint:
+                raise Conflict(
+                    "this Idempotency-Key was already used with a different request", code="idempotency_key_reused"
+                )
+            return str(data["job_id"])
+        raise Unavailable("idempotency key keeps changing; try again")
+
+    def _write_pointer(self, job: Job) -> None:
+        name = layout.pointer_name(job.id)
+        try:
+            self.io.put(name, _owner_json(job.owner), create_only=True)
+        except Exists:
+            found = self.io.get(name)
+            if found is None or _owner_from(found.data) != job.owner:
+                raise Conflict(f"job {job.id} already exists", code="job_exists") from None
+        self._owners.put(job.id, job.owner)
+
+    # --- reading ---------------------------------------------------------------------------
+
+    def get(self, job_id: str) -> Job | None:
+        if not is_job_id(job_id):
+            return None  # ids arrive from queue messages too; only real ids become blob names
+        owner = self._owner_of(job_id)
+        if owner is None:
+            return None
+        found = self.io.get(layout.record_name(owner, job_id))
+        if found is None:
+            return None
+        job = records.loads(found.data)
+        self._remember(job, found.etag)
+        return job
+
+    def _owner_of(self, job_id: str) -> Principal | None:
+        owner = self._owners.get_item(job_id)
+        if isinstance(owner, Principal):
+            return owner
+        found = self.io.get(layout.pointer_name(job_id))
+        if found is None:
+            return None
+        owner = _owner_from(found.data)
+        self._owners.put(job_id, owner)
+        return owner
+
+    def list_by_owner(
+        self, owner: Principal, *, state: JobState | None = None, before: str | None = None, limit: int = 20
+    ) -> list[Job]:
+        if limit <= 0 or (before is not None and not is_job_id(before)):
+            return []
+        out: list[Job] = []
+        batch: list[str] = []
+        for item in self._newest_first(owner, before):
+            if state is not None and item.metadata.get("state") != state.value:
+                continue
+            batch.append(item.name)
+            if len(batch) >= limit - len(out):
+                out.extend(self._load(batch, state))
+                batch = []
+                if len(out) >= limit:
+                    break
+        if batch:
+            out.extend(self._load(batch, state))
+        return out[:limit]
+
+    def _newest_first(self, owner: Principal, before: str | None) -> Iterator[Listed]:
+        prefix = layout.jobs_prefix(owner)
+        if before is None:
+            yield from self.io.list(prefix, metadata=True)
+            return
+        cursor_day = layout.day_key(before)
+        cursor = layout.record_name(owner, before)
+        for folder in self.io.prefixes(prefix):
+            day = folder[len(prefix) :].rstrip("/")
+            if day < cursor_day:
+                continue  # newer days than the cursor's
+            for item in self.io.list(folder, metadata=True):
+                if item.name > cursor:
+                    yield item
+
+    def _load(self, names: list[str], state: JobState | None) -> list[Job]:
+        """Read records in parallel; a record whose state changed since it was listed is left out."""
+        found = list(self._pool.map(self.io.get, names))
+        jobs = [records.loads(b.data) for b in found if b is not None]
+        return [j for j in jobs if state is None or j.state is state]
+
+    def history(self, job_id: str, after_version: int = 0) -> list[Job]:
+        current = self.get(job_id)
+        if current is None or current.version <= after_version:
+            return []
+        owner = current.owner
+        names = [layout.version_name(owner, job_id, v) for v in range(after_version + 1, current.version)]
+        older = [records.loads(b.data) for b in self._pool.map(self.io.get, names) if b is not None]
+        return [*older, current]
+
+    # --- changing --------------------------------------------------------------------------
+
+    def update(self, job: Job, expected_version: int) -> Job:
+        name = layout.record_name(job.owner, job.id)
+        before = self._current(job, expected_version)
+        stored = dataclasses.replace(job, version=expected_version + 1)
+        entering = stored.state is JobState.RUNNING and before.state != JobState.RUNNING.value
+        if entering:  # before the claim is written: a crash leaves a stale marker, never a missing one
+            marker = layout.running_name(stored.lane, stored.id)
+            self.io.put(marker, b"", content_type="text/plain", metadata={"at": f"{self._clock():.3f}"})
+        try:
+            etag = self.io.put(name, records.dumps(stored).encode(), metadata=_metadata(stored), if_match=before.etag)
+        except Modified:
+            raise VersionConflict(f"job {job.id} is not at version {expected_version}") from None
+        except Exists:  # pragma: no cover - If-Match writes never answer 409
+            raise VersionConflict(f"job {job.id} changed while writing") from None
+        self._remember(stored, etag)
+        leaving = before.state == JobState.RUNNING.value and (
+            stored.state is not JobState.RUNNING or stored.lane != before.lane
+        )
+        if leaving:
+            self._quietly(lambda: self.io.delete(layout.running_name(before.lane, stored.id)))
+        self._write_version(stored)
+        if self.on_update is not None:
+            self.on_update(stored)
+        return stored
+
+    def _current(self, job: Job, expected_version: int) -> _Seen:
+        """The ETag of ``expected_version``: from what this process last saw, else from the service."""
+        seen = self._seen.get_item(job.id)
+        if isinstance(seen, _Seen) and seen.version == expected_version:
+            return seen
+        props = self.io.properties(layout.record_name(job.owner, job.id))
+        if props is None:
+            raise NotFound(f"job {job.id} not found")
+        found = _Seen(
+            int(props.metadata.get("version", "0")),
+            props.etag,
+            props.metadata.get("state", ""),
+            props.metadata.get("lane", ""),
+        )
+        if found.version != expected_version:
+            raise VersionConflict(f"job {job.id} is at version {found.version}, not {expected_version}")
+        return found
+
+    def _remember(self, job: Job, etag: str) -> None:
+        self._owners.put(job.id, job.owner)
+        seen = self._seen.get_item(job.id)
+        if not isinstance(seen, _Seen) or seen.version <= job.version:
+            self._seen.put(job.id, _Seen(job.version, etag, job.state.value, job.lane))
+
+    def _write_version(self, job: Job) -> None:
+        name = layout.version_name(job.owner, job.id, job.version)
+        self._quietly(lambda: self.io.put(name, records.dumps(job).encode()))
+
+    @staticmethod
+    def _quietly(write: Callable[[], object]) -> None:
+        """A follow-up write whose loss only costs an event or a marker: the record is already written."""
+        try:
+            write()
+        except Unavailable:
+            log.warning("follow-up blob write failed after retries; the record is written", exc_info=True)
+
+    # --- the backlog's other half --------------------------------------------------------------
+
+    def running(self, lane: str) -> int:
+        """Jobs running on ``lane`` per their records (markers checked; stale ones removed)."""
+        count = 0
+        now = self._clock()
+        for item in self.io.list(layout.running_prefix(lane), metadata=True):
+            job_id = item.name.rsplit("/", 1)[-1]
+            job = self.get(job_id)
+            if job is not None and job.state is JobState.RUNNING and job.lane == lane:
+                count += 1
+            elif now - _written_at(item) > _STALE_MARKER_S:
+                # Old enough that no claim can still be in flight behind it.
+                self._quietly(functools.partial(self.io.delete, item.name))
+        return count
+
+    def ping(self) -> None:
+        self.io.ping()
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False)
+        self.io.container.close()
+
+
+def _written_at(item: Listed) -> float:
+    """The writer's clock when a marker or outbox entry was written (0 when unreadable: old)."""
+    try:
+        return float(item.metadata.get("at", "0"))
+    except ValueError:
+        return 0.0
+
+
+def _owner_json(owner: Principal) -> bytes:
+    # Both parts, not Principal.key: "a/b" + "c" and "a" + "b/c" must stay different owners.
+    return json.dumps({"tenant": owner.tenant, "subject": owner.subject}).encode()
+
+
+def _owner_from(data: bytes) -> Principal:
+    found = json.loads(data)
+    return Principal(str(found["tenant"]), str(found["subject"]))
+
+
+def _metadata(job: Job) -> dict[str, str]:
+    return {"state": job.state.value, "version": str(job.version), "lane": job.lane}
+
+
+class BlobOutbox:
+    """Accepted jobs not yet known to be dispatched, as ``outbox/<id>`` blobs (see dispatch.sweeper)."""
+
+    def __init__(self, io: BlobIO, clock: Callable[[], float] = time.time) -> None:
+        self.io = io
+        self._clock = clock
+
+    def add(self, job: Job) -> None:
+        self.io.put(layout.outbox_name(job.id), b"", content_type="text/plain", metadata={"at": f"{self._clock():.3f}"})
+
+    def remove(self, job_id: str) -> None:
+        self.io.delete(layout.outbox_name(job_id))
+
+    def pending(self) -> Iterable[tuple[str, float]]:
+        """(job id, when the entry was written) for every entry."""
+        for item in self.io.list(layout.OUTBOX_PREFIX, metadata=True):
+            yield item.name[len(layout.OUTBOX_PREFIX) :], _written_at(item)

@@ -1,0 +1,65 @@
+"""Builds the webhook parts from settings; webhooks stay off until a signing secret is set."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from difflane.errors import ConfigError
+from difflane.settings import Settings
+from difflane.store.base import JobStore
+from difflane.webhooks.guard import Guard
+from difflane.webhooks.intake import WebhookIntake
+from difflane.webhooks.notifier import Notifier
+from difflane.webhooks.outbox import Outbox
+from difflane.webhooks.sender import Sender
+from difflane.webhooks.signing import Secret
+
+
+@dataclasses.dataclass
+class Webhooks:
+    intake: WebhookIntake
+    notifier: Notifier
+    outbox: Outbox
+
+    def start(self, bell_dir: Path | None) -> None:
+        self.notifier.start(bell_dir)
+
+    def close(self) -> None:
+        self.notifier.stop()
+        self.outbox.close()
+
+
+def secret_from_settings(settings: Settings) -> Secret | None:
+    if settings.webhook_secret is None:
+        return None
+    try:
+        return Secret.parse(settings.webhook_secret.get_secret_value())
+    except ValueError as exc:
+        raise ConfigError(f"DIFFLANE_WEBHOOK_SECRET: {exc}") from exc
+
+
+def build(settings: Settings, store: JobStore) -> Webhooks | None:
+    secret = secret_from_settings(settings)
+    if secret is None:
+        return None
+    guard = Guard(
+        settings.webhook_allowed_hosts,
+        allow_http=settings.webhook_allow_http,
+        allow_private=settings.webhook_allow_private_networks,
+    )
+    state: str | Path = settings.webhook_state or (
+        ":memory:" if settings.store == "memory" else settings.data_dir / "webhooks.db"
+    )
+    outbox = Outbox(state)
+    sender = Sender(guard, secret, timeout=settings.webhook_timeout_seconds)
+    notifier = Notifier(
+        store,
+        outbox,
+        sender,
+        base_url=settings.public_url or f"http://{settings.host}:{settings.port}",
+        max_attempts=settings.webhook_max_attempts,
+        backoff_seconds=settings.webhook_backoff_seconds,
+        backoff_max_seconds=settings.webhook_backoff_max_seconds,
+    )
+    return Webhooks(WebhookIntake(guard, outbox), notifier, outbox)
