@@ -9,6 +9,7 @@ controller and Kueue (the fake's helpers).
 from __future__ import annotations
 
 import dataclasses
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -386,3 +387,52 @@ def test_controller_built_from_settings_runs_and_releases_its_lease(cluster: Clu
         assert lease is not None and lease["spec"].get("holderIdentity") is None
     finally:
         parts.close()
+
+
+def test_the_difflane_controller_command_leads_answers_probes_and_releases_on_sigterm(
+    cluster: Cluster, tmp_path: Path
+) -> None:
+    import os
+    import signal
+    import subprocess
+    import urllib.request
+
+    from tests.conftest import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "DIFFLANE_DISPATCH": "kubernetes",
+        "DIFFLANE_DATA_DIR": str(tmp_path / "data"),
+        "DIFFLANE_KUBERNETES_API_URL": cluster.fake.url,
+        "DIFFLANE_KUBERNETES_WORKER_IMAGE": "worker:1",
+        "DIFFLANE_CONTROLLER_HEALTH_PORT": str(port),
+        "DIFFLANE_CONTROLLER_LEASE_SECONDS": "3",
+        "POD_NAME": "difflane-controller-abc",
+    }
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "difflane", "controller"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT
+    )
+    try:
+        lease = eventually(lambda: cluster.fake.get("leases", "difflane-controller"), "the lease is taken")
+        assert lease["spec"]["holderIdentity"].startswith("difflane-controller-abc-")
+
+        def leader_probe() -> bytes | None:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=2) as r:
+                    body = bytes(r.read())
+            except OSError:
+                return None
+            return body if b'"role":"leader"' in body else None
+
+        assert b'"status":"ok"' in eventually(leader_probe, "the probe says it leads")
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if proc.stdout is not None:
+            proc.stdout.close()
+    released = cluster.fake.get("leases", "difflane-controller")
+    assert released is not None and released["spec"].get("holderIdentity") is None

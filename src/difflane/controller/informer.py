@@ -55,10 +55,11 @@ class Informer:
                     version = self._follow(version)
             except Expired:
                 log.info("%s watch expired; listing again", self.kind)
-            except Unavailable as exc:
+            except Exception as exc:  # noqa: BLE001 - API down or an odd answer: list again, later
                 if self._stopping.is_set():
                     break
-                log.warning("%s informer: %s; retrying in %.1fs", self.kind, exc.message, backoff)
+                reason = exc.message if isinstance(exc, Unavailable) else f"{type(exc).__name__}: {exc}"
+                log.warning("%s informer: %s; retrying in %.1fs", self.kind, reason, backoff)
                 self._stopping.wait(backoff)
                 backoff = min(backoff * 2, self._max_backoff)
 

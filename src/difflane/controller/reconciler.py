@@ -203,6 +203,9 @@ class Controller:
             # Store or API down: the next event or resync brings the job back here.
             log.warning("reconcile failed: %s", exc.message)
             return Decision.nothing(exc.message)
+        except Exception as exc:  # one job's trouble must not stop the loop for all (logged with its trace)
+            log.exception("reconcile failed unexpectedly")
+            return Decision.nothing(f"{type(exc).__name__}: {exc}")
         finally:
             job_id_var.reset(token)
 
