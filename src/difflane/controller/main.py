@@ -13,12 +13,12 @@ from types import FrameType
 from difflane import wiring
 from difflane.controller import pending
 from difflane.controller.decide import Rules
-from difflane.controller.health import HealthServer
 from difflane.controller.reconciler import Controller, ControllerConfig
 from difflane.dispatch.kubernetes import KubernetesDispatcher
 from difflane.errors import ConfigError
 from difflane.settings import Settings
 from difflane.telemetry import logging as log_setup
+from difflane.telemetry.probes import ProbeServer
 
 log = logging.getLogger(__name__)
 
@@ -76,10 +76,13 @@ def run(settings: Settings) -> None:
     signal.signal(signal.SIGINT, on_signal)
     # A loop that has not turned for this long is stuck (the slowest turn is one renewal).
     stuck_after = max(30.0, 10 * controller.config.retry_seconds)
-    health = HealthServer(
-        alive=lambda: controller.idle_seconds() < stuck_after,
-        leading=lambda: controller.leading,
-    )
+
+    def probe() -> tuple[bool, dict[str, str]]:
+        # Alive and ready alike: a standby that keeps turning is a healthy replica.
+        ok = controller.idle_seconds() < stuck_after
+        return ok, {"status": "ok" if ok else "stuck", "role": "leader" if controller.leading else "standby"}
+
+    health = ProbeServer({"/livez": probe, "/readyz": probe}, name="controller-probes")
     port = health.serve(settings.host, settings.controller_health_port)
     log.info("controller %s started; probes on port %d", controller.elector.identity, port)
     try:

@@ -6,6 +6,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import uuid
 from types import FrameType
 
@@ -17,11 +18,11 @@ from difflane.jobs import is_job_id
 from difflane.lanes import Lane
 from difflane.settings import Settings
 from difflane.telemetry import logging as log_setup
+from difflane.telemetry.probes import ProbeServer
 from difflane.worker import device as device_mod
 from difflane.worker.batching import Batcher
 from difflane.worker.consumer import Worker
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
-from difflane.worker.health import Health
 from difflane.worker.isolation import IsolatedRuntime, RuntimeConfig
 from difflane.worker.runtime import RenderTask, Runtime
 
@@ -112,9 +113,16 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
     executor = _executor(settings, parts, runtime)
     batcher = Batcher(source, parts.store, executor.lane, names, lease_seconds=settings.lease_seconds)
     worker = Worker(batcher, executor, grace_seconds=settings.shutdown_grace_seconds)
-    health = Health()
+    ready = threading.Event()  # set once every served model is loaded and warm
+    health = ProbeServer(
+        {
+            "/livez": lambda: (True, {"status": "ok"}),
+            "/readyz": lambda: (ready.is_set(), {"status": "ok" if ready.is_set() else "warming up"}),
+        },
+        name="worker-probes",
+    )
     if settings.health_port is not None:
-        port = health.serve("0.0.0.0", settings.health_port)
+        port = health.serve("0.0.0.0", settings.health_port)  # probes come from the node, not loopback
         log.info("worker health on port %d", port)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -128,7 +136,7 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
             runtime.start()
         if settings.preload:
             warm_up(runtime, [m for m in parts.catalog if m.lane in names], {lane.name: lane for lane in lanes})
-        health.ready.set()
+        ready.set()
         log.info("worker ready", extra={"lanes": names, "device": device.describe()})
         worker.run(max_jobs=max_jobs)
     finally:

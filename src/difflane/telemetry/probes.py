@@ -1,35 +1,39 @@
-"""A worker's own HTTP endpoints (for Kubernetes probes and scraping): /livez, /readyz, /metrics.
+"""A tiny HTTP server for a process's probes and metrics (workers, the controller).
 
-Ready means the models are loaded and warmed for every configured batch shape, so a pod that
-receives traffic never pays a first-call compile or load.
+Each probe path maps to a function returning (healthy, JSON body); ``/metrics`` serves this
+process's Prometheus samples. The API has its own routes; this is for processes without one.
 """
 
 from __future__ import annotations
 
+import json
 import threading
+from collections.abc import Callable, Mapping
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from difflane.telemetry import metrics
 
+Probe = Callable[[], tuple[bool, dict[str, Any]]]
 
-class Health:
-    def __init__(self) -> None:
-        self.ready = threading.Event()
-        self.alive = True
+
+class ProbeServer:
+    def __init__(self, probes: Mapping[str, Probe], name: str = "probes") -> None:
+        self._probes = dict(probes)
+        self._name = name
         self._server: ThreadingHTTPServer | None = None
 
     def serve(self, host: str, port: int) -> int:
-        """Start answering on ``host:port`` (port 0 picks one); returns the port."""
-        state = self
+        """Answer on ``host:port`` (0 picks a port) from a daemon thread; returns the port."""
+        probes = self._probes
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
-                if self.path == "/livez":
-                    self._reply(200 if state.alive else 503, b'{"status":"ok"}', "application/json")
-                elif self.path == "/readyz":
-                    ready = state.ready.is_set()
-                    body = b'{"status":"ok"}' if ready else b'{"status":"warming up"}'
-                    self._reply(200 if ready else 503, body, "application/json")
+                probe = probes.get(self.path)
+                if probe is not None:
+                    healthy, body = probe()
+                    payload = json.dumps(body, separators=(",", ":")).encode()
+                    self._reply(200 if healthy else 503, payload, "application/json")
                 elif self.path == "/metrics":
                     self._reply(200, metrics.exposition(), "text/plain; version=0.0.4; charset=utf-8")
                 else:
@@ -46,7 +50,7 @@ class Health:
                 pass
 
         self._server = ThreadingHTTPServer((host, port), Handler)
-        threading.Thread(target=self._server.serve_forever, name="worker-health", daemon=True).start()
+        threading.Thread(target=self._server.serve_forever, name=self._name, daemon=True).start()
         return int(self._server.server_address[1])
 
     def close(self) -> None:
