@@ -85,6 +85,12 @@ class MemoryJobStore(_Switch):
         jobs = [j for j in jobs if (state is None or j.state is state) and (before is None or j.id < before)]
         return sorted(jobs, key=lambda j: j.id, reverse=True)[:limit]
 
+    def list_unfinished(self, limit: int) -> list[Job]:
+        self._check()
+        with self._lock:
+            jobs = [v[-1] for v in self._history.values() if not v[-1].state.terminal]
+        return sorted(jobs, key=lambda j: j.id)[:limit]
+
     def history(self, job_id: str, after_version: int = 0) -> list[Job]:
         self._check()
         with self._lock:

@@ -140,3 +140,15 @@ def test_records_round_trip_every_field(store: JobStore) -> None:
     failed = store.update(job.fail(ErrorCode.OOM, "out of memory"), job.version)
     assert store.get(job.id) == failed
     assert failed.error is not None and failed.error.code is ErrorCode.OOM
+
+
+def test_list_unfinished_spans_owners_oldest_first(store: JobStore) -> None:
+    if not hasattr(store, "list_unfinished"):
+        pytest.skip("this store offers no cross-owner listing (the controller uses the outbox)")
+    a, _ = store.create(make_job(ALICE))
+    b, _ = store.create(make_job(MALLORY))
+    c, _ = store.create(make_job(BOB))
+    store.update(b.start("w1", 30), b.version)
+    store.update(c.cancel(), c.version)
+    assert [j.id for j in store.list_unfinished(10)] == [a.id, b.id]  # type: ignore[attr-defined]
+    assert [j.id for j in store.list_unfinished(1)] == [a.id]  # type: ignore[attr-defined]

@@ -1,8 +1,8 @@
 """Finding the jobs that are not finished, so the controller can look at each one.
 
 The ``JobStore`` seam has no "list by state" (the API only lists by owner), so this is a small
-seam of its own: a store that offers ``list_unfinished(limit)`` is used as it is, the SQLite
-store is read through its database, and with the Azure store the outbox of accepted but not yet
+seam of its own: a store that offers ``list_unfinished(limit)`` (SQLite, memory) is used as it
+is, and with the Azure store the outbox of accepted but not yet
 dispatched jobs (``dispatch.sweeper``) names them. Otherwise the controller repairs only jobs it
 sees as Kubernetes Jobs, and says so at start-up.
 """
@@ -12,7 +12,6 @@ from __future__ import annotations
 from typing import Any, Protocol, runtime_checkable
 
 from difflane.jobs import Job
-from difflane.store import records
 from difflane.store.base import JobStore
 
 
@@ -21,18 +20,6 @@ class UnfinishedJobs(Protocol):
     def list_unfinished(self, limit: int) -> list[Job]:
         """Jobs that are queued or running, oldest first, at most ``limit``."""
         ...
-
-
-class _SqliteUnfinished:
-    def __init__(self, store: object) -> None:
-        self._db = store.db  # type: ignore[attr-defined]
-
-    def list_unfinished(self, limit: int) -> list[Job]:
-        with self._db.read() as conn:
-            rows = conn.execute(
-                "SELECT record FROM jobs WHERE state IN ('queued', 'running') ORDER BY id LIMIT ?", (limit,)
-            ).fetchall()
-        return [records.loads(row[0]) for row in rows]
 
 
 class _OutboxUnfinished:
@@ -54,12 +41,8 @@ class _OutboxUnfinished:
 
 
 def for_store(store: JobStore, outbox: Any = None) -> UnfinishedJobs | None:
-    if isinstance(store, UnfinishedJobs):
+    if isinstance(store, UnfinishedJobs):  # SQLite and memory stores list them themselves
         return store
-    from difflane.store.sqlite import SqliteJobStore
-
-    if isinstance(store, SqliteJobStore):
-        return _SqliteUnfinished(store)
     if outbox is not None and callable(getattr(outbox, "pending", None)):
         return _OutboxUnfinished(store, outbox)
     return None

@@ -209,6 +209,14 @@ class SqliteJobStore:
             rows = conn.execute(sql, args).fetchall()
         return [records.loads(r[0]) for r in rows]
 
+    def list_unfinished(self, limit: int) -> list[Job]:
+        """Queued and running jobs of every owner, oldest first (for the controller)."""
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT record FROM jobs WHERE state IN ('queued', 'running') ORDER BY id LIMIT ?", (limit,)
+            ).fetchall()
+        return [records.loads(r[0]) for r in rows]
+
     def history(self, job_id: str, after_version: int = 0) -> list[Job]:
         with self.db.read() as conn:
             rows = conn.execute(
