@@ -51,6 +51,12 @@ class Principal:
     tenant: str
     subject: str
 
+    def __post_init__(self) -> None:
+        # The key "tenant/subject" is split at the first "/": a tenant holding one would let
+        # two principals share a key. Authenticators only produce tenants without it.
+        if not self.tenant or "/" in self.tenant:
+            raise ValueError(f"invalid tenant {self.tenant!r}")
+
     @property
     def key(self) -> str:
         return f"{self.tenant}/{self.subject}"

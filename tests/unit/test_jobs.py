@@ -96,3 +96,10 @@ def test_seeds_per_image_and_principal_key() -> None:
     job = make_job(seed=2**53 - 1, num_images=3)
     assert job.request.seeds() == (2**53 - 1, 0, 1)
     assert Principal.from_key(Principal("t", "s").key) == Principal("t", "s")
+
+
+@pytest.mark.parametrize("tenant", ["", "a/b"])
+def test_a_tenant_cannot_make_keys_ambiguous(tenant: str) -> None:
+    with pytest.raises(ValueError):
+        Principal(tenant, "c")
+    assert Principal("a", "b/c").key == "a/b/c" and Principal.from_key("a/b/c") == Principal("a", "b/c")
