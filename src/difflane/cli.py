@@ -210,7 +210,8 @@ def openapi() -> None:
     """Print the OpenAPI document of the HTTP API."""
     from difflane.api.app import create_app
 
-    app = create_app(_settings(store="memory", dispatch="memory"))
+    # The document does not depend on deployment settings: build it on the in-memory fakes.
+    app = create_app(_settings(store="memory", dispatch="memory", auth="none"))
     click.echo(json.dumps(app.openapi(), indent=2, sort_keys=True))
 
 

@@ -34,20 +34,25 @@ def create_app(
 ) -> FastAPI:
     owned = components is None
     parts = components or wiring.build(settings)
-    hooks = webhook_setup.build(settings, parts.store)
-    ctx = ApiContext(
-        settings=settings,
-        store=parts.store,
-        blobs=parts.blobs,
-        dispatcher=parts.dispatcher,
-        catalog=parts.catalog,
-        authenticator=authenticator or auth.from_settings(settings),
-        changes=ChangeSignal(),
-        inline_store=parts.local_store,
-        lanes=parts.lanes,
-        admission=limits.from_settings(settings, parts.store, parts.dispatcher),
-        webhooks=hooks.intake if hooks else None,
-    )
+    try:
+        hooks = webhook_setup.build(settings, parts.store)
+        ctx = ApiContext(
+            settings=settings,
+            store=parts.store,
+            blobs=parts.blobs,
+            dispatcher=parts.dispatcher,
+            catalog=parts.catalog,
+            authenticator=authenticator or auth.from_settings(settings),
+            changes=ChangeSignal(),
+            inline_store=parts.local_store,
+            lanes=parts.lanes,
+            admission=limits.from_settings(settings, parts.store, parts.dispatcher),
+            webhooks=hooks.intake if hooks else None,
+        )
+    except BaseException:
+        if owned:  # a configuration error must not leave connections and files open
+            parts.close()
+        raise
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
