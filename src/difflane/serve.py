@@ -24,6 +24,7 @@ from difflane.telemetry import logging as log_setup
 log = logging.getLogger("difflane.serve")
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+HEALTHY_RUN_S = 60.0
 
 
 def run(settings: Settings) -> None:
@@ -123,15 +124,17 @@ class WorkerSupervisor:
         self.settings = settings
         self._procs: list[subprocess.Popen[bytes] | None] = [None] * settings.workers
         self._failures = [0] * settings.workers
+        self._started = [0.0] * settings.workers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def start(self) -> None:
         for i in range(len(self._procs)):
-            self._procs[i] = self._spawn()
+            self._procs[i] = self._spawn(i)
         self._thread.start()
 
-    def _spawn(self) -> subprocess.Popen[bytes]:
+    def _spawn(self, i: int) -> subprocess.Popen[bytes]:
+        self._started[i] = time.monotonic()
         return subprocess.Popen([sys.executable, "-m", "difflane", "worker"], env=dict(os.environ))
 
     def _watch(self) -> None:
@@ -139,12 +142,14 @@ class WorkerSupervisor:
             for i, proc in enumerate(self._procs):
                 if proc is None or proc.poll() is None:
                     continue
+                if time.monotonic() - self._started[i] > HEALTHY_RUN_S:
+                    self._failures[i] = 0  # it ran well for a while: this is a new failure, not a loop
                 delay = RESTART_BACKOFF_S[min(self._failures[i], len(RESTART_BACKOFF_S) - 1)]
                 log.warning("worker %d exited with %s; restarting in %ss", proc.pid, proc.returncode, delay)
                 self._failures[i] += 1
                 if self._stop.wait(delay):
                     return
-                self._procs[i] = self._spawn()
+                self._procs[i] = self._spawn(i)
 
     def stop(self) -> None:
         """SIGTERM every worker (each finishes or gives back its job), then wait out the grace."""

@@ -203,3 +203,14 @@ def test_models_list_shows_cache_state(make_platform: Any, tmp_path: Path) -> No
     assert result.returncode == 0 and "tiny" in result.stdout and "cached" in result.stdout
     empty = p.cli("models", "list", env={"DIFFLANE_HF_HOME": str(tmp_path / "empty")})
     assert "not cached" in empty.stdout
+
+
+def test_serve_restarts_a_worker_that_died(make_platform: Any) -> None:
+    p: Platform = make_platform()
+    api = p.serve(workers=1)
+    children = Path(f"/proc/{api.popen.pid}/task/{api.popen.pid}/children").read_text().split()
+    assert len(children) == 1, children
+    os.kill(int(children[0]), signal.SIGKILL)  # the worker dies outside any job
+    done = p.wait(p.submit(steps=2)["id"], ("succeeded", "failed"))
+    assert done["state"] == "succeeded"  # a new worker took it
+    assert "restarting" in api.output()
