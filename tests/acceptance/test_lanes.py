@@ -137,3 +137,15 @@ def test_worker_health_reports_ready_after_warm_up(make_platform: Any, tmp_path:
     assert httpx.get(f"http://127.0.0.1:{port}/livez").status_code == 200
     assert "difflane_" in httpx.get(f"http://127.0.0.1:{port}/metrics").text
     assert json.loads(httpx.get(f"http://127.0.0.1:{port}/readyz").text)["status"] == "ok"
+
+
+def test_run_job_fails_out_of_memory_instead_of_moving_lanes(make_platform: Any) -> None:
+    # A Kubernetes Job runs one job id; a move to another lane would need a new Job of the same
+    # name, so run-job fails the job with `oom` even where the lane names an on_oom lane.
+    p = fake_platform(make_platform, "lanes:\n  fast: {on_oom: long}\n  long: {}\n")
+    p.serve(workers=0)
+    job = p.submit(prompt="[oom] a fox")
+    result = p.cli("run-job", job["id"])
+    assert result.returncode == 0, result.stderr
+    done = p.job(job["id"])
+    assert done["state"] == "failed" and done["error"]["code"] == "oom" and done["lane"] == "fast"

@@ -292,3 +292,33 @@ def test_unknown_route_and_method_are_json_errors(platform: Platform) -> None:
 def test_bad_principal_header_is_401(platform: Platform) -> None:
     r = platform.client.get("/v1/jobs", headers={"X-Difflane-Principal": "no-slash"})
     assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_principal"
+
+
+@pytest.mark.parametrize("value", [b"\xb2", b"-1", b"12a", b"\xff\xfe"])
+def test_odd_last_event_ids_restart_the_stream_instead_of_failing(platform: Platform, value: bytes) -> None:
+    import asyncio
+
+    job = submit(platform)
+    platform.client.post(f"/v1/jobs/{job['id']}/cancel")  # final: the stream ends by itself
+    app = platform.client.app
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
+        "path": f"/v1/jobs/{job['id']}/events", "raw_path": f"/v1/jobs/{job['id']}/events".encode(),
+        "query_string": b"", "headers": [(b"host", b"testserver"), (b"last-event-id", value)],
+        "client": ("127.0.0.1", 1), "server": ("testserver", 80), "root_path": "", "state": {},
+    }
+    sent: list[dict[str, Any]] = []
+    requests = [{"type": "http.request", "body": b"", "more_body": False}]
+
+    async def receive() -> dict[str, Any]:
+        if requests:
+            return requests.pop()
+        await asyncio.sleep(3600)  # the client stays connected until the stream ends by itself
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict[str, Any]) -> None:
+        sent.append(message)
+
+    scope["app"] = app
+    asyncio.run(app(scope, receive, send))  # type: ignore[arg-type]
+    assert sent[0]["status"] == 200  # raw bytes: the test client would have cleaned the header

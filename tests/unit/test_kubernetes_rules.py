@@ -191,3 +191,20 @@ def test_final_records() -> None:
 def test_a_complete_job_with_an_unfinished_record_is_an_internal_failure() -> None:
     d = decide(seen(job(JobState.RUNNING), k8s_job({"type": "Complete", "status": "True"})), RULES)
     assert (d.act, d.code) == (Act.FAIL, ErrorCode.INTERNAL)
+
+
+def test_a_decision_is_applied_only_to_the_version_it_was_made_on() -> None:
+    """Pod A died holding the job; before the controller's requeue lands, pod B claims it.
+    The stale requeue must not undo B's live claim."""
+    from difflane.controller.reconciler import Controller
+    from difflane.testing import MemoryJobStore, MemoryQueue
+    from tests.conftest import make_job
+
+    store = MemoryJobStore()
+    job, _ = store.create(make_job())
+    seen = store.update(job.start("pod-a", 30), job.version)  # what the controller decided on
+    store.update(seen.start("pod-b", 30, now=seen.lease.expires_at + 1), seen.version)  # type: ignore[union-attr]
+    reconciler = Controller(api=None, store=store, dispatcher=MemoryQueue(), identity="test")  # type: ignore[arg-type]
+    assert not reconciler._transition(seen, lambda j: j.requeue())
+    current = store.get(job.id)
+    assert current is not None and current.state.value == "running" and current.lease.owner == "pod-b"  # type: ignore[union-attr]

@@ -9,7 +9,6 @@ also covers events lost while no replica was leading.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import logging
 import threading
@@ -25,9 +24,9 @@ from difflane.controller.pending import UnfinishedJobs
 from difflane.dispatch import kubernetes_spec as spec
 from difflane.dispatch.kubernetes import KubernetesDispatcher
 from difflane.dispatch.kubernetes_api import KubeApi, Obj
-from difflane.errors import DifflaneError, IllegalTransition, NotFound
+from difflane.errors import DifflaneError, IllegalTransition, NotFound, VersionConflict
 from difflane.jobs import Job
-from difflane.store.base import JobStore, mutate
+from difflane.store.base import JobStore
 from difflane.telemetry import metrics
 from difflane.telemetry.logging import job_id_var
 
@@ -197,6 +196,9 @@ class Controller:
                 if live is not None:
                     decision = decide(dataclasses.replace(seen, job=live, deleted=False), self.config.rules)
             if decision.act is not Act.NOTHING and record is not None:
+                if not self.elector.is_leader():
+                    # A slow reconcile may outlive our lease: a new leader decides from here.
+                    return Decision.nothing("no longer the leader")
                 self._apply(record, decision)
             return decision
         except DifflaneError as exc:
@@ -218,25 +220,31 @@ class Controller:
         elif act is Act.DELETE_JOB:
             self.api.delete_job(spec.job_name(record.id))
         elif act is Act.REQUEUE:
-            self._transition(record.id, lambda j: j.requeue())
+            self._transition(record, lambda j: j.requeue())
         elif act is Act.ACK_CANCEL:
-            if self._transition(record.id, lambda j: j.acknowledge_cancel()):
+            if self._transition(record, lambda j: j.acknowledge_cancel()):
                 metrics.JOBS_FINISHED.labels(record.request.model, record.lane, "cancelled", "cancelled").inc()
             self.api.delete_job(spec.job_name(record.id))
         elif act is Act.FAIL:
             code = decision.code
             assert code is not None
-            if self._transition(record.id, lambda j: j.fail(code, decision.reason)):
+            if self._transition(record, lambda j: j.fail(code, decision.reason)):
                 metrics.JOBS_FINISHED.labels(record.request.model, record.lane, "failed", code.value).inc()
             if decision.delete_job:
                 self.api.delete_job(spec.job_name(record.id))
 
-    def _transition(self, job_id: str, change: Callable[[Job], Job]) -> bool:
-        """False when the record moved on meanwhile (a worker wrote first): the next event decides."""
-        with contextlib.suppress(IllegalTransition, NotFound):
-            mutate(self.store, job_id, change)
+    def _transition(self, record: Job, change: Callable[[Job], Job]) -> bool:
+        """Apply ``change`` to the version the decision was made on, never a later one: if a
+        worker wrote meanwhile (say, a new pod claimed the job), the decision is stale, so the
+        job is looked at again instead. False when nothing was written."""
+        try:
+            self.store.update(change(record), record.version)
             return True
-        return False
+        except VersionConflict:
+            self._queue.put(record.id)
+            return False
+        except (IllegalTransition, NotFound):
+            return False
 
 
 class _WorkQueue:

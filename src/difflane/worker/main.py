@@ -49,16 +49,16 @@ def isolated_runtime(settings: Settings, parts: wiring.Components, lanes: list[s
     )
 
 
-def _executor(settings: Settings, parts: wiring.Components, runtime: Runtime) -> Executor:
+def _executor(settings: Settings, parts: wiring.Components, runtime: Runtime, *, can_move: bool = True) -> Executor:
     config = WorkerConfig(
         worker_id=new_worker_id(),
         lease_seconds=settings.lease_seconds,
         max_attempts=settings.max_attempts,
         retry_backoff_seconds=settings.retry_backoff_seconds,
     )
-    return Executor(
-        parts.store, parts.blobs, parts.catalog, runtime, config, lanes=parts.lanes, dispatcher=parts.dispatcher
-    )
+    # Without a dispatcher an out-of-memory job fails with `oom` instead of moving lanes.
+    dispatcher = parts.dispatcher if can_move else None
+    return Executor(parts.store, parts.blobs, parts.catalog, runtime, config, lanes=parts.lanes, dispatcher=dispatcher)
 
 
 def served_lanes(settings: Settings, parts: wiring.Components) -> list[Lane]:
@@ -182,7 +182,10 @@ def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) 
             check_capacity(settings, [lane])
         runtime = runtime or isolated_runtime(settings, parts, [job.lane])
         try:
-            outcome = _executor(settings, parts, runtime).execute(_OneShotDelivery(job_id, job.lane, job.attempts + 1))
+            # run-job (a Kubernetes Job per job) cannot hand a job to another lane: the Job's
+            # name is the job's, so a new Job for the new lane could not be created. OOM fails.
+            executor = _executor(settings, parts, runtime, can_move=False)
+            outcome = executor.execute(_OneShotDelivery(job_id, job.lane, job.attempts + 1))
         finally:
             runtime.close()
         if outcome is Outcome.FAILED:

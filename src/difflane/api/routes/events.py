@@ -66,7 +66,8 @@ async def job_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> StreamingResponse:
     await ctx.call(ctx.service.get, caller, job_id)  # 404 before the stream starts
-    after = int(last_event_id) if last_event_id and last_event_id.isdigit() else 0
+    # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
+    after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
     base = base_url(request, ctx.settings.public_url)
     return StreamingResponse(
         _stream(ctx, request, job_id, after, base),
