@@ -302,10 +302,19 @@ def test_odd_last_event_ids_restart_the_stream_instead_of_failing(platform: Plat
     platform.client.post(f"/v1/jobs/{job['id']}/cancel")  # final: the stream ends by itself
     app = platform.client.app
     scope = {
-        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "scheme": "http",
-        "path": f"/v1/jobs/{job['id']}/events", "raw_path": f"/v1/jobs/{job['id']}/events".encode(),
-        "query_string": b"", "headers": [(b"host", b"testserver"), (b"last-event-id", value)],
-        "client": ("127.0.0.1", 1), "server": ("testserver", 80), "root_path": "", "state": {},
+        "type": "http",
+        "asgi": {"version": "3.0"},
+        "http_version": "1.1",
+        "method": "GET",
+        "scheme": "http",
+        "path": f"/v1/jobs/{job['id']}/events",
+        "raw_path": f"/v1/jobs/{job['id']}/events".encode(),
+        "query_string": b"",
+        "headers": [(b"host", b"testserver"), (b"last-event-id", value)],
+        "client": ("127.0.0.1", 1),
+        "server": ("testserver", 80),
+        "root_path": "",
+        "state": {},
     }
     sent: list[dict[str, Any]] = []
     requests = [{"type": "http.request", "body": b"", "more_body": False}]
