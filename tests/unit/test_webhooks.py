@@ -148,6 +148,11 @@ def test_allowed_urls_keep_their_path_and_query() -> None:
         "::ffff:169.254.169.254",
         "64:ff9b::a9fe:a9fe",  # NAT64 of 169.254.169.254
         "2002:7f00:1::",  # 6to4 of 127.0.0.1
+        "::127.0.0.1",  # IPv4-compatible (deprecated) loopback
+        "::ffff:0:7f00:1",  # SIIT-translated loopback
+        "64:ff9b:1::7f00:1",  # local-use NAT64 of loopback
+        "fec0::1",  # deprecated site-local
+        "192.0.0.8",  # IETF protocol assignments
     ],
 )
 def test_private_loopback_link_local_and_metadata_addresses_are_refused(address: str) -> None:

@@ -37,7 +37,13 @@ _PRIVATE = tuple(
     ipaddress.ip_network(n)
     for n in ("127.0.0.0/8", "::1/128", "10.0.0.0/8", "172.16.0.0/12", "192.168.0.0/16", "fc00::/7", "100.64.0.0/10")
 )
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
+# IPv6 ranges whose low 32 bits are an IPv4 address on some networks (translation, SIIT,
+# deprecated IPv4-compatible form): the embedded IPv4 address is checked too.
+_EMBEDS_IPV4 = tuple(ipaddress.ip_network(n) for n in ("64:ff9b::/96", "64:ff9b:1::/48", "::ffff:0:0:0/96", "::/96"))
+# Never public, whatever is_global says on this Python: deprecated site-local IPv6 and the IETF
+# protocol assignments block.
+_THIS_NETWORK = ipaddress.ip_network("0.0.0.0/8")
+_NOT_PUBLIC = tuple(ipaddress.ip_network(n) for n in ("fec0::/10", "192.0.0.0/24"))
 
 
 class Refused(Exception):
@@ -145,7 +151,7 @@ class Guard:
                 raise Refused(f"{address} is a link-local or metadata address", code="webhook_address_refused")
             if self.allow_private and any(candidate in net for net in _PRIVATE):
                 continue
-            if not candidate.is_global or candidate.is_multicast:
+            if not candidate.is_global or candidate.is_multicast or any(candidate in net for net in _NOT_PUBLIC):
                 raise Refused(f"{address} is not a public address", code="webhook_address_refused")
 
     def _host_allowed(self, host: str) -> bool:
@@ -181,7 +187,9 @@ def _unwrapped(address: IPAddress) -> list[IPAddress]:
         inner = [address.ipv4_mapped, address.sixtofour]
         if address.teredo is not None:
             inner.append(address.teredo[1])
-        if address in _NAT64:
-            inner.append(ipaddress.IPv4Address(int(address) & 0xFFFFFFFF))
+        embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
+        # 0.0.0.0/8 is no IPv4 destination: "::1" and "::" are themselves, not wrappers.
+        if any(address in net for net in _EMBEDS_IPV4) and embedded not in _THIS_NETWORK:
+            inner.append(embedded)
         out.extend(a for a in inner if a is not None)
     return out
