@@ -58,6 +58,18 @@ class MemoryJobStore(_Switch):
                 self._keys[(job.owner.key, idempotency.key)] = (idempotency.fingerprint, job.id)
             return stored, True
 
+    def find_replay(self, owner: Principal, idempotency: IdempotencyKey) -> Job | None:
+        self._check()
+        with self._lock:
+            found = self._keys.get((owner.key, idempotency.key))
+            if found is None:
+                return None
+            if found[0] != idempotency.fingerprint:
+                raise Conflict(
+                    "this Idempotency-Key was already used with a different request", code="idempotency_key_reused"
+                )
+            return self._history[found[1]][-1]
+
     def get(self, job_id: str) -> Job | None:
         self._check()
         with self._lock:

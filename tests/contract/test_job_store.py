@@ -152,3 +152,14 @@ def test_list_unfinished_spans_owners_oldest_first(store: JobStore) -> None:
     store.update(c.cancel(), c.version)
     assert [j.id for j in store.list_unfinished(10)] == [a.id, b.id]  # type: ignore[attr-defined]
     assert [j.id for j in store.list_unfinished(1)] == [a.id]  # type: ignore[attr-defined]
+
+
+def test_find_replay_answers_without_writing(store: JobStore) -> None:
+    key = IdempotencyKey("k9", "f1")
+    assert store.find_replay(ALICE, key) is None
+    job, _ = store.create(make_job(ALICE), key)
+    found = store.find_replay(ALICE, key)
+    assert found is not None and found.id == job.id
+    assert store.find_replay(MALLORY, key) is None  # keys are per owner
+    with pytest.raises(Conflict):
+        store.find_replay(ALICE, IdempotencyKey("k9", "f2"))

@@ -116,3 +116,40 @@ def test_no_signer_means_the_api_streams() -> None:
 def test_keys_are_checked_before_signing() -> None:
     with pytest.raises(InvalidInput):
         _store(AccountKeySigner("acct", "results", "a2V5")).signed_url("../other/0.png", 60)
+
+
+def test_a_failing_key_fetch_is_not_retried_on_every_url() -> None:
+    """Rendering a page of outputs must not turn one outage into one blocking fetch per URL."""
+    calls: list[float] = []
+    clock = [NOW]
+    failing = [True]
+
+    def fetch(start: dt.datetime, expiry: dt.datetime) -> UserDelegationKey:
+        calls.append(clock[0])
+        if failing[0]:
+            raise OSError("identity endpoint down")
+        return _key(expiry)
+
+    store = _store(UserDelegationSigner("acct", "results", fetch), clock=lambda: clock[0])
+    assert [store.signed_url(f"outputs/j1/{i}.png", 300) for i in range(20)] == [None] * 20
+    assert len(calls) == 1  # then backing off
+    failing[0] = False
+    clock[0] += 60  # past the back-off: the next URL fetches again, and signs
+    assert store.signed_url("outputs/j1/0.png", 300) is not None
+    assert len(calls) == 2
+
+
+def test_a_refresh_failure_keeps_signing_with_the_still_valid_key() -> None:
+    clock = [NOW]
+    failing = [False]
+
+    def fetch(start: dt.datetime, expiry: dt.datetime) -> UserDelegationKey:
+        if failing[0]:
+            raise OSError("identity endpoint down")
+        return _key(expiry)
+
+    store = _store(UserDelegationSigner("acct", "results", fetch), clock=lambda: clock[0])
+    assert store.signed_url("outputs/j1/0.png", 300) is not None
+    failing[0] = True
+    clock[0] += 100 * 60  # inside the renewal window, the key is still valid for ~20 minutes
+    assert store.signed_url("outputs/j1/0.png", 300) is not None

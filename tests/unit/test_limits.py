@@ -242,3 +242,23 @@ def test_a_finished_job_frees_its_slot() -> None:
         mutate(parts.store, job_id, lambda j: j.fail(ErrorCode.INTERNAL, "gone"))
         assert parts.store.get(job_id).state is JobState.FAILED  # type: ignore[union-attr]
         assert client.post("/v1/jobs", json=TINY, headers=ALICE).status_code == 202
+
+
+def test_a_retried_submit_gets_its_job_even_at_the_limit() -> None:
+    """An Idempotency-Key replay must answer with the job it created, not with 429: the client
+    would otherwise believe its job was never accepted."""
+    from fastapi.testclient import TestClient
+
+    from difflane.api.app import create_app
+    from difflane.settings import Settings
+
+    app = create_app(Settings(store="memory", dispatch="memory", limit_outstanding_jobs=1, limit_submit_rate=0))
+    body = {"model": "tiny", "prompt": "a fox"}
+    with TestClient(app) as client:
+        first = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
+        assert first.status_code == 202
+        assert client.post("/v1/jobs", json=body).status_code == 429  # a new job is over the cap
+        again = client.post("/v1/jobs", json=body, headers={"Idempotency-Key": "k1"})
+        assert again.status_code == 202 and again.json()["id"] == first.json()["id"]
+        reused = client.post("/v1/jobs", json={**body, "prompt": "other"}, headers={"Idempotency-Key": "k1"})
+        assert reused.status_code == 409

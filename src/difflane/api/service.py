@@ -63,6 +63,8 @@ class JobService:
                 )
             key = IdempotencyKey(idempotency_key, fingerprint(body))
         webhook = self._webhook(body.get("webhook"))
+        if key is not None and (replayed := self.store.find_replay(owner, key)) is not None:
+            return replayed, False  # a retry gets its job, whatever the limits say now
         # Over a limit: 429 before anything is written.
         with self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext():
             job, created = self._create(new_job(owner, request, lane, webhook=webhook), key)
@@ -93,7 +95,11 @@ class JobService:
             with contextlib.suppress(DifflaneError):
                 self.webhooks.unwatch(job.id)
             raise
-        if not created:  # an idempotent replay: the original job is watched under its own id
+        if stored.id != job.id:
+            # A replay, or a store that finished a concurrent request's create under that
+            # request's id: the job that exists must be watched, never the id we made up.
+            if not stored.state.terminal:  # a finished job's watch is done; never replay its events
+                self.webhooks.watch(stored.id)
             self.webhooks.unwatch(job.id)
         return stored, created
 

@@ -27,11 +27,12 @@ from azure.storage.blob import BlobSasPermissions, UserDelegationKey, generate_b
 
 from difflane.azure_io import BlobIO
 from difflane.blobs.base import check_key
-from difflane.errors import NotFound
+from difflane.errors import NotFound, Unavailable
 
 log = logging.getLogger(__name__)
 
 _SKEW = dt.timedelta(minutes=5)  # clocks disagree: a SAS starts a little in the past
+_FETCH_BACKOFF = dt.timedelta(seconds=30)
 _KEY_LIFETIME = dt.timedelta(hours=2)
 _KEY_RENEW_BEFORE = dt.timedelta(minutes=30)  # longer than any URL's TTL (at most one hour)
 
@@ -77,6 +78,7 @@ class UserDelegationSigner:
         self._https_only = https_only
         self._key: UserDelegationKey | None = None
         self._key_expiry: dt.datetime | None = None
+        self._failed_until: dt.datetime | None = None  # after a failed fetch: don't hammer the service
         self._lock = threading.Lock()
 
     def sign(self, blob_name: str, expiry: dt.datetime, now: dt.datetime) -> str:
@@ -93,10 +95,23 @@ class UserDelegationSigner:
 
     def _delegation_key(self, now: dt.datetime) -> UserDelegationKey:
         with self._lock:
-            if self._key is None or self._key_expiry is None or self._key_expiry - now < _KEY_RENEW_BEFORE:
+            usable = self._key is not None and self._key_expiry is not None and self._key_expiry > now + _SKEW
+            due = not usable or (self._key_expiry is not None and self._key_expiry - now < _KEY_RENEW_BEFORE)
+            if due and (self._failed_until is None or now >= self._failed_until):
                 expiry = now + _KEY_LIFETIME
-                self._key = self._fetch_key(now - _SKEW, expiry)
-                self._key_expiry = expiry
+                try:
+                    self._key = self._fetch_key(now - _SKEW, expiry)
+                    self._key_expiry = expiry
+                    self._failed_until = None
+                except Exception:
+                    # One failure must not turn every rendered output into another blocking
+                    # fetch: back off, keep signing with the old key while it is still valid.
+                    self._failed_until = now + _FETCH_BACKOFF
+                    if not usable:
+                        raise
+            elif not usable:
+                raise Unavailable("no user delegation key (fetch failed recently)", retry_after=30)
+            assert self._key is not None
             return self._key
 
 

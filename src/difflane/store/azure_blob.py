@@ -125,6 +125,18 @@ class AzureBlobJobStore:
         self._write_version(stored)
         return stored, True
 
+    def find_replay(self, owner: Principal, idempotency: IdempotencyKey) -> Job | None:
+        found = self.io.get(layout.idempotency_name(owner, idempotency.key))
+        if found is None:
+            return None
+        data = json.loads(found.data)
+        if data["fingerprint"] != idempotency.fingerprint:
+            raise Conflict(
+                "this Idempotency-Key was already used with a different request", code="idempotency_key_reused"
+            )
+        # None while a crashed create is half done: the create path then finishes it.
+        return self.get(str(data["job_id"]))
+
     def _claim_key(self, job: Job, idempotency: IdempotencyKey) -> str | None:
         """Write the key for ``job``; None when it is ours, else the job id it already names."""
         name = layout.idempotency_name(job.owner, idempotency.key)

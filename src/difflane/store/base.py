@@ -28,6 +28,12 @@ class JobStore(Protocol):
         """
         ...
 
+    def find_replay(self, owner: Principal, idempotency: IdempotencyKey) -> Job | None:
+        """The job ``owner`` already created with this key and fingerprint (read-only), None when
+        the key is unused; Conflict (``idempotency_key_reused``) for another fingerprint. Lets a
+        replay answer with its job before limits, which must not refuse a retry."""
+        ...
+
     def get(self, job_id: str) -> Job | None: ...
 
     def update(self, job: Job, expected_version: int) -> Job:

@@ -166,6 +166,14 @@ class SqliteJobStore:
             raise Conflict("this Idempotency-Key refers to a job that no longer exists", code="idempotency_key_reused")
         return records.loads(found[0])
 
+    def find_replay(self, owner: Principal, idempotency: IdempotencyKey) -> Job | None:
+        with self.db.read() as conn:
+            row = conn.execute(
+                "SELECT fingerprint, job_id FROM idempotency_keys WHERE owner = ? AND key = ?",
+                (owner.key, idempotency.key),
+            ).fetchone()
+            return self._replay(conn, row, idempotency) if row is not None else None
+
     def get(self, job_id: str) -> Job | None:
         with self.db.read() as conn:
             row = conn.execute("SELECT record FROM jobs WHERE id = ?", (job_id,)).fetchone()

@@ -91,7 +91,7 @@ async def _stream(ctx: ApiContext, request: Request, job_id: str, after: int, ba
         for job in versions:
             kind = classify(previous, job)
             if kind == "state":
-                yield sse("state", job_json(job, base, ctx.blobs), job.version)
+                yield sse("state", await ctx.call(job_json, job, base, ctx.blobs), job.version)
             elif kind == "progress":
                 yield sse(
                     "progress", {"id": job.id, "step": job.progress.step, "total": job.progress.total}, job.version

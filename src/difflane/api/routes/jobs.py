@@ -42,7 +42,7 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JSONResponse:
     job, created = await ctx.call(ctx.service.submit, caller, body.model_dump(exclude_unset=True), idempotency_key)
-    content = job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs)
+    content = await ctx.call(job_json, job, base_url(request, ctx.settings.public_url), ctx.blobs)
     headers = {"Location": content["links"]["self"]}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -62,13 +62,14 @@ async def list_jobs(
 ) -> JSONResponse:
     jobs, next_cursor = await ctx.call(ctx.service.list, caller, state, cursor, limit)
     base = base_url(request, ctx.settings.public_url)
-    return JSONResponse({"jobs": [job_json(j, base, ctx.blobs) for j in jobs], "next_cursor": next_cursor})
+    rendered = await ctx.call(lambda: [job_json(j, base, ctx.blobs) for j in jobs])  # signing may do I/O
+    return JSONResponse({"jobs": rendered, "next_cursor": next_cursor})
 
 
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS, summary="Get a job")
 async def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Reader) -> JSONResponse:
     job = await ctx.call(ctx.service.get, caller, job_id)
-    return JSONResponse(job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs))
+    return JSONResponse(await ctx.call(job_json, job, base_url(request, ctx.settings.public_url), ctx.blobs))
 
 
 @router.post(
@@ -80,7 +81,8 @@ async def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Reader) -> 
 )
 async def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Canceller) -> JSONResponse:
     job = await ctx.call(ctx.service.cancel, caller, job_id)
-    return JSONResponse(job_json(job, base_url(request, ctx.settings.public_url), ctx.blobs), status_code=202)
+    content = await ctx.call(job_json, job, base_url(request, ctx.settings.public_url), ctx.blobs)
+    return JSONResponse(content, status_code=202)
 
 
 @router.get(
@@ -103,7 +105,7 @@ async def get_output(job_id: JobId, index: Annotated[int, Path(ge=0, le=1000)], 
     output = next((o for o in job.outputs if o.index == index), None)
     if output is None:
         raise NotFound(f"job {job_id} has no output {index}", code="output_not_found")
-    signed = ctx.blobs.signed_url(output.key, SIGNED_URL_TTL_SECONDS)
+    signed = await ctx.call(ctx.blobs.signed_url, output.key, SIGNED_URL_TTL_SECONDS)
     if signed is not None:
         return RedirectResponse(signed, status_code=307)
     chunks = await ctx.call(ctx.blobs.open, output.key)
