@@ -70,9 +70,9 @@ def test_state_filter_reads_only_matching_records() -> None:
     assert len(reads) == 3  # the state rides in metadata: cancelled records were never read
 
 
-def test_tenants_with_look_alike_names_stay_apart() -> None:
+def test_principals_with_look_alike_names_stay_apart() -> None:
     store = azurite.job_store()
-    a = Principal("a/s/b", "c")
+    a = Principal("a", "s/b")  # a subject that looks like another principal's path
     b = Principal("a", "b/s/c")
     ja, _ = store.create(make_job(a))
     jb, _ = store.create(make_job(b))
