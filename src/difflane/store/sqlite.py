@@ -11,7 +11,7 @@ import contextlib
 import dataclasses
 import sqlite3
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
 
@@ -27,11 +27,28 @@ _MIGRATIONS = sorted(
 
 
 class Database:
-    """Connections to one SQLite file, with the schema migrated on open."""
+    """Connections to one SQLite file, with its schema migrated on open.
 
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
+    ``migrations`` are SQL scripts applied in order (``PRAGMA user_version`` counts them); by
+    default the embedded job database's (``store/sql/*.sql``). ``name`` goes into error messages.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        busy_timeout_ms: int = 5000,
+        migrations: Sequence[str] | None = None,
+        name: str = "job database",
+    ) -> None:
         self.path = Path(path)
+        self.name = name
         self.busy_timeout_ms = busy_timeout_ms
+        self._migrations = (
+            list(migrations)
+            if migrations is not None
+            else [script.read_text(encoding="utf-8") for script in _MIGRATIONS]
+        )
         self._local = threading.local()
         self._all: list[sqlite3.Connection] = []
         self._all_lock = threading.Lock()
@@ -39,7 +56,7 @@ class Database:
         # sleeps (up to 100 ms each) would turn contention into long tail latency. Other
         # processes still wait through busy_timeout.
         self._write_lock = threading.Lock()
-        with _unavailable_on_error("open"):
+        with self._unavailable_on_error("open"):
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._migrate()
 
@@ -60,13 +77,13 @@ class Database:
 
     @contextlib.contextmanager
     def read(self) -> Iterator[sqlite3.Connection]:
-        with _unavailable_on_error("read"):
+        with self._unavailable_on_error("read"):
             yield self.connection()
 
     @contextlib.contextmanager
     def write(self) -> Iterator[sqlite3.Connection]:
         """A write transaction taken up front (BEGIN IMMEDIATE), so it never deadlocks on upgrade."""
-        with self._write_lock, _unavailable_on_error("write"):
+        with self._write_lock, self._unavailable_on_error("write"):
             conn = self.connection()
             conn.execute("BEGIN IMMEDIATE")
             try:
@@ -78,7 +95,7 @@ class Database:
 
     def ping(self) -> None:
         with self.read() as conn:
-            conn.execute("SELECT 1 FROM jobs LIMIT 1").fetchall()
+            conn.execute("PRAGMA user_version").fetchall()
 
     def close(self) -> None:
         with self._all_lock:
@@ -88,12 +105,21 @@ class Database:
             self._all.clear()
         self._local = threading.local()
 
+    @contextlib.contextmanager
+    def _unavailable_on_error(self, what: str) -> Iterator[None]:
+        try:
+            yield
+        except sqlite3.IntegrityError:
+            raise
+        except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError) as exc:
+            raise Unavailable(f"{self.name} unavailable ({what}): {exc}", retry_after=2) from exc
+
     def _migrate(self) -> None:
         with self.write() as conn:
             current = conn.execute("PRAGMA user_version").fetchone()[0]
-            for number, script in enumerate(_MIGRATIONS, start=1):
+            for number, script in enumerate(self._migrations, start=1):
                 if number > current:
-                    for statement in _statements(script.read_text(encoding="utf-8")):
+                    for statement in _statements(script):
                         conn.execute(statement)
                     conn.execute(f"PRAGMA user_version = {number}")
 
@@ -102,16 +128,6 @@ def _statements(script: str) -> list[str]:
     # executescript() would commit our transaction; split instead (our SQL has no ';' in strings).
     lines = [line.split("--", 1)[0] for line in script.splitlines()]
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
-
-
-@contextlib.contextmanager
-def _unavailable_on_error(what: str) -> Iterator[None]:
-    try:
-        yield
-    except sqlite3.IntegrityError:
-        raise
-    except (sqlite3.OperationalError, sqlite3.DatabaseError, OSError) as exc:
-        raise Unavailable(f"job database unavailable ({what}): {exc}", retry_after=2) from exc
 
 
 # Runs inside the creating transaction: lets the embedded queue enqueue atomically with the record.

@@ -10,16 +10,13 @@ drop the repeat (at-least-once).
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import shutil
-import sqlite3
 import tempfile
-import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from difflane.errors import Unavailable
+from difflane.store.sqlite import Database
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS watches (
@@ -81,17 +78,10 @@ class Outbox:
             # locks fail at once instead of waiting (used with store=memory and in tests).
             self._scratch = tempfile.mkdtemp(prefix="difflane-webhooks-")
             path = Path(self._scratch) / "webhooks.db"
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        self.path = Path(path)
-        self.busy_timeout_ms = busy_timeout_ms
-        self._local = threading.local()
-        self._all: list[sqlite3.Connection] = []
-        self._all_lock = threading.Lock()
-        self._write_lock = threading.Lock()  # threads of this process take turns writing
-        with self._write() as conn:
-            for statement in SCHEMA.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
+        self._db = Database(path, busy_timeout_ms=busy_timeout_ms, migrations=[SCHEMA], name="webhook state")
+        self.path = self._db.path
+        self._read = self._db.read
+        self._write = self._db.write
 
     # --- submit side ---------------------------------------------------------------------------
 
@@ -191,50 +181,6 @@ class Outbox:
         return [dict(zip(names, row, strict=True)) for row in rows]
 
     def close(self) -> None:
-        with self._all_lock:
-            for conn in self._all:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.close()
-            self._all.clear()
-        self._local = threading.local()
+        self._db.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
-
-    # --- connections ---------------------------------------------------------------------------
-
-    def _connection(self) -> sqlite3.Connection:
-        conn: sqlite3.Connection | None = getattr(self._local, "conn", None)
-        if conn is None:
-            conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
-            conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            self._local.conn = conn
-            with self._all_lock:
-                self._all.append(conn)
-        return conn
-
-    @contextlib.contextmanager
-    def _read(self) -> Iterator[sqlite3.Connection]:
-        try:
-            yield self._connection()
-        except sqlite3.Error as exc:
-            raise Unavailable(f"webhook state unavailable: {exc}") from exc
-
-    @contextlib.contextmanager
-    def _write(self) -> Iterator[sqlite3.Connection]:
-        with self._write_lock:
-            try:
-                conn = self._connection()
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise Unavailable(f"webhook state unavailable: {exc}") from exc
-            try:
-                yield conn
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
-            try:
-                conn.execute("COMMIT")
-            except sqlite3.Error as exc:
-                raise Unavailable(f"webhook state unavailable: {exc}") from exc
