@@ -28,7 +28,7 @@ from difflane.errors import DifflaneError, IllegalTransition, NotFound, VersionC
 from difflane.jobs import Job
 from difflane.store.base import JobStore
 from difflane.telemetry import metrics
-from difflane.telemetry.logging import job_id_var
+from difflane.telemetry.logging import job_context
 
 log = logging.getLogger(__name__)
 
@@ -177,7 +177,10 @@ class Controller:
     # --- one job -------------------------------------------------------------------------------
 
     def reconcile(self, job_id: str, jobs: Informer, pods: Informer) -> Decision:
-        token = job_id_var.set(job_id)
+        with job_context(job_id):
+            return self._reconcile(job_id, jobs, pods)
+
+    def _reconcile(self, job_id: str, jobs: Informer, pods: Informer) -> Decision:
         try:
             record = self.store.get(job_id)
             own_pods = [p for p in pods.items() if spec.job_id_of(p) == job_id]
@@ -208,8 +211,6 @@ class Controller:
         except Exception as exc:  # one job's trouble must not stop the loop for all (logged with its trace)
             log.exception("reconcile failed unexpectedly")
             return Decision.nothing(f"{type(exc).__name__}: {exc}")
-        finally:
-            job_id_var.reset(token)
 
     def _apply(self, record: Job, decision: Decision) -> None:
         act = decision.act

@@ -30,7 +30,7 @@ from difflane.jobs import ErrorCode, Job, JobState, Output, RunMetrics
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import JobStore, mutate
 from difflane.telemetry import gpu, metrics
-from difflane.telemetry.logging import job_id_var
+from difflane.telemetry.logging import job_context
 from difflane.worker.batching import batch_key
 from difflane.worker.runtime import (
     Interrupted,
@@ -113,11 +113,8 @@ class Executor:
         outcomes: dict[int, Outcome] = {}
         claimed: list[tuple[int, _Item]] = []
         for i, delivery in enumerate(deliveries):
-            token = job_id_var.set(delivery.job_id)
-            try:
+            with job_context(delivery.job_id):
                 result = self._admit(delivery)
-            finally:
-                job_id_var.reset(token)
             if isinstance(result, Outcome):
                 outcomes[i] = result
             else:
@@ -244,7 +241,7 @@ class Executor:
             offset += count
             if item.outcome is not None or item.stop is not None:
                 continue  # cancelled (already settled) or lost mid-batch: its images are dropped
-            with _job_context(item.job.id):
+            with job_context(item.job.id):
                 self._complete(item, spec, mine, dataclasses.replace(run, queue_wait_s=round(item.queue_wait_s, 4)))
 
     def _on_step(self, items: list[_Item], keeper: _LeaseKeeper, step: int, total: int) -> bool:
@@ -263,7 +260,7 @@ class Executor:
                 continue
             if item.job.cancel_requested:
                 item.stop = _Stop.CANCEL
-                with _job_context(item.job.id):
+                with job_context(item.job.id):
                     item.outcome = self._settle_cancel(item.job, item.delivery)
         # Go on while any job still wants its images.
         return any(item.stop is None for item in items)
@@ -327,7 +324,7 @@ class Executor:
 
     def _after_interrupt(self, items: list[_Item]) -> None:
         for item in self._live(items):
-            with _job_context(item.job.id):
+            with job_context(item.job.id):
                 if item.stop is _Stop.CANCEL:
                     item.outcome = self._settle_cancel(item.job, item.delivery)
                     continue
@@ -339,18 +336,18 @@ class Executor:
 
     def _fail_all(self, items: list[_Item], code: ErrorCode, message: str) -> None:
         for item in self._live(items):
-            with _job_context(item.job.id):
+            with job_context(item.job.id):
                 item.outcome = self._fail(item.job, item.delivery, code, message)
 
     def _retry_all(self, items: list[_Item], reason: str) -> None:
         for item in self._live(items):
-            with _job_context(item.job.id):
+            with job_context(item.job.id):
                 item.outcome = self._retry(item.job, item.delivery, reason)
 
     def _out_of_memory(self, items: list[_Item], lane: Lane, message: str) -> None:
         target = lane.on_oom
         for item in self._live(items):
-            with _job_context(item.job.id):
+            with job_context(item.job.id):
                 if target is None or self.dispatcher is None:
                     item.outcome = self._fail(item.job, item.delivery, ErrorCode.OOM, message)
                 else:
@@ -445,15 +442,6 @@ def _groups(claimed: list[tuple[int, _Item]]) -> list[list[tuple[int, _Item]]]:
     for entry in claimed:
         groups.setdefault(batch_key(entry[1].job), []).append(entry)
     return list(groups.values())
-
-
-@contextlib.contextmanager
-def _job_context(job_id: str):  # type: ignore[no-untyped-def]
-    token = job_id_var.set(job_id)
-    try:
-        yield
-    finally:
-        job_id_var.reset(token)
 
 
 class _LeaseKeeper:
