@@ -37,7 +37,8 @@ MODELS = {
 }
 
 
-def spec_for(kind: str, folder: Path, size: int, name: str, lane: str) -> Any:
+def spec_for(kind: str, folder: Path, size: int, name: str, lane: str, steps: int) -> Any:
+    """The catalog entry of one benchmark model (the bare run and difflane's catalog share it)."""
     from difflane.catalog import Defaults, Limits, ModelSpec
 
     return ModelSpec(
@@ -45,7 +46,7 @@ def spec_for(kind: str, folder: Path, size: int, name: str, lane: str) -> Any:
         source=str(folder),
         pipeline=MODELS[kind]["pipeline"],
         lane=lane,  # type: ignore[arg-type]
-        defaults=Defaults(width=size, height=size, steps=30),
+        defaults=Defaults(width=size, height=size, steps=steps),
         limits=Limits(max_width=size, max_height=size, max_pixels=size * size, max_steps=100, max_images=8),
     )
 
@@ -57,7 +58,7 @@ def bare(kind: str, folder: Path, args: argparse.Namespace, size: int, batch: in
     from difflane.worker.diffusers_runtime import DiffusersRuntime
     from difflane.worker.runtime import RenderTask
 
-    spec = spec_for(kind, folder, size, kind, "bench")
+    spec = spec_for(kind, folder, size, kind, "bench", args.steps)
     runtime = DiffusersRuntime(Path(tempfile.gettempdir()), device=args.device)
     load_s = runtime.load(spec)
 
@@ -104,28 +105,14 @@ def bare(kind: str, folder: Path, args: argparse.Namespace, size: int, batch: in
 
 def through_difflane(kind: str, folder: Path, args: argparse.Namespace, size: int, batch: int) -> dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix=f"difflane-gpu-{kind}-"))
-    (work / "catalog.yaml").write_text(
-        json.dumps(
-            {
-                "models": {
-                    f"{kind}-batched": {
-                        "source": str(folder),
-                        "pipeline": MODELS[kind]["pipeline"],
-                        "lane": "batched",
-                        "defaults": {"width": size, "height": size, "steps": args.steps},
-                        "limits": {"max_width": size, "max_height": size, "max_pixels": size * size, "max_steps": 100},
-                    },
-                    f"{kind}-single": {
-                        "source": str(folder),
-                        "pipeline": MODELS[kind]["pipeline"],
-                        "lane": "single",
-                        "defaults": {"width": size, "height": size, "steps": args.steps},
-                        "limits": {"max_width": size, "max_height": size, "max_pixels": size * size, "max_steps": 100},
-                    },
-                }
-            }
+    # The same weights under two lanes: batched and one at a time, served by one worker.
+    models = {
+        f"{kind}-{lane}": spec_for(kind, folder, size, f"{kind}-{lane}", lane, args.steps).model_dump(
+            mode="json", exclude={"name"}
         )
-    )
+        for lane in ("batched", "single")
+    }
+    (work / "catalog.yaml").write_text(json.dumps({"models": models}))
     capacity = "gpu" if args.device == "cuda" else "cpu"
     (work / "lanes.yaml").write_text(
         f"lanes:\n  batched: {{capacity: {capacity}, max_batch: {batch}, max_wait_ms: 50, timeout_s: 3600}}\n"

@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from difflane import yamlfile
 from difflane.errors import ConfigError
@@ -126,13 +126,7 @@ def builtin() -> Catalog:
 
 
 def parse(text: str, origin: str = "<catalog>") -> Catalog:
-    specs = []
-    for name, fields in yamlfile.entries(text, "models", origin).items():
-        try:
-            specs.append(ModelSpec(name=name, **fields))
-        except (ValidationError, TypeError) as exc:
-            raise ConfigError(f"{origin}: model {name!r}: {exc}") from exc
-    return Catalog(specs)
+    return Catalog(yamlfile.build(text, "models", origin, ModelSpec))
 
 
 def load(path: str | Path | None) -> Catalog:

@@ -17,7 +17,7 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from difflane import yamlfile
 from difflane.errors import ConfigError
@@ -96,13 +96,7 @@ def builtin() -> Lanes:
 
 
 def parse(text: str, origin: str = "<lanes>") -> Lanes:
-    lanes = []
-    for name, fields in yamlfile.entries(text, "lanes", origin).items():
-        try:
-            lanes.append(Lane(name=name, **fields))
-        except (ValidationError, TypeError) as exc:
-            raise ConfigError(f"{origin}: lane {name!r}: {exc}") from exc
-    return Lanes(lanes)
+    return Lanes(yamlfile.build(text, "lanes", origin, Lane))
 
 
 def load(path: str | Path | None) -> Lanes:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
+from pydantic import ValidationError
 
 from difflane.errors import ConfigError
+
+T = TypeVar("T")
 
 
 def entries(text: str, key: str, origin: str) -> dict[str, dict[str, Any]]:
@@ -25,6 +29,18 @@ def entries(text: str, key: str, origin: str) -> dict[str, dict[str, Any]]:
             raise ConfigError(f"{origin}: {key}.{name} must be a mapping")
         out[str(name)] = fields or {}
     return out
+
+
+def build(text: str, key: str, origin: str, make: Callable[..., T]) -> list[T]:
+    """One object per entry of ``key:``, made as ``make(name=..., **fields)``; a ConfigError
+    names the entry whose fields are wrong."""
+    made = []
+    for name, fields in entries(text, key, origin).items():
+        try:
+            made.append(make(name=name, **fields))
+        except (ValidationError, TypeError) as exc:
+            raise ConfigError(f"{origin}: {key}.{name}: {exc}") from exc
+    return made
 
 
 def read(path: str | Path) -> tuple[str, str]:
