@@ -13,9 +13,6 @@ import click
 from difflane import __version__
 from difflane.errors import DifflaneError
 
-EXIT_INVALID_INPUT = 2  # run-job: the job can never succeed (Kubernetes fails the Job at once)
-EXIT_RETRY = 1
-
 
 def _settings(**overrides: Any):  # type: ignore[no-untyped-def]
     from difflane import settings
@@ -98,10 +95,11 @@ def worker(lanes: tuple[str, ...], data_dir: Path | None, max_jobs: int | None) 
 @click.argument("job_id")
 @click.option("--data-dir", type=click.Path(path_type=Path))
 def run_job(job_id: str, data_dir: Path | None) -> None:
-    """Run one job and exit (0 done, 1 retry later, 2 the job can never succeed)."""
+    """Run one job and exit (0 done, 1 retry later, 2 the job can never succeed, 3 given back
+    after SIGTERM)."""
     from difflane.worker import main as worker_main
 
-    sys.exit(worker_main.run_one(_settings(data_dir=data_dir), job_id))
+    sys.exit(int(worker_main.run_one(_settings(data_dir=data_dir), job_id)))
 
 
 @main.command()

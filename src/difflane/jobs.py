@@ -206,9 +206,24 @@ class Job:
             metrics=metrics or self.metrics,
         )
 
-    def fail(self, code: ErrorCode, message: str, now: float | None = None) -> Job:
+    def fail(self, code: ErrorCode, message: str, worker: str | None = None, now: float | None = None) -> Job:
+        """Fail the job. A worker may fail only a job it holds (a worker whose lease was lost and
+        taken over must not end another worker's run); ``worker=None`` is the controller's or an
+        operator's verdict, judged on the version it read."""
+        if worker is not None:
+            self._require_holder(worker)
         if self.state.terminal:
             raise IllegalTransition(f"job {self.id} is already {self.state}")
+        return self._finish(JobState.FAILED, now, error=JobError(code, message))
+
+    def give_up(self, code: ErrorCode, message: str, now: float | None = None) -> Job:
+        """Fail a job that no live lease holds (queued, or running under an expired lease): what a
+        worker does with a delivery it must not run (no attempts left, model unknown)."""
+        now = time.time() if now is None else now
+        if self.state.terminal:
+            raise IllegalTransition(f"job {self.id} is already {self.state}")
+        if self.state is JobState.RUNNING and self.lease is not None and self.lease.expires_at > now:
+            raise IllegalTransition(f"job {self.id} is running under a live lease")
         return self._finish(JobState.FAILED, now, error=JobError(code, message))
 
     def cancel(self, now: float | None = None) -> Job:
@@ -220,33 +235,50 @@ class Job:
         return dataclasses.replace(self, cancel_requested=True)
 
     def acknowledge_cancel(self, now: float | None = None) -> Job:
-        """The worker stopped a running job whose cancel was requested; no outputs are kept."""
-        if self.state is not JobState.RUNNING or not self.cancel_requested:
+        """A job whose cancel was requested stopped (its worker honoured it, or died): cancelled,
+        no outputs kept."""
+        if self.state.terminal or not self.cancel_requested:
             raise IllegalTransition(f"job {self.id} has no pending cancel")
-        return self._finish(JobState.CANCELLED, now, error=JobError(ErrorCode.CANCELLED, "cancelled"))
+        return self._cancelled(now)
 
-    def move_to_lane(self, worker: str, lane: str) -> Job:
-        """running → queued on another lane (e.g. a bigger GPU after running out of memory)."""
+    def move_to_lane(self, worker: str, lane: str, now: float | None = None) -> Job:
+        """running → queued on another lane (e.g. a bigger GPU after running out of memory).
+
+        A job whose cancel was requested is not moved but cancelled: nobody would ever run it."""
         self._require_holder(worker)
         if lane == self.lane:
             raise IllegalTransition(f"job {self.id} is already on lane {lane}")
+        if self.cancel_requested:
+            return self._cancelled(now)
         return dataclasses.replace(
             self, state=JobState.QUEUED, lane=lane, lease=None, progress=Progress(0, self.request.steps)
         )
 
-    def requeue(self, worker: str | None = None) -> Job:
-        """running → queued: give the job back (retry, shutdown, lost lease)."""
+    def requeue(self, worker: str | None = None, *, refund: bool = False, now: float | None = None) -> Job:
+        """running → queued: give the job back (retry, shutdown, lost lease).
+
+        ``refund``: the run was interrupted from outside (shutdown, eviction, preemption), not
+        failed, so it does not count towards max_attempts. A job whose cancel was requested is
+        cancelled instead: queued with a pending cancel, no worker could ever start it."""
         if self.state is not JobState.RUNNING:
             raise IllegalTransition(f"job {self.id} is {self.state}, cannot requeue")
         if worker is not None:
             self._require_holder(worker)
-        return dataclasses.replace(self, state=JobState.QUEUED, lease=None, progress=Progress(0, self.request.steps))
+        if self.cancel_requested:
+            return self._cancelled(now)
+        attempts = max(self.attempts - 1, 0) if refund else self.attempts
+        return dataclasses.replace(
+            self, state=JobState.QUEUED, lease=None, attempts=attempts, progress=Progress(0, self.request.steps)
+        )
 
     # --- helpers ---------------------------------------------------------------------------
 
     def _require_holder(self, worker: str) -> None:
         if self.state is not JobState.RUNNING or self.lease is None or self.lease.owner != worker:
             raise IllegalTransition(f"job {self.id} is not held by {worker}")
+
+    def _cancelled(self, now: float | None) -> Job:
+        return self._finish(JobState.CANCELLED, now, error=JobError(ErrorCode.CANCELLED, "cancelled"))
 
     def _finish(self, state: JobState, now: float | None, **changes: Any) -> Job:
         return dataclasses.replace(

@@ -10,11 +10,13 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import signal
 import subprocess
 import sys
 import threading
 import time
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 from difflane import catalog as catalog_mod
@@ -24,6 +26,7 @@ from difflane.telemetry import logging as log_setup
 log = logging.getLogger("difflane.serve")
 
 RESTART_BACKOFF_S = (1, 2, 5, 10, 30)
+SUPERVISOR_PID_ENV = "DIFFLANE_SUPERVISOR_PID"  # read by difflane.worker.main
 HEALTHY_RUN_S = 60.0
 
 
@@ -38,6 +41,9 @@ def run(settings: Settings) -> None:
         _ensure_builtin_model(settings)
 
     os.environ.update(settings.to_env())  # worker and API child processes see the same settings
+    # uvicorn answers SIGTERM by shutting down, then raises the signal again with the handler it
+    # found: the default one would end this process before `finally` stops the workers.
+    signal.signal(signal.SIGTERM, _exit_on_signal)
     supervisor = WorkerSupervisor(settings) if settings.workers > 0 else None
     if supervisor:
         supervisor.start()
@@ -47,6 +53,10 @@ def run(settings: Settings) -> None:
     finally:
         if supervisor:
             supervisor.stop()
+
+
+def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)
 
 
 def _serve_api(settings: Settings) -> None:
@@ -135,7 +145,9 @@ class WorkerSupervisor:
 
     def _spawn(self, i: int) -> subprocess.Popen[bytes]:
         self._started[i] = time.monotonic()
-        return subprocess.Popen([sys.executable, "-m", "difflane", "worker"], env=dict(os.environ))
+        # The worker stops by itself (giving its job back) if this process dies without stopping it.
+        env = dict(os.environ, **{SUPERVISOR_PID_ENV: str(os.getpid())})
+        return subprocess.Popen([sys.executable, "-m", "difflane", "worker"], env=env)
 
     def _watch(self) -> None:
         while not self._stop.wait(0.5):

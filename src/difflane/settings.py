@@ -191,15 +191,17 @@ class Settings(BaseSettings):
         return Path(env) if env else self.data_dir / "hf"
 
     def to_env(self) -> dict[str, str]:
-        """The explicitly set values as DIFFLANE_* variables, for child processes."""
+        """The explicitly set values as DIFFLANE_* variables, for child processes.
+
+        Secrets are left out: a child reads them where this process did (its inherited
+        ``DIFFLANE_*_FILE`` or variable), so a value read from a mounted file never lands in an
+        environment that ``/proc/<pid>/environ`` and crash reports show."""
         env: dict[str, str] = {}
         for name in self.model_fields_set:
             value = getattr(self, name)
-            if value is None:
+            if value is None or isinstance(value, SecretStr):
                 continue
-            if isinstance(value, SecretStr):
-                value = value.get_secret_value()
-            elif isinstance(value, list):
+            if isinstance(value, list):
                 value = ",".join(value)
             env[f"{PREFIX}{name.upper()}"] = str(value)
         return env

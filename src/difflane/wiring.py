@@ -71,8 +71,8 @@ def _embedded(settings: Settings, catalog: Catalog) -> Components:
     bell_dir = doorbell.socket_dir(settings.data_dir)
     db = Database(settings.database_path, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
     queue = EmbeddedQueue(db, bell_dir, lease_seconds=settings.lease_seconds)
-    # Same database file: the queue row commits in the job's creating transaction.
-    store = SqliteJobStore(db, on_create=queue.enqueue_in, on_update=lambda job: doorbell.ring(bell_dir, "api"))
+    # Same database file: the queue row commits in the transaction that writes a queued record.
+    store = SqliteJobStore(db, on_queued=queue.enqueue_in, on_update=lambda job: doorbell.ring(bell_dir, "api"))
     blobs = LocalBlobStore(settings.results_path)
     return Components(store, blobs, queue, queue, catalog, bell_dir=bell_dir, local_store=True)
 

@@ -85,15 +85,24 @@ def test_a_render_error_is_retried_then_fails_with_max_attempts(rig: Rig) -> Non
     assert rig.queue.dead_letters == {job.id: "max_attempts"}
 
 
-def test_deliveries_beyond_max_attempts_fail_without_running(rig: Rig) -> None:
+def test_a_job_that_ran_max_attempts_times_fails_without_running(rig: Rig) -> None:
     job = rig.submit()
-    for _ in range(3):  # three workers died holding it (leases expired)
-        d = rig.deliver()
-        d.retry(0)
+    for i in range(3):  # three workers claimed it and died (their leases expired)
+        current = rig.get(job.id)
+        rig.store.update(current.start(f"dead-{i}", lease_seconds=-1), current.version)
     calls = len(rig.runtime.calls)
     assert rig.executor.execute(rig.deliver()) is Outcome.FAILED
     assert rig.get(job.id).error.code is ErrorCode.MAX_ATTEMPTS  # type: ignore[union-attr]
     assert len(rig.runtime.calls) == calls
+
+
+def test_deliveries_that_never_ran_spend_no_attempts(rig: Rig) -> None:
+    # Lost locks, redeliveries, give-backs of the queue message: none of them ran the job.
+    job = rig.submit()
+    for _ in range(5):
+        rig.deliver().retry(0)
+    assert rig.executor.execute(rig.deliver()) is Outcome.SUCCEEDED
+    assert rig.get(job.id).attempts == 1
 
 
 def test_a_worker_killed_mid_job_is_taken_over_once_its_lease_expires(rig: Rig) -> None:
@@ -107,7 +116,7 @@ def test_a_worker_killed_mid_job_is_taken_over_once_its_lease_expires(rig: Rig) 
 def test_a_duplicate_delivery_while_another_worker_holds_the_job_is_put_back(rig: Rig) -> None:
     job = rig.submit()
     rig.store.update(rig.get(job.id).start("other", lease_seconds=60), 1)
-    assert rig.executor.execute(rig.deliver()) is Outcome.REQUEUED
+    assert rig.executor.execute(rig.deliver()) is Outcome.DEFERRED
     assert rig.runtime.calls == [] and rig.get(job.id).lease.owner == "other"  # type: ignore[union-attr]
 
 
@@ -250,6 +259,6 @@ def test_duplicates_while_another_worker_holds_the_job_do_not_use_up_attempts(ri
     rig.store.update(rig.get(job.id).start("other", lease_seconds=60), 1)
     for _ in range(5):  # more deliveries than max_attempts, all while "other" is alive
         d = rig.deliver()
-        assert rig.executor.execute(d) is Outcome.REQUEUED
+        assert rig.executor.execute(d) is Outcome.DEFERRED
         rig.queue._entries[job.id].available_at = 0  # type: ignore[attr-defined]  # skip the wait
     assert rig.get(job.id).state is JobState.RUNNING and rig.get(job.id).error is None

@@ -69,12 +69,24 @@ class JobService:
         with self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext():
             job, created = self._create(new_job(owner, request, lane, webhook=webhook), key)
         if created:
-            # Idempotent on every backend; with the embedded store the queue row already
-            # committed with the record, and this only wakes the workers.
-            self.dispatcher.dispatch(job)
+            self._dispatch(job)
             metrics.JOBS_SUBMITTED.labels(spec.name, lane).inc()
             log.info("job accepted", extra={"job_id": job.id, "model": spec.name, "lane": lane})
         return job, created
+
+    def _dispatch(self, job: Job) -> None:
+        """Once the record exists the answer is the job, never a 503: a client that retried
+        would create a second one. Every backend delivers an accepted job whose dispatch
+        failed: the embedded queue's row committed with the record, the outbox's sweeper
+        (Azure) and the controller's sweep (Kubernetes) dispatch what has no delivery."""
+        try:
+            self.dispatcher.dispatch(job)
+        except DifflaneError as exc:
+            log.warning(
+                "dispatch failed after the job was accepted; it will be repaired: %s",
+                exc.message,
+                extra={"job_id": job.id},
+            )
 
     def _webhook(self, raw: dict[str, Any] | None) -> Webhook | None:
         if raw is None:
@@ -122,7 +134,7 @@ class JobService:
 
     def cancel(self, caller: Caller, job_id: str) -> Job:
         current = self.get(caller, job_id)
-        if current.cancel_requested and not current.state.terminal:
+        if current.cancel_requested and current.state is JobState.RUNNING:
             return current  # already asked; the worker will stop it within a step
         try:
             job = mutate(self.store, job_id, lambda j: j.cancel())

@@ -39,5 +39,7 @@ def check_key(key: str) -> str:
     return key
 
 
-def output_key(job_id: str, index: int) -> str:
-    return f"outputs/{job_id}/{index}.png"
+def output_key(job_id: str, index: int, *, attempt: int) -> str:
+    """Each attempt writes its own keys: a late upload by a worker that lost its lease can
+    never overwrite the images another attempt's record points to."""
+    return f"outputs/{job_id}/{attempt}/{index}.png"

@@ -61,7 +61,7 @@ class Rules:
 def decide(seen: Observed, rules: Rules) -> Decision:
     record = seen.record
     if record is None:
-        return Decision.nothing("no job record (run-job fails such a Job with exit 2)")
+        return Decision.nothing("no job record (run-job fails such a Job with RunJobExit.NEVER)")
     if record.state.terminal:
         if record.state is JobState.CANCELLED and seen.job is not None and not is_finished(seen.job):
             return Decision(Act.DELETE_JOB, "the job was cancelled")

@@ -40,7 +40,8 @@ class EmbeddedQueue:
 
     @staticmethod
     def enqueue_in(conn: sqlite3.Connection, job: Job) -> None:
-        """Insert the queue row inside someone else's transaction (the job store's create)."""
+        """Insert the queue row inside someone else's transaction (the job store's write of a
+        queued record). A row already on the job's lane is left as it is (its lease, its back-off)."""
         now = time.time()
         # Idempotent for the same lane; a job moved to another lane (e.g. after running out of
         # memory) takes its entry along, and the old holder's lease token stops matching.
@@ -52,8 +53,13 @@ class EmbeddedQueue:
         )
 
     def dispatch(self, job: Job) -> None:
-        with self.db.write() as conn:
-            self.enqueue_in(conn, job)
+        # With the SQLite job store the row committed with the record: then this is one read and
+        # a ring, never a second write transaction that could fail after the job was accepted.
+        with self.db.read() as conn:
+            row = conn.execute("SELECT lane FROM queue WHERE job_id = ?", (job.id,)).fetchone()
+        if row is None or row[0] != job.lane:
+            with self.db.write() as conn:
+                self.enqueue_in(conn, job)
         doorbell.ring(self.bell_dir, WORKER_ROLE)
 
     def cancel(self, job: Job) -> None:

@@ -11,6 +11,8 @@ import dataclasses
 import math
 from typing import Any, Protocol
 
+from difflane.exitcodes import RunJobExit
+
 # Labels every object difflane creates carries; the controller watches by the first one.
 MANAGED_BY = "app.kubernetes.io/managed-by"
 MANAGED_BY_VALUE = "difflane"
@@ -22,7 +24,6 @@ SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE},app.kubernetes.io/component=job"
 
 JOB_NAME_PREFIX = "dl-"
 CONTAINER = "worker"
-EXIT_INVALID_INPUT = 2  # `difflane run-job`: the job can never succeed (see difflane.cli)
 
 # Where GPU node pools keep pods that do not ask for a GPU away: AKS's documented taint for GPU
 # pools, and the one the NVIDIA GPU operator's guides use. Tolerating both costs nothing.
@@ -156,7 +157,17 @@ def build_job(job_id: str, lane: LaneSpec, template: JobTemplate) -> dict[str, A
                 # run-job's "can never succeed": retrying only burns GPU time.
                 {
                     "action": "FailJob",
-                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_INPUT]},
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [int(RunJobExit.NEVER)]},
+                },
+                # run-job gave the job back after a SIGTERM (its record is queued, no attempt
+                # spent): a new pod takes it, without counting against backoffLimit.
+                {
+                    "action": "Ignore",
+                    "onExitCodes": {
+                        "containerName": CONTAINER,
+                        "operator": "In",
+                        "values": [int(RunJobExit.GIVEN_BACK)],
+                    },
                 },
                 # Preemption, node drain, eviction: not the job's fault, so no attempt is spent.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},

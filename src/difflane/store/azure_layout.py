@@ -7,7 +7,7 @@ t/<tenant>/s/<subject>/idempotency/<sha256(key)>  create-only: {fingerprint, job
 ids/<id>                                           create-only: which owner a job id belongs to
 lanes/<lane>/running/<id>                          marker while the job runs (backlog = messages - running)
 outbox/<id>                                        accepted but not yet dispatched (the sweeper's work list)
-outputs/<id>/<n>.png                               results (the BlobStore's keys)
+outputs/<id>/<attempt>/<n>.png                     results (the BlobStore's keys), one folder per attempt
 ```
 
 Blob listing is in ascending name order and cannot start from a given name on Azurite (the

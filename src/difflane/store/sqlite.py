@@ -130,16 +130,17 @@ def _statements(script: str) -> list[str]:
     return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
 
 
-# Runs inside the creating transaction: lets the embedded queue enqueue atomically with the record.
-OnCreate = Callable[[sqlite3.Connection, Job], None]
+# Runs inside the transaction that writes a queued record (its creation, a retry, a move to another
+# lane): the embedded queue's entry commits with the record, so the two never disagree.
+OnQueued = Callable[[sqlite3.Connection, Job], None]
 
 
 class SqliteJobStore:
     def __init__(
-        self, db: Database, *, on_create: OnCreate | None = None, on_update: Callable[[Job], None] | None = None
+        self, db: Database, *, on_queued: OnQueued | None = None, on_update: Callable[[Job], None] | None = None
     ) -> None:
         self.db = db
-        self._on_create = on_create
+        self._on_queued = on_queued
         self._on_update = on_update  # after commit: tells watchers (event streams) to look
 
     def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> tuple[Job, bool]:
@@ -165,8 +166,8 @@ class SqliteJobStore:
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"job {job.id} already exists", code="job_exists") from exc
             conn.execute("INSERT INTO job_history (job_id, version, record) VALUES (?, 1, ?)", (job.id, text))
-            if self._on_create is not None:
-                self._on_create(conn, stored)
+            if self._on_queued is not None:
+                self._on_queued(conn, stored)
         return stored, True
 
     @staticmethod
@@ -212,6 +213,8 @@ class SqliteJobStore:
                 "INSERT INTO job_history (job_id, version, record) VALUES (?, ?, ?)",
                 (job.id, stored.version, text),
             )
+            if self._on_queued is not None and stored.state is JobState.QUEUED:
+                self._on_queued(conn, stored)
         if self._on_update is not None:
             self._on_update(stored)
         return stored

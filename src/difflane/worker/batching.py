@@ -15,6 +15,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from difflane.dispatch.base import Delivery, WorkSource
+from difflane.errors import Unavailable
 from difflane.jobs import Job
 from difflane.lanes import Lane
 from difflane.store.base import JobStore
@@ -57,14 +58,20 @@ class Batcher:
         self._lock = threading.Lock()
 
     def next_batch(self, timeout: float) -> list[Delivery]:
-        """The next batch (empty after ``timeout`` with no work)."""
+        """The next batch (empty after ``timeout`` with no work).
+
+        Every delivery received here leaves in the batch, in the held list, or given back: an
+        error while forming a batch ends the forming, it never strands a claimed delivery.
+        """
         with self._lock:
             first = self._held.pop(0) if self._held else None
         if first is None:
             delivery = self.source.receive(self.lanes, timeout)
             if delivery is None:
                 return []
-            first = self._describe(delivery)
+            first = self._describe_or_give_back(delivery)
+            if first is None:
+                raise Unavailable("could not read the delivered job", retry_after=1)  # the worker pauses
         if first.key is None:
             return [first.delivery]
         lane = self.lane_of(first.delivery.lane)
@@ -80,10 +87,16 @@ class Batcher:
             remaining = deadline - self.clock()
             if remaining <= 0:
                 break
-            delivery = self.source.receive([first.delivery.lane], remaining)
+            try:
+                delivery = self.source.receive([first.delivery.lane], remaining)
+            except Exception:  # run what we have; the next receive reports the outage
+                log.warning("receive failed while forming a batch; running the batch formed so far", exc_info=True)
+                break
             if delivery is None:
                 break
-            found = self._describe(delivery)
+            found = self._describe_or_give_back(delivery)
+            if found is None:
+                break
             if found.key == first.key and images + found.images <= lane.max_batch:
                 batch.append(delivery)
                 images += found.images
@@ -91,6 +104,17 @@ class Batcher:
                 with self._lock:
                     self._held.append(found)
         return batch
+
+    def _describe_or_give_back(self, delivery: Delivery) -> _Held | None:
+        try:
+            return self._describe(delivery)
+        except Exception:  # the store is failing: hand the delivery back, do not sit on it
+            log.warning("could not read a delivered job; giving the delivery back", exc_info=True)
+            try:
+                delivery.retry(1.0)
+            except Exception:  # its lease expires and it is delivered again
+                log.warning("could not give the delivery back either", exc_info=True)
+            return None
 
     def held(self) -> int:
         with self._lock:

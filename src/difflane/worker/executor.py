@@ -1,31 +1,35 @@
 """Runs delivered jobs, alone or as one batch: claim, render with progress and cancel, upload, settle.
 
 The job record decides everything. A delivery for a finished job is acknowledged without work;
-a lost lease stops the work without touching the record (someone else holds it now); outputs
-are uploaded under deterministic keys before the record says succeeded, so a crash in between
-only means the next attempt overwrites the same blobs with the same bytes.
+a delivery on a lane the record has left is re-routed, not run; a lost lease stops the work
+without touching the record (someone else holds it now). Attempts are counted on the record, by
+claims only: a duplicate delivery, a lost queue lock or a graceful give-back spends none.
+
+Outputs are uploaded under keys of their attempt (``outputs/<job>/<attempt>/<n>.png``) before
+the record says succeeded, so a late upload by a worker that lost its lease never overwrites the
+winner's images. Whoever ends a job removes what other attempts left behind: a cancelled or
+failed job keeps no files, a succeeded one only those its record names.
 
 In a batch every job keeps its own fate: one job's cancel drops only its images, one job's lost
-lease touches only that job. What happens to the pipeline call (timeout, out of memory, crash)
-happens to every job still in it.
+lease or failing upload touches only that job. What happens to the pipeline call (timeout, out
+of memory, crash) happens to every job still in it.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import enum
 import hashlib
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 from difflane import __version__, png
 from difflane.blobs.base import BlobStore, output_key
 from difflane.catalog import Catalog, ModelSpec
 from difflane.dispatch.base import Delivery, Dispatcher
-from difflane.errors import IllegalTransition, NotFound
+from difflane.errors import DifflaneError, IllegalTransition, InvalidInput, NotFound
 from difflane.jobs import ErrorCode, Job, JobState, Output, RunMetrics
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import JobStore, mutate
@@ -50,7 +54,8 @@ class Outcome(enum.StrEnum):
     FAILED = "failed"
     CANCELLED = "cancelled"
     MOVED = "moved"  # sent to another lane (out of memory with on_oom)
-    REQUEUED = "requeued"  # given back: retry later, shutdown, or a duplicate delivery
+    REQUEUED = "requeued"  # given back: retry later, or shutdown
+    DEFERRED = "deferred"  # a duplicate delivery while another worker holds the job: look again later
     SKIPPED = "skipped"  # nothing to do: already finished, unknown, or the lease was lost
 
 
@@ -140,21 +145,25 @@ class Executor:
             # A duplicate while another worker runs the job: not an attempt of ours, so it must
             # not count towards max_attempts. Look again when that lease would expire.
             return self._not_claimed(job, delivery)
-        max_attempts = self.lane(job.lane).max_attempts or self.config.max_attempts
-        if delivery.attempt > max_attempts:
-            return self._fail(
+        if job.cancel_requested:
+            return self._settle_cancel(job, delivery)  # its worker died or gave it back before honouring it
+        if delivery.lane != job.lane:
+            return self._reroute(job, delivery)
+        max_attempts = self._max_attempts(job)
+        if job.attempts >= max_attempts:
+            return self._give_up(
                 job,
                 delivery,
                 ErrorCode.MAX_ATTEMPTS,
-                f"delivered {delivery.attempt} times without finishing (at most {max_attempts} attempts)",
-                dead_letter=True,
+                f"ran {job.attempts} times without finishing (at most {max_attempts} attempts)",
             )
         if self.catalog.get(job.request.model) is None:
-            return self._fail(
+            return self._give_up(
                 job,
                 delivery,
                 ErrorCode.MODEL_UNAVAILABLE,
                 f"model {job.request.model!r} is not in this worker's catalog",
+                dead_letter=False,
             )
         worker, lease = self.config.worker_id, self.config.lease_seconds
         try:
@@ -167,19 +176,34 @@ class Executor:
         log.info("job started", extra={"job_id": job.id, "attempt": claimed.attempts, "delivery": delivery.attempt})
         return _Item(delivery, claimed, wait)
 
+    def _max_attempts(self, job: Job) -> int:
+        return self.lane(job.lane).max_attempts or self.config.max_attempts
+
     def _not_claimed(self, job: Job, delivery: Delivery) -> Outcome:
         current = self.store.get(job.id)
         if current is None or current.state.terminal:
             delivery.ack()
             return Outcome.SKIPPED
-        if current.cancel_requested and current.state is JobState.RUNNING:
-            return self._settle_cancel(current, delivery)  # its worker died before honouring the cancel
+        if current.cancel_requested and not _held_elsewhere(current, self.config.worker_id):
+            return self._settle_cancel(current, delivery)
         # Running under someone else's live lease: a duplicate delivery. Look again when that
         # lease would expire, in case its holder dies.
         lease = self.config.lease_seconds
         remaining = (current.lease.expires_at - time.time()) if current.lease else lease
         delivery.retry(max(remaining, 1.0))
-        return Outcome.REQUEUED
+        return Outcome.DEFERRED
+
+    def _reroute(self, job: Job, delivery: Delivery) -> Outcome:
+        """The record moved to another lane (out of memory with on_oom) but this delivery is
+        still on the old one, because the move's dispatch failed: send it where it belongs."""
+        if self.dispatcher is None:
+            return self._give_up(
+                job, delivery, ErrorCode.INTERNAL, f"delivered on lane {delivery.lane} but queued on {job.lane}"
+            )
+        self.dispatcher.dispatch(job)  # idempotent; if it fails this delivery comes back and tries again
+        delivery.ack()
+        log.warning("delivery re-routed from lane %s to lane %s", delivery.lane, job.lane, extra={"job_id": job.id})
+        return Outcome.MOVED
 
     # --- running -------------------------------------------------------------------------------
 
@@ -242,7 +266,10 @@ class Executor:
             if item.outcome is not None or item.stop is not None:
                 continue  # cancelled (already settled) or lost mid-batch: its images are dropped
             with job_context(item.job.id):
-                self._complete(item, spec, mine, dataclasses.replace(run, queue_wait_s=round(item.queue_wait_s, 4)))
+                try:
+                    self._complete(item, spec, mine, dataclasses.replace(run, queue_wait_s=round(item.queue_wait_s, 4)))
+                except Exception as exc:  # noqa: BLE001 - one job's failure must not touch its neighbours
+                    item.outcome = self._after_upload_error(item, exc)
 
     def _on_step(self, items: list[_Item], keeper: _LeaseKeeper, step: int, total: int) -> bool:
         if self.should_give_back():
@@ -258,6 +285,9 @@ class Executor:
             except (IllegalTransition, NotFound):
                 item.stop = _Stop.LOST
                 continue
+            except Exception:  # progress is best effort; the lease keeper guards the claim
+                log.warning("could not record progress", exc_info=True, extra={"job_id": item.job.id})
+                continue
             if item.job.cancel_requested:
                 item.stop = _Stop.CANCEL
                 with job_context(item.job.id):
@@ -267,28 +297,60 @@ class Executor:
 
     def _complete(self, item: _Item, spec: ModelSpec, images: list[RenderedImage], run: RunMetrics) -> None:
         job = item.job
-        outputs = tuple(self._upload(job, spec, i, image) for i, image in enumerate(images))
+        outputs: list[Output] = []
         try:
-            done = mutate(self.store, job.id, lambda j: j.succeed(self.config.worker_id, outputs, metrics=run))
+            for i, image in enumerate(images):
+                outputs.append(self._upload(job, spec, i, image))
+            done = mutate(self.store, job.id, lambda j: j.succeed(self.config.worker_id, tuple(outputs), metrics=run))
         except IllegalTransition:
+            self._delete(o.key for o in outputs)  # not ours to keep: the job is someone else's now
             current = self.store.get(job.id)
-            if current is not None and current.cancel_requested and current.state is JobState.RUNNING:
-                for o in outputs:  # a cancelled job keeps no outputs
-                    self.blobs.delete(o.key)
+            if current is not None and current.cancel_requested and not current.state.terminal:
                 item.outcome = self._settle_cancel(current, item.delivery)
             else:
                 item.outcome = Outcome.SKIPPED  # the lease was lost; the holder decides
             return
+        except BaseException:
+            self._delete(o.key for o in outputs)
+            raise
         item.delivery.ack()
         item.outcome = Outcome.SUCCEEDED
+        self._discard_outputs(done, keep={o.key for o in done.outputs})
         metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "succeeded", "").inc()
         log.info("job succeeded", extra={"outputs": len(outputs), "batch_size": run.batch_size})
+
+    def _after_upload_error(self, item: _Item, exc: Exception) -> Outcome:
+        """Encoding or storing one job's images failed: that job alone fails or retries."""
+        if isinstance(exc, InvalidInput):
+            return self._fail(item.job, item.delivery, ErrorCode.INVALID_INPUT, exc.message)
+        if not isinstance(exc, DifflaneError):
+            log.exception("storing the job's images failed")
+        return self._retry(item.job, item.delivery, f"storing images failed: {type(exc).__name__}: {exc}")
 
     def _upload(self, job: Job, spec: ModelSpec, index: int, image: RenderedImage) -> Output:
         r = job.request
         seed = r.seeds()[index]
         # Only parameters go into the PNG (no job id, no time): same parameters, same bytes.
-        data = png.encode(
+        try:
+            data = self._encode(job, spec, seed, image)
+        except ValueError as exc:  # e.g. a NUL in the prompt, which a PNG text chunk cannot hold
+            raise InvalidInput(f"the image cannot be written: {exc}") from exc
+        key = output_key(job.id, index, attempt=job.attempts)
+        self.blobs.put(key, data, "image/png")
+        return Output(
+            index=index,
+            key=key,
+            bytes=len(data),
+            sha256=hashlib.sha256(data).hexdigest(),
+            seed=seed,
+            width=image.width,
+            height=image.height,
+        )
+
+    @staticmethod
+    def _encode(job: Job, spec: ModelSpec, seed: int, image: RenderedImage) -> bytes:
+        r = job.request
+        return png.encode(
             image.width,
             image.height,
             image.rgb,
@@ -305,17 +367,6 @@ class Executor:
                 "Software": f"difflane {__version__}",
             },
         )
-        key = output_key(job.id, index)
-        self.blobs.put(key, data, "image/png")
-        return Output(
-            index=index,
-            key=key,
-            bytes=len(data),
-            sha256=hashlib.sha256(data).hexdigest(),
-            seed=seed,
-            width=image.width,
-            height=image.height,
-        )
 
     # --- endings -------------------------------------------------------------------------------
 
@@ -328,11 +379,22 @@ class Executor:
                 if item.stop is _Stop.CANCEL:
                     item.outcome = self._settle_cancel(item.job, item.delivery)
                     continue
-                with contextlib.suppress(IllegalTransition, NotFound):
-                    mutate(self.store, item.job.id, lambda j: j.requeue(self.config.worker_id))
-                item.delivery.retry(0.0)
-                item.outcome = Outcome.REQUEUED
+                item.outcome = self.give_back(item.job, item.delivery)
                 log.info("job given back at shutdown")
+
+    def give_back(self, job: Job, delivery: Delivery) -> Outcome:
+        """Shutdown, eviction or preemption: the job goes back to its queue without spending an
+        attempt (a pending cancel ends it instead)."""
+        try:
+            back = mutate(self.store, job.id, lambda j: j.requeue(self.config.worker_id, refund=True))
+        except (IllegalTransition, NotFound):
+            return Outcome.SKIPPED  # no longer ours; its holder decides
+        if back.state.terminal:
+            self._discard_outputs(back)
+            delivery.ack()
+            return Outcome.CANCELLED
+        delivery.retry(0.0)
+        return Outcome.REQUEUED
 
     def _fail_all(self, items: list[_Item], code: ErrorCode, message: str) -> None:
         for item in self._live(items):
@@ -359,7 +421,18 @@ class Executor:
             moved = mutate(self.store, item.job.id, lambda j: j.move_to_lane(self.config.worker_id, target))
         except (IllegalTransition, NotFound):
             return Outcome.SKIPPED
-        self.dispatcher.dispatch(moved)  # idempotent; if this fails the lease expiry redelivers here
+        if moved.state.terminal:  # a pending cancel: nothing to move
+            self._discard_outputs(moved)
+            item.delivery.ack()
+            return Outcome.CANCELLED
+        try:
+            # Embedded: the record's write already moved the queue entry. Elsewhere, if this
+            # fails, the old lane's delivery comes back and is re-routed (see _reroute).
+            self.dispatcher.dispatch(moved)
+        except Exception:  # the record moved; re-routing repairs the queue
+            log.warning("could not dispatch the moved job; its old delivery will re-route it", exc_info=True)
+            item.delivery.retry(self.config.retry_backoff_seconds)
+            return Outcome.MOVED
         item.delivery.ack()
         log.warning("job moved to lane %s: %s", target, reason)
         return Outcome.MOVED
@@ -369,35 +442,68 @@ class Executor:
             done = mutate(self.store, job.id, lambda j: j.acknowledge_cancel())
         except IllegalTransition:
             current = self.store.get(job.id)
-            return Outcome.SKIPPED if current is None or current.state.terminal else Outcome.REQUEUED
+            if current is None or current.state.terminal:
+                delivery.ack()
+                return Outcome.SKIPPED
+            return Outcome.REQUEUED
+        self._discard_outputs(done)
         delivery.ack()
         metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "cancelled", "cancelled").inc()
         log.info("job cancelled")
         return Outcome.CANCELLED
 
     def _retry(self, job: Job, delivery: Delivery, reason: str) -> Outcome:
-        max_attempts = self.lane(job.lane).max_attempts or self.config.max_attempts
-        if delivery.attempt >= max_attempts:
+        max_attempts = self._max_attempts(job)
+        if job.attempts >= max_attempts:
             return self._fail(
                 job,
                 delivery,
                 ErrorCode.MAX_ATTEMPTS,
-                f"failed {delivery.attempt} times; last error: {reason}",
+                f"failed {job.attempts} times; last error: {reason}",
                 dead_letter=True,
             )
-        with contextlib.suppress(IllegalTransition, NotFound):
-            mutate(self.store, job.id, lambda j: j.requeue(self.config.worker_id))
-        delivery.retry(self.config.retry_backoff_seconds * 2 ** (delivery.attempt - 1))
+        try:
+            back = mutate(self.store, job.id, lambda j: j.requeue(self.config.worker_id))
+        except (IllegalTransition, NotFound):
+            return Outcome.SKIPPED  # no longer ours; its holder decides
+        if back.state.terminal:  # a pending cancel
+            self._discard_outputs(back)
+            delivery.ack()
+            return Outcome.CANCELLED
+        delivery.retry(self.config.retry_backoff_seconds * 2 ** max(job.attempts - 1, 0))
         return Outcome.REQUEUED
 
     def _fail(
         self, job: Job, delivery: Delivery, code: ErrorCode, message: str, *, dead_letter: bool = False
     ) -> Outcome:
+        """Fail a job this worker holds."""
+        return self._end_failed(
+            job, delivery, code, message, lambda j: j.fail(code, message, self.config.worker_id), dead_letter
+        )
+
+    def _give_up(
+        self, job: Job, delivery: Delivery, code: ErrorCode, message: str, *, dead_letter: bool = True
+    ) -> Outcome:
+        """Fail a job nobody holds, without running it."""
+        return self._end_failed(job, delivery, code, message, lambda j: j.give_up(code, message), dead_letter)
+
+    def _end_failed(
+        self,
+        job: Job,
+        delivery: Delivery,
+        code: ErrorCode,
+        message: str,
+        change: Callable[[Job], Job],
+        dead_letter: bool,
+    ) -> Outcome:
         try:
-            done = mutate(self.store, job.id, lambda j: j.fail(code, message))
+            done = mutate(self.store, job.id, change)
         except IllegalTransition:
-            delivery.ack()
-            return Outcome.SKIPPED
+            current = self.store.get(job.id)
+            if current is None or current.state.terminal:
+                delivery.ack()
+            return Outcome.SKIPPED  # someone else holds it now, or it is already final
+        self._discard_outputs(done)
         if dead_letter:
             delivery.dead_letter(code.value)
         else:
@@ -405,6 +511,24 @@ class Executor:
         metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "failed", code.value).inc()
         log.warning("job failed", extra={"code": code.value, "reason": message})
         return Outcome.FAILED
+
+    # --- files ---------------------------------------------------------------------------------
+
+    def _discard_outputs(self, job: Job, keep: set[str] | frozenset[str] = frozenset()) -> None:
+        """Remove every file any attempt of a finished job may have left, but those it keeps."""
+        keys = (
+            output_key(job.id, index, attempt=attempt)
+            for attempt in range(1, job.attempts + 1)
+            for index in range(job.request.num_images)
+        )
+        self._delete(k for k in keys if k not in keep)
+
+    def _delete(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            try:
+                self.blobs.delete(key)
+            except Exception:  # a leftover file is tidied by the next ending, never fatal
+                log.warning("could not delete blob %s", key, exc_info=True)
 
 
 def _held_elsewhere(job: Job, worker: str) -> bool:
@@ -466,19 +590,31 @@ class _LeaseKeeper:
         config = self._executor.config
         while not self._done.wait(config.lease_seconds / 3):
             for item in self._items:
-                if item.outcome is not None or item.stop is not None:
-                    continue
-                try:
-                    held = item.delivery.renew(config.lease_seconds)
-                    with self.lock:
-                        mutate(
-                            self._executor.store, item.job.id, lambda j: j.renew(config.worker_id, config.lease_seconds)
-                        )
-                except (IllegalTransition, NotFound):
-                    held = False
-                except Exception:
-                    log.warning("lease renewal failed; will retry", exc_info=True)
-                    continue
-                if not held:
-                    log.warning("lease lost; the job stops at the next step", extra={"job_id": item.job.id})
-                    item.stop = _Stop.LOST
+                if item.outcome is None and item.stop is None:
+                    self._renew(item)
+
+    def _renew(self, item: _Item) -> None:
+        config = self._executor.config
+        try:
+            if not item.delivery.renew(config.lease_seconds):
+                # The queue's lock is gone (a redelivery may follow), but the record decides who
+                # runs the job: a duplicate finds our live lease and waits. Go on.
+                log.info("queue lease lost; the record lease still holds the job", extra={"job_id": item.job.id})
+        except Exception:  # same: the record lease below is what counts
+            log.warning("queue lease renewal failed", exc_info=True, extra={"job_id": item.job.id})
+        try:
+            with self.lock:
+                item.job = mutate(
+                    self._executor.store, item.job.id, lambda j: j.renew(config.worker_id, config.lease_seconds)
+                )
+            return
+        except (IllegalTransition, NotFound):
+            pass  # someone else holds the job now
+        except Exception:  # retried until our lease runs out
+            lease = item.job.lease
+            if lease is not None and time.time() < lease.expires_at:
+                log.warning("record lease renewal failed; will retry", exc_info=True, extra={"job_id": item.job.id})
+                return
+        # Past this point another worker may have taken the job: never write to it again.
+        log.warning("lease lost; the job stops at the next step", extra={"job_id": item.job.id})
+        item.stop = _Stop.LOST

@@ -135,7 +135,14 @@ class IsolatedRuntime:
         while True:
             message = self._receive(deadline, what=f"render of {task.model.name}")
             if isinstance(message, Step):
-                conn.send(GoOn(on_step(message.step, message.total)))
+                try:
+                    go_on = on_step(message.step, message.total)
+                except BaseException:
+                    # The child waits for an answer to every step: give it one (stop), and read
+                    # the render's end, so the next request's reply is not taken for this one's.
+                    self._abandon_render(conn, deadline, task)
+                    raise
+                conn.send(GoOn(go_on))
             elif isinstance(message, Done):
                 self._last_stats = message.stats
                 return message.images
@@ -143,6 +150,21 @@ class IsolatedRuntime:
                 raise _exception(message)
             else:
                 raise RuntimeCrashed(f"unexpected message from the model process: {message!r}")
+
+    def _abandon_render(
+        self, conn: multiprocessing.connection.Connection, deadline: float | None, task: RenderTask
+    ) -> None:
+        try:
+            conn.send(GoOn(False))
+            while True:
+                message = self._receive(deadline, what=f"render of {task.model.name}")
+                if isinstance(message, Step):
+                    conn.send(GoOn(False))
+                elif isinstance(message, Done | Failed):
+                    return
+        except Exception:  # out of step for good: a fresh child is the safe state
+            log.warning("model process out of step after a failed step callback; restarting it", exc_info=True)
+            self._kill()
 
     @property
     def last_stats(self) -> RenderStats | None:

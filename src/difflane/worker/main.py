@@ -7,6 +7,7 @@ import os
 import signal
 import socket
 import threading
+import time
 import uuid
 from types import FrameType
 
@@ -14,7 +15,8 @@ from difflane import wiring
 from difflane.catalog import ModelSpec
 from difflane.dispatch.base import WorkSource
 from difflane.errors import ConfigError, InvalidInput
-from difflane.jobs import is_job_id
+from difflane.exitcodes import RunJobExit
+from difflane.jobs import ErrorCode, JobState, is_job_id
 from difflane.lanes import Lane
 from difflane.settings import Settings
 from difflane.telemetry import logging as log_setup
@@ -131,6 +133,7 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    _stop_when_orphaned(worker)
     try:
         if isinstance(runtime, IsolatedRuntime):
             runtime.start()
@@ -145,18 +148,40 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
         parts.close()
 
 
+SUPERVISOR_PID_ENV = "DIFFLANE_SUPERVISOR_PID"  # set by `difflane serve` for the workers it starts
+ORPHAN_CHECK_S = 1.0
+
+
+def _stop_when_orphaned(worker: Worker) -> None:
+    """A worker started by ``difflane serve`` must not outlive it: if the supervisor dies (even
+    by SIGKILL) the worker is re-parented, notices, and stops the way SIGTERM stops it."""
+    raw = os.environ.get(SUPERVISOR_PID_ENV, "")
+    if not raw.isdigit():
+        return
+    supervisor = int(raw)
+
+    def watch() -> None:
+        while os.getppid() == supervisor:
+            time.sleep(ORPHAN_CHECK_S)
+        log.warning("the supervising `difflane serve` (pid %d) is gone: stopping", supervisor)
+        worker.request_stop()
+
+    threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
 class _OneShotDelivery:
     """``run-job`` has no queue: settlement is the exit code, the attempt count is the record's."""
 
     def __init__(self, job_id: str, lane: str, attempt: int) -> None:
         self.job_id, self.lane, self.attempt = job_id, lane, attempt
         self.settled: str | None = None
+        self.retry_in = 0.0
 
     def ack(self) -> None:
         self.settled = "ack"
 
     def retry(self, delay: float = 0.0) -> None:
-        self.settled = "retry"
+        self.settled, self.retry_in = "retry", delay
 
     def dead_letter(self, reason: str) -> None:
         self.settled = "dead_letter"
@@ -165,18 +190,31 @@ class _OneShotDelivery:
         return True
 
 
-def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) -> int:
-    """Exit code: 0 the job is final (or needs nothing), 1 retry later, 2 it can never succeed."""
+class GiveBack(BaseException):
+    """SIGTERM reached ``run-job``: unwind whatever it is doing (a BaseException, so no
+    ``except Exception`` on the way retries or fails the job) and give the job back."""
+
+
+def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) -> RunJobExit:
+    """One job, then exit. A SIGTERM (eviction, node drain, Kueue preemption) gives the job back
+    at once without spending an attempt; a duplicate pod waits out the live lease of the pod
+    that holds the job instead of failing (which would spend the Job's backoffLimit)."""
     log_setup.setup(settings.log_level, settings.log_format)
     if not is_job_id(job_id):
         log.error("not a job id: %r", job_id)
-        return 2
+        return RunJobExit.NEVER
     parts = wiring.build(settings)
+    executor: Executor | None = None
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        raise GiveBack()
+
+    previous = signal.signal(signal.SIGTERM, on_sigterm)
     try:
         job = parts.store.get(job_id)
         if job is None:
             log.error("job %s not found", job_id)
-            return 2
+            return RunJobExit.NEVER
         lane = parts.lanes.get(job.lane)
         if lane is not None:
             check_capacity(settings, [lane])
@@ -185,12 +223,41 @@ def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) 
             # run-job (a Kubernetes Job per job) cannot hand a job to another lane: the Job's
             # name is the job's, so a new Job for the new lane could not be created. OOM fails.
             executor = _executor(settings, parts, runtime, can_move=False)
-            outcome = executor.execute(_OneShotDelivery(job_id, job.lane, job.attempts + 1))
+            return _run_until_settled(executor, parts, job_id)
         finally:
             runtime.close()
+    except GiveBack:
+        log.info("SIGTERM: giving the job back", extra={"job_id": job_id})
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # one give-back; a second signal must not cut it short
+        if executor is not None:
+            _give_back_quietly(executor, parts, job_id)
+        return RunJobExit.GIVEN_BACK
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+        parts.close()
+
+
+def _run_until_settled(executor: Executor, parts: wiring.Components, job_id: str) -> RunJobExit:
+    while True:
+        job = parts.store.get(job_id)
+        delivery = _OneShotDelivery(job_id, job.lane if job else "", (job.attempts if job else 0) + 1)
+        outcome = executor.execute(delivery)
+        if outcome is Outcome.DEFERRED:
+            # Another pod holds the job under a live lease (a replacement racing the old pod):
+            # wait for it to finish or for its lease to run out, then look again.
+            time.sleep(min(max(delivery.retry_in, 1.0), 60.0))
+            continue
         if outcome is Outcome.FAILED:
             final = parts.store.get(job_id)
-            return 2 if final and final.error and final.error.code.value == "invalid_input" else 0
-        return 1 if outcome is Outcome.REQUEUED else 0
-    finally:
-        parts.close()
+            invalid = final is not None and final.error is not None and final.error.code is ErrorCode.INVALID_INPUT
+            return RunJobExit.NEVER if invalid else RunJobExit.DONE
+        return RunJobExit.RETRY if outcome is Outcome.REQUEUED else RunJobExit.DONE
+
+
+def _give_back_quietly(executor: Executor, parts: wiring.Components, job_id: str) -> None:
+    try:
+        job = parts.store.get(job_id)
+        if job is not None and job.state is JobState.RUNNING:
+            executor.give_back(job, _OneShotDelivery(job_id, job.lane, job.attempts))
+    except Exception:
+        log.warning("could not give the job back; its lease expires and the controller requeues it", exc_info=True)
