@@ -45,6 +45,9 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: float = Field(30.0, ge=0)
     device: Literal["auto", "cpu", "cuda"] = "auto"
     sqlite_busy_timeout_ms: int = Field(5000, ge=0)
+    # normal: a 202 survives a crash of any difflane process; full: also an OS crash or power
+    # loss, at the cost of an fsync per commit (docs/architecture/0007-faults-and-attempts.md).
+    sqlite_synchronous: Literal["normal", "full"] = "normal"
 
     # models
     catalog: Path | None = None  # YAML; default: the built-in catalog (model "tiny")

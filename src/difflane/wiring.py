@@ -69,12 +69,20 @@ def _backends(settings: Settings, catalog: Catalog) -> Components:
 
 def _embedded(settings: Settings, catalog: Catalog) -> Components:
     bell_dir = doorbell.socket_dir(settings.data_dir)
-    db = Database(settings.database_path, busy_timeout_ms=settings.sqlite_busy_timeout_ms)
+    db = _database(settings)
     queue = EmbeddedQueue(db, bell_dir, lease_seconds=settings.lease_seconds)
     # Same database file: the queue row commits in the transaction that writes a queued record.
     store = SqliteJobStore(db, on_queued=queue.enqueue_in, on_update=lambda job: doorbell.ring(bell_dir, "api"))
     blobs = LocalBlobStore(settings.results_path)
     return Components(store, blobs, queue, queue, catalog, bell_dir=bell_dir, local_store=True)
+
+
+def _database(settings: Settings) -> Database:
+    return Database(
+        settings.database_path,
+        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
+        synchronous=settings.sqlite_synchronous,
+    )
 
 
 def _kubernetes(settings: Settings, catalog: Catalog) -> Components:
@@ -89,7 +97,7 @@ def _kubernetes(settings: Settings, catalog: Catalog) -> Components:
         sweeper = Sweeper(store, outbox, dispatcher.dispatch, interval_s=settings.azure_sweep_seconds)
         return Components(store, blobs, OutboxDispatcher(dispatcher, outbox, sweeper), None, catalog)
     # SQLite (one node, or a shared volume): the controller's sweep finds records without a Job.
-    sqlite = SqliteJobStore(Database(settings.database_path, busy_timeout_ms=settings.sqlite_busy_timeout_ms))
+    sqlite = SqliteJobStore(_database(settings))
     return Components(sqlite, LocalBlobStore(settings.results_path), dispatcher, None, catalog)
 
 
@@ -123,7 +131,7 @@ def _azure(settings: Settings, catalog: Catalog) -> Components:
     else:  # one machine: the embedded queue in SQLite beside records in Blob Storage
         bell_dir = doorbell.socket_dir(settings.data_dir)
         queue = EmbeddedQueue(
-            Database(settings.database_path, busy_timeout_ms=settings.sqlite_busy_timeout_ms),
+            _database(settings),
             bell_dir,
             lease_seconds=settings.lease_seconds,
         )

@@ -147,8 +147,9 @@ class Platform:
         raise AssertionError(f"job {job_id} never matched; last: {self.job(job_id)}\n{logs}")
 
     def output_files(self, job_id: str) -> list[Path]:
+        """Every file under the job's result folder (all attempts, temporary files included)."""
         folder = self.data_dir / "results" / "outputs" / job_id
-        return sorted(folder.glob("*.png")) if folder.exists() else []
+        return sorted(f for f in folder.rglob("*") if f.is_file()) if folder.exists() else []
 
     def close(self) -> None:
         for proc in self.procs:

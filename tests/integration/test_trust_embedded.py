@@ -107,3 +107,14 @@ def test_a_failing_step_callback_leaves_parent_and_child_in_step(tmp_path: Path)
         assert runtime.load(SPEC) >= 0  # type: ignore[arg-type]  # and a Load gets a Loaded back
     finally:
         runtime.close()
+
+
+@pytest.mark.parametrize(("setting", "pragma"), [("normal", 1), ("full", 2)])
+def test_sqlite_synchronous_follows_the_setting(tmp_path: Path, setting: str, pragma: int) -> None:
+    """The durability promise is a setting (note 0007): FULL survives power loss too."""
+    db = Database(tmp_path / "d.db", synchronous=setting)  # type: ignore[arg-type]
+    try:
+        with db.read() as conn:
+            assert conn.execute("PRAGMA synchronous").fetchone()[0] == pragma
+    finally:
+        db.close()

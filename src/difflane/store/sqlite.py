@@ -14,6 +14,7 @@ import threading
 from collections.abc import Callable, Iterator, Sequence
 from importlib import resources
 from pathlib import Path
+from typing import Literal
 
 from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
 from difflane.jobs import Job, JobState, Principal
@@ -40,8 +41,10 @@ class Database:
         busy_timeout_ms: int = 5000,
         migrations: Sequence[str] | None = None,
         name: str = "job database",
+        synchronous: Literal["normal", "full"] = "normal",
     ) -> None:
         self.path = Path(path)
+        self.synchronous = synchronous
         self.name = name
         self.busy_timeout_ms = busy_timeout_ms
         self._migrations = (
@@ -66,9 +69,9 @@ class Database:
             conn = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False, timeout=0)
             conn.execute(f"PRAGMA busy_timeout = {int(self.busy_timeout_ms)}")
             conn.execute("PRAGMA journal_mode = WAL")
-            # NORMAL in WAL mode: a commit survives a process crash; only an OS crash can lose
-            # the last commits. FULL would fsync every commit and cap admission throughput.
-            conn.execute("PRAGMA synchronous = NORMAL")
+            # NORMAL in WAL mode: a commit survives a process crash; only an OS crash or power
+            # loss can lose the last commits. FULL fsyncs every commit (see note 0007).
+            conn.execute(f"PRAGMA synchronous = {'FULL' if self.synchronous == 'full' else 'NORMAL'}")
             conn.execute("PRAGMA foreign_keys = ON")
             self._local.conn = conn
             with self._all_lock:

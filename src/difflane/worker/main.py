@@ -104,6 +104,9 @@ def warm_up(runtime: Runtime, models: list[ModelSpec], lanes: dict[str, Lane]) -
 
 def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: int | None = None) -> None:
     log_setup.setup(settings.log_level, settings.log_format)
+    if _orphaned():
+        log.warning("the `difflane serve` that started this worker is gone: not starting")
+        return
     parts = wiring.build(settings)
     if parts.source is None:
         raise InvalidInput("this dispatch backend hands jobs to `difflane run-job`; there is no queue to serve")
@@ -155,18 +158,26 @@ ORPHAN_CHECK_S = 1.0
 def _stop_when_orphaned(worker: Worker) -> None:
     """A worker started by ``difflane serve`` must not outlive it: if the supervisor dies (even
     by SIGKILL) the worker is re-parented, notices, and stops the way SIGTERM stops it."""
-    raw = os.environ.get(SUPERVISOR_PID_ENV, "")
-    if not raw.isdigit():
+    if _supervisor_pid() is None:
         return
-    supervisor = int(raw)
 
     def watch() -> None:
-        while os.getppid() == supervisor:
+        while not _orphaned():
             time.sleep(ORPHAN_CHECK_S)
-        log.warning("the supervising `difflane serve` (pid %d) is gone: stopping", supervisor)
+        log.warning("the supervising `difflane serve` is gone: stopping")
         worker.request_stop()
 
     threading.Thread(target=watch, name="orphan-watch", daemon=True).start()
+
+
+def _supervisor_pid() -> int | None:
+    raw = os.environ.get(SUPERVISOR_PID_ENV, "")
+    return int(raw) if raw.isdigit() else None
+
+
+def _orphaned() -> bool:
+    supervisor = _supervisor_pid()
+    return supervisor is not None and os.getppid() != supervisor
 
 
 class _OneShotDelivery:
