@@ -23,6 +23,9 @@ SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE},app.kubernetes.io/component=job"
 JOB_NAME_PREFIX = "dl-"
 CONTAINER = "worker"
 EXIT_INVALID_INPUT = 2  # `difflane run-job`: the job can never succeed (see difflane.cli)
+# `difflane run-job`: nothing ran, another pod's lease on the record is still live (a replacement
+# pod started before the old pod's lease ran out). Not an attempt: the Job ignores it.
+EXIT_HELD_ELSEWHERE = 3
 
 # Where GPU node pools keep pods that do not ask for a GPU away: AKS's documented taint for GPU
 # pools, and the one the NVIDIA GPU operator's guides use. Tolerating both costs nothing.
@@ -157,6 +160,13 @@ def build_job(job_id: str, lane: LaneSpec, template: JobTemplate) -> dict[str, A
                 {
                     "action": "FailJob",
                     "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_INVALID_INPUT]},
+                },
+                # A replacement pod that met the old pod's live lease ran nothing: not an attempt.
+                # (The Job controller replaces it; run-job waits out the lease first, so the
+                # replacements come about once per lease, within activeDeadlineSeconds.)
+                {
+                    "action": "Ignore",
+                    "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [EXIT_HELD_ELSEWHERE]},
                 },
                 # Preemption, node drain, eviction: not the job's fault, so no attempt is spent.
                 {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]},
