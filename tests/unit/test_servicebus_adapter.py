@@ -261,3 +261,19 @@ def test_unknown_queue_is_unavailable(ns: FakeServiceBusNamespace) -> None:
         queue.dispatch(make_job(lane="nope"))
     with pytest.raises(Unavailable):
         queue.receive(["nope"], 0.05)
+
+
+def test_copies_of_copies_are_not_dropped_as_duplicates(
+    ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue, clock: ManualClock
+) -> None:
+    job = make_job()
+    queue.dispatch(job)
+    for _ in range(3):  # give-backs and delayed retries of each other's copies, all within the window
+        d = queue.receive(["fast"], 0.5)
+        assert d is not None and d.job_id == job.id
+        d.retry(0)
+        d = queue.receive(["fast"], 0.5)
+        assert d is not None and d.job_id == job.id
+        d.retry(1.0)
+        clock.advance(1.1)
+    assert len(ns.messages(Q)) == 1 and ns.dead_letters(Q) == []
