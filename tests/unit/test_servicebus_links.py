@@ -128,17 +128,31 @@ def test_a_short_receive_after_a_connection_error_is_not_unavailable(
     assert delivery is not None and delivery.job_id == second.id
 
 
-def test_settling_on_a_shut_down_handler_is_quiet(ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue) -> None:
+def test_settling_on_a_closed_receiver_is_quiet(ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue) -> None:
     queue.dispatch(make_job())
     delivery = queue.receive(["fast"], 0.5)
     assert delivery is not None
-    ns.down = True
-    with pytest.raises(ServiceBusConnectionError):  # e.g. the lease keeper's renewal, on the SDK
-        delivery._receiver.sdk.renew_message_lock(delivery._message)
-    ns.down = False
+    queue.source.close()  # the worker is shutting down while its executor finishes a job
     delivery.ack()  # ValueError from the SDK: logged, the message may come back, the record decides
+    delivery.retry(0)
     delivery.dead_letter("max_attempts")
-    assert ns.settlements == []
+    assert [what for _, what in ns.settlements] == []
+
+
+def test_a_settlement_after_a_connection_error_reopens_the_link(
+    ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue
+) -> None:
+    job = make_job()
+    queue.dispatch(job)
+    delivery = queue.receive(["fast"], 0.5)
+    assert delivery is not None
+    ns.down = True
+    with pytest.raises(ServiceBusConnectionError):  # e.g. the auto-renewer's renewal, on the SDK
+        delivery._receiver.sdk.renew_message_lock(delivery._message)
+    delivery.ack()  # still down: logged, nothing settled
+    ns.down = False
+    delivery.ack()  # the handler is shut down (ValueError): reopened, and the completion gets through
+    assert ns.settlements == [(job.id, "complete")]
 
 
 def test_a_renewal_reopens_the_link_so_the_settlement_gets_through(

@@ -426,18 +426,24 @@ class ServiceBusDelivery:
         return not self._lost.is_set()
 
     def _renew_lock(self) -> None:
+        # After a connection error the auto-renewer stops quietly: this renewal reopens the link.
         with self._receiver.lock:
-            try:
-                self._receiver.sdk.renew_message_lock(self._message)
-            except ValueError:
-                # The SDK shut the handler down after a connection error (its auto-renewer then
-                # stops quietly): reopen the link and renew through it once more.
-                self._receiver.sdk.__enter__()
-                self._receiver.sdk.renew_message_lock(self._message)
+            self._on_open_link(lambda sdk: sdk.renew_message_lock(self._message))
 
     def _settle(self, what: str, call: Callable[[Any], None]) -> None:
         with self._receiver.lock:
-            _settle_quietly(lambda: call(self._receiver.sdk), what=what, job_id=self.job_id)
+            _settle_quietly(lambda: self._on_open_link(call), what=what, job_id=self.job_id)
+
+    def _on_open_link(self, call: Callable[[Any], None]) -> None:
+        sdk = self._receiver.sdk
+        try:
+            call(sdk)
+        except ValueError:
+            # The SDK shut the handler down after a connection error; the lock may still be good,
+            # and a reopened link settles through the service's management link. (A receiver we
+            # closed raises ValueError again: the settlement is then lost, and that is allowed.)
+            sdk.__enter__()
+            call(sdk)
 
 
 def _settle_quietly(call: Callable[[], None], *, what: str = "settle", job_id: str = "") -> None:
