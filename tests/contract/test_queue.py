@@ -13,8 +13,8 @@ import pytest
 from difflane.dispatch.embedded import EmbeddedQueue
 from difflane.store.sqlite import Database
 from difflane.testing import MemoryQueue
-from difflane.testing_servicebus import FakeServiceBusQueue
 from tests.conftest import make_job
+from tests.fakes.servicebus import FakeServiceBusQueue
 
 LEASE = 0.5
 

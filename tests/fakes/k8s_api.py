@@ -4,7 +4,10 @@ No cluster exists here, so the real ``kubernetes`` client talks to this threaded
 It speaks jobs (``batch/v1``), pods (``v1``) and leases (``coordination.k8s.io/v1``) in one or
 more namespaces: create (409 AlreadyExists), get, list with label selectors, replace with
 resourceVersion checks (409 Conflict), delete with a propagation policy, and watch streams as
-chunked JSON lines from a resourceVersion (410 Gone after ``compact()``).
+chunked JSON lines from a resourceVersion (410 Gone after ``compact()``). A watch that asks for
+``allowWatchBookmarks=true`` gets BOOKMARK events, as the real server sends them: an object with
+only ``kind``, ``apiVersion`` and ``metadata.resourceVersion`` (no name), at ``send_bookmarks()``
+(the server's roughly once a minute) and just before the stream ends at its ``timeoutSeconds``.
 
 Nothing runs pods here: tests play the kubelet, the Job controller and Kueue through the helper
 methods at the bottom (``start_pod``, ``oom_kill``, ``suspend_job``, ...), each of which writes
@@ -90,12 +93,15 @@ class FakeKubernetes:
         self._faults: list[Fault] = []
         self._closing = False
         self._generation = 0  # bumped by break_watches()
+        self._bookmarks = 0  # bumped by send_bookmarks()
+        self.bookmarks_sent = 0
         self._watch_gate = threading.Event()
         self._watch_gate.set()
         self._suffixes = itertools.count(1)
         self.requests: list[tuple[str, str]] = []  # (method, path with query)
         self.deletions: list[tuple[str, str, str]] = []  # (resource, name, propagation policy)
         self.expired_watches = 0  # watches answered 410 Gone
+        self.counted_failures: dict[str, int] = {}  # Job name → pod failures counted towards backoffLimit
         self._server: ThreadingHTTPServer | None = None
         self.url = ""
 
@@ -161,12 +167,14 @@ class FakeKubernetes:
                 obj.setdefault("status", {})
             return self._write(resource, namespace, obj, "ADDED")
 
-    def watch(self, resource: str, namespace: str, selector: str, since: str, timeout_s: float) -> Iterator[Obj]:
+    def watch(
+        self, resource: str, namespace: str, selector: str, since: str, timeout_s: float, bookmarks: bool = False
+    ) -> Iterator[Obj]:
         """Watch events as the API server sends them; ends after ``timeout_s``."""
         self._watch_gate.wait(30)
         deadline = time.monotonic() + timeout_s
         with self._cond:
-            generation = self._generation
+            generation, bookmarked = self._generation, self._bookmarks
             if not since or since == "0":
                 start = self._rv
                 initial = [
@@ -184,6 +192,8 @@ class FakeKubernetes:
                     return
         yield from initial
         while True:
+            bookmark: Obj | None = None
+            ending = False
             with self._cond:
                 events = [
                     e
@@ -195,13 +205,32 @@ class FakeKubernetes:
                 ]
                 if not events:
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self._closing or self._generation != generation:
+                    ending = remaining <= 0
+                    if self._closing or self._generation != generation or (ending and not bookmarks):
                         return
-                    self._cond.wait(min(remaining, 0.5))
-                    continue
+                    if bookmarks and (ending or self._bookmarks != bookmarked):
+                        # Every matching event up to now is sent: the watch may resume from here.
+                        bookmarked, start = self._bookmarks, self._rv
+                        bookmark = self._bookmark(resource)
+                    else:
+                        self._cond.wait(min(remaining, 0.5))
+                        continue
+            if bookmark is not None:
+                yield bookmark
+                if ending:
+                    return
+                continue
             for event in events:
                 start = event.rv
                 yield {"type": event.type, "object": copy.deepcopy(event.obj)}
+
+    def _bookmark(self, resource: str) -> Obj:
+        _, _, api_version, kind = next(r for r in _ROUTES if r[1] == resource)
+        self.bookmarks_sent += 1
+        return {
+            "type": "BOOKMARK",
+            "object": {"kind": kind, "apiVersion": api_version, "metadata": {"resourceVersion": str(self._rv)}},
+        }
 
     def delete(self, resource: str, namespace: str, name: str, policy: str = "Background") -> Obj:
         with self._cond:
@@ -246,6 +275,12 @@ class FakeKubernetes:
         """End every open watch stream now, as a restarting API server or a proxy would."""
         with self._cond:
             self._generation += 1
+            self._cond.notify_all()
+
+    def send_bookmarks(self) -> None:
+        """Open watches that allow bookmarks get one now, at the current resourceVersion."""
+        with self._cond:
+            self._bookmarks += 1
             self._cond.notify_all()
 
     def hold_watches(self, held: bool) -> None:
@@ -316,6 +351,27 @@ class FakeKubernetes:
         else:
             conditions = [{**condition, "type": "SuccessCriteriaMet"}, condition]
         self._patch_status("jobs", namespace, job_name, {"active": 0, "conditions": conditions})
+
+    def settle_failed_pod(self, pod_name: str, namespace: str = "difflane") -> str | None:
+        """The Job controller on a failed pod: the Job's ``podFailurePolicy`` rules in order (the
+        first match wins: ``FailJob``, ``Ignore`` or ``Count``; no match counts), then
+        ``backoffLimit``. Returns the replacement pod's name, or None when the Job failed.
+        (Kubernetes does not count an ignored pod in ``status.failed``; this fake's ``exit_pod``
+        already has, so the count towards the limit is kept apart, in ``counted_failures``.)"""
+        with self._cond:
+            pod = self._objects[("pods", namespace, pod_name)]
+            job_name = pod["metadata"]["labels"][JOB_NAME_LABEL]
+            job = self._objects[("jobs", namespace, job_name)]
+            action = _pod_failure_action(job["spec"].get("podFailurePolicy") or {}, pod)
+            if action == "FailJob":
+                self.finish_job(job_name, "Failed", "PodFailurePolicy", f"pod {pod_name} matched a FailJob rule")
+                return None
+            if action != "Ignore":
+                self.counted_failures[job_name] = self.counted_failures.get(job_name, 0) + 1
+                if self.counted_failures[job_name] > int(job["spec"].get("backoffLimit", 6)):
+                    self.finish_job(job_name, "Failed", "BackoffLimitExceeded", "Job has reached the backoff limit")
+                    return None
+        return self.start_pod(job_name, namespace)
 
     def suspend_job(self, job_name: str, namespace: str = "difflane") -> None:
         """Kueue evicts the workload: spec.suspend=true, the Job controller deletes its pods."""
@@ -405,6 +461,28 @@ class FakeKubernetes:
                 if fault.method == method and fault.resource == resource and fault.times > 0:
                     fault.times -= 1
                     raise ApiError(fault.status, "InternalError", f"injected fault ({fault.status})")
+
+
+def _pod_failure_action(policy: Obj, pod: Obj) -> str:
+    """The action of the first ``podFailurePolicy`` rule the failed pod matches ("Count" if none)."""
+    statuses = pod["status"].get("containerStatuses") or []
+    conditions = {(c.get("type"), c.get("status")) for c in pod["status"].get("conditions") or []}
+    for rule in policy.get("rules") or []:
+        codes = rule.get("onExitCodes")
+        if codes is not None:
+            for status in statuses:
+                if codes.get("containerName") not in (None, status.get("name")):
+                    continue
+                code = ((status.get("state") or {}).get("terminated") or {}).get("exitCode")
+                if code is None or code == 0:
+                    continue
+                listed = code in codes.get("values", [])
+                if listed == (codes.get("operator") == "In"):
+                    return str(rule["action"])
+        for wanted in rule.get("onPodConditions") or []:
+            if (wanted.get("type"), wanted.get("status", "True")) in conditions:
+                return str(rule["action"])
+    return "Count"
 
 
 def _matches(obj: Obj, selector: str) -> bool:
@@ -497,7 +575,12 @@ class _Handler(BaseHTTPRequestHandler):
         self.end_headers()
         timeout = float(query.get("timeoutSeconds") or 30)
         events = self.api.watch(
-            resource, namespace, query.get("labelSelector", ""), query.get("resourceVersion", ""), timeout
+            resource,
+            namespace,
+            query.get("labelSelector", ""),
+            query.get("resourceVersion", ""),
+            timeout,
+            bookmarks=query.get("allowWatchBookmarks") in ("true", "1"),
         )
         try:
             for event in events:

@@ -20,11 +20,11 @@ from difflane.errors import IllegalTransition
 from difflane.jobs import ErrorCode, Job, JobState
 from difflane.store.base import mutate
 from difflane.testing import FakeRuntime
-from difflane.testing_servicebus import FakeAutoLockRenewer, FakeServiceBusNamespace
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
 from difflane.worker.runtime import RenderedImage, RenderTask, StepCallback
 from tests import azurite
 from tests.conftest import make_job
+from tests.fakes.servicebus import FakeAutoLockRenewer, FakeServiceBusNamespace
 from tests.integration.fault_proxy import Fault, FaultProxy, once_each
 
 pytestmark = pytest.mark.integration

@@ -77,7 +77,8 @@ def test_dispatch_creates_one_job_that_runs_run_job_on_the_lanes_capacity(fake: 
     assert pod["restartPolicy"] == "Never"
     rules = created["spec"]["podFailurePolicy"]["rules"]
     assert rules[0]["action"] == "FailJob" and rules[0]["onExitCodes"]["values"] == [2]
-    assert rules[1] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
+    assert rules[1]["action"] == "Ignore" and rules[1]["onExitCodes"]["values"] == [3]  # held elsewhere
+    assert rules[2] == {"action": "Ignore", "onPodConditions": [{"type": "DisruptionTarget", "status": "True"}]}
     assert "suspend" not in created["spec"]
 
 

@@ -10,11 +10,12 @@ import dataclasses
 import json
 
 import pytest
+from azure.servicebus import ServiceBusMessage
 
 from difflane.dispatch import servicebus
 from difflane.errors import Unavailable
-from difflane.testing_servicebus import FakeServiceBusNamespace, FakeServiceBusQueue, ManualClock
 from tests.conftest import make_job
+from tests.fakes.servicebus import FakeServiceBusNamespace, FakeServiceBusQueue, ManualClock
 
 Q = "difflane-fast"
 
@@ -77,11 +78,28 @@ def test_attempts_count_across_delayed_retries_and_lock_expiry(
     assert d3 is not None and d3.attempt == 3
 
 
-def test_abandon_counts_an_attempt(queue: FakeServiceBusQueue) -> None:
+def test_a_give_back_spends_no_delivery(ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue) -> None:
+    job = make_job()
+    queue.dispatch(job)
+    d1 = queue.receive(["fast"], 0.1)
+    assert d1 is not None
+    d1.retry(0)  # shutdown: a fresh copy now, the original completed (an abandon would count)
+    d2 = queue.receive(["fast"], 0.1)
+    assert d2 is not None and d2.job_id == job.id and d2.attempt == 1
+    assert d2._message.delivery_count == 0
+    assert [what for _, what in ns.settlements] == ["complete"]
+
+
+def test_a_give_back_whose_copy_cannot_be_sent_abandons(
+    ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue
+) -> None:
     queue.dispatch(make_job())
     d1 = queue.receive(["fast"], 0.1)
     assert d1 is not None
-    d1.retry(0)
+    ns.fail_sends(1)
+    d1.retry(0)  # the message must not be lost: back by abandon, one delivery spent
+    assert [what for _, what in ns.settlements] == ["abandon"]
+    ns.fail_sends(1)  # and the refresh of that redelivery fails too: it is delivered as it is
     d2 = queue.receive(["fast"], 0.1)
     assert d2 is not None and d2.attempt == 2
 
@@ -155,8 +173,6 @@ def test_dead_letter_keeps_the_reason(ns: FakeServiceBusNamespace, queue: FakeSe
 
 
 def test_a_message_that_is_not_a_job_is_dead_lettered(ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue) -> None:
-    from azure.servicebus import ServiceBusMessage
-
     ns.client().get_queue_sender(Q).send_messages(ServiceBusMessage("not json", message_id="x"))
     ns.client().get_queue_sender(Q).send_messages(ServiceBusMessage('{"job_id": "../etc"}', message_id="y"))
     job = make_job()
@@ -168,14 +184,29 @@ def test_a_message_that_is_not_a_job_is_dead_lettered(ns: FakeServiceBusNamespac
 
 def test_the_service_dead_letters_past_max_delivery_count(clock: ManualClock) -> None:
     ns = FakeServiceBusNamespace(lock_duration=30, max_delivery_count=2, clock=clock)
-    queue = FakeServiceBusQueue(["fast"], namespace=ns, running=lambda lane: 0)
-    queue.dispatch(make_job())
-    for _ in range(2):
-        d = queue.receive(["fast"], 0.1)
-        assert d is not None
-        d.retry(0)
-    assert queue.receive(["fast"], 0.05) is None
+    ns.create_queue(Q)
+    ns.client().get_queue_sender(Q).send_messages(ServiceBusMessage("{}", message_id="m"))
+    receiver = ns.client().get_queue_receiver(Q).__enter__()
+    for count in range(2):
+        [m] = receiver.receive_messages(max_wait_time=0.1)
+        assert m.delivery_count == count  # 0 on the first delivery, as the Python SDK reports it
+        receiver.abandon_message(m)  # an abandon counts a failed delivery on the service
+    assert receiver.receive_messages(max_wait_time=0.05) == []
     assert [r for _, r, _ in ns.dead_letters(Q)] == ["MaxDeliveryCountExceeded"]
+
+
+def test_redeliveries_never_reach_the_queues_max_delivery_count(clock: ManualClock) -> None:
+    ns = FakeServiceBusNamespace(lock_duration=30, max_delivery_count=2, clock=clock)
+    queue = FakeServiceBusQueue(["fast"], namespace=ns, running=lambda lane: 0)
+    job = make_job()
+    queue.dispatch(job)
+    for attempt in range(1, 6):  # five workers die holding it (their locks run out)
+        d = queue.receive(["fast"], 0.5)
+        assert d is not None and d.job_id == job.id and d.attempt == attempt
+        queue.source.renewer.close()
+        clock.advance(31)
+    assert ns.dead_letters(Q) == []  # each redelivery was replaced by a fresh copy
+    assert queue.receive(["fast"], 0.5) is not None
 
 
 def test_duplicate_sends_are_dropped_and_a_moved_job_is_not(ns: FakeServiceBusNamespace) -> None:
@@ -230,3 +261,19 @@ def test_unknown_queue_is_unavailable(ns: FakeServiceBusNamespace) -> None:
         queue.dispatch(make_job(lane="nope"))
     with pytest.raises(Unavailable):
         queue.receive(["nope"], 0.05)
+
+
+def test_copies_of_copies_are_not_dropped_as_duplicates(
+    ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue, clock: ManualClock
+) -> None:
+    job = make_job()
+    queue.dispatch(job)
+    for _ in range(3):  # give-backs and delayed retries of each other's copies, all within the window
+        d = queue.receive(["fast"], 0.5)
+        assert d is not None and d.job_id == job.id
+        d.retry(0)
+        d = queue.receive(["fast"], 0.5)
+        assert d is not None and d.job_id == job.id
+        d.retry(1.0)
+        clock.advance(1.1)
+    assert len(ns.messages(Q)) == 1 and ns.dead_letters(Q) == []

@@ -159,8 +159,9 @@ def build_job(job_id: str, lane: LaneSpec, template: JobTemplate) -> dict[str, A
                     "action": "FailJob",
                     "onExitCodes": {"containerName": CONTAINER, "operator": "In", "values": [int(RunJobExit.NEVER)]},
                 },
-                # run-job gave the job back after a SIGTERM (its record is queued, no attempt
-                # spent): a new pod takes it, without counting against backoffLimit.
+                # run-job gave the job back (SIGTERM: eviction, drain, preemption) with its attempt
+                # refunded, or a replacement pod met the old pod's live lease past its wait and
+                # ran nothing: not an attempt, a new pod takes the job without spending backoff.
                 {
                     "action": "Ignore",
                     "onExitCodes": {

@@ -13,19 +13,35 @@ the next ``renew()`` says False and the executor stops the job at its next step 
 Settlement, mapped to the ``Delivery`` contract:
 
 - ``ack`` → complete (the executor acks only once the record is terminal);
-- ``retry(0)`` → abandon (graceful shutdown gives the message back at once);
-- ``retry(delay)`` → a copy scheduled ``delay`` seconds ahead (message id ``<job>/r<attempt>``,
-  so duplicate detection does not drop it), then complete the original. The copy carries the
-  attempts so far in ``difflane-prior-deliveries``: ``attempt`` = prior + delivery count + 1;
+- ``retry(0)`` (a give-back: shutdown, a batch given back) → a fresh copy sent now, then the
+  original completed. An abandon would raise the message's delivery count on the service, and
+  enough give-backs (rolling restarts, scale-in) would make the service dead-letter a job that
+  never failed. If the copy cannot be sent, the original is abandoned instead;
+- ``retry(delay)`` → a copy scheduled ``delay`` seconds ahead, then complete the original;
 - ``dead_letter(reason)`` → dead-letter with the reason (the executor has written it on the job).
 
-Every settlement may be lost (``complete_message`` does not wait for the service): a message can
-come back for a finished job, and the executor completes it without work. A settlement on a lost
-lock is logged and ignored: the record decides, not the message.
+Copies carry the deliveries so far in ``difflane-prior-deliveries``, so ``attempt`` (prior +
+delivery count + 1) keeps counting deliveries; a give-back's copy does not count the delivery it
+gives back. ``attempt`` is information for logs: whether a job may run again is decided by the
+record's ``attempts`` (a claim counts, a delivery does not).
 
-Service Bus itself dead-letters after the queue's ``MaxDeliveryCount``: set it above the lanes'
-``max_attempts`` so that difflane sees the last attempt and writes the reason on the job.
-This adapter is tested against ``difflane.testing_servicebus`` only; it has not met a real namespace.
+Service Bus itself dead-letters a message after the queue's ``MaxDeliveryCount`` failed
+deliveries (lock expiries and abandons). A message that comes back with a delivery count above 0
+(its worker died, its lock ran out) is replaced at receive by a fresh copy, so the count never
+reaches the queue's maximum while the record still has attempts; after ``REFRESH_LIMIT``
+deliveries of one job the adapter stops replacing, and the queue's own limit ends the loop
+(docs/architecture/0007-servicebus-deliveries.md).
+
+Every settlement may be lost: a message can come back for a finished job, and the executor
+completes it without work. A settlement that fails (a lost lock, a link that is down, a handler
+the SDK has shut down after a connection error, which raises ``ValueError``) is logged and
+ignored: the record decides, not the message.
+
+Links: the SDK gives a receiver whose link is not open only the receive call's ``max_wait_time``
+to open it, and the batcher waits 20–50 ms for company. So each receive first opens the link the
+way ``with receiver:`` does (the SDK's own retry, no short budget; at once when it is open), and a
+receive that times out opening a dropped link is an empty receive, not an outage.
+This adapter is tested against ``tests/fakes/servicebus.py`` only; it has not met a real namespace.
 """
 
 from __future__ import annotations
@@ -39,7 +55,12 @@ from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from azure.servicebus import ServiceBusMessage
-from azure.servicebus.exceptions import MessageAlreadySettled, MessageLockLostError, ServiceBusError
+from azure.servicebus.exceptions import (
+    MessageAlreadySettled,
+    MessageLockLostError,
+    OperationTimeoutError,
+    ServiceBusError,
+)
 
 from difflane.errors import Unavailable
 from difflane.jobs import Job, is_job_id
@@ -49,6 +70,7 @@ log = logging.getLogger(__name__)
 PRIOR_DELIVERIES = "difflane-prior-deliveries"
 SEND_TIMEOUT_S = 10.0
 RECEIVE_SLICE_S = 1.0  # a receive waits at most this long per call, so wake() and other lanes get a turn
+REFRESH_LIMIT = 50  # deliveries of one job after which a redelivered message is no longer replaced
 _FAILURE_MEMORY_S = 60.0  # ping reports a failed send this long, unless a send succeeds since
 
 
@@ -64,6 +86,8 @@ class SenderLike(Protocol):
 
 
 class ReceiverLike(Protocol):
+    def __enter__(self) -> Any: ...  # opens the link (with the SDK's retry); at once when open
+
     def receive_messages(self, max_message_count: int | None = ..., max_wait_time: float | None = ...) -> Any: ...
 
     def complete_message(self, message: Any) -> None: ...
@@ -240,8 +264,14 @@ class ServiceBusWorkSource:
         receiver = self._receiver(lane)
         try:
             with receiver.lock:
+                receiver.sdk.__enter__()  # a short wait must not be the budget for opening the link
                 messages = receiver.sdk.receive_messages(max_message_count=1, max_wait_time=wait)
-        except ServiceBusError as exc:
+        except OperationTimeoutError:
+            # The link dropped and could not reopen within ``wait``: nothing received. The next
+            # call reopens it without a short budget, and reports an outage if it cannot.
+            log.info("receive timed out opening the link", extra={"lane": lane})
+            return None
+        except (ServiceBusError, ValueError) as exc:
             raise Unavailable(f"cannot receive from {self.queue_name(lane)}: {type(exc).__name__}") from exc
         for message in messages:
             delivery = self._delivery(receiver, lane, message)
@@ -264,6 +294,8 @@ class ServiceBusWorkSource:
         attempt = prior + int(message.delivery_count or 0) + 1
         trace = {k: str(body[k]) for k in ("traceparent", "tracestate") if k in body}
         delivery = ServiceBusDelivery(self, receiver, message, job_id, lane, attempt, trace)
+        if message.delivery_count and attempt <= REFRESH_LIMIT and delivery.refresh():
+            return None  # its fresh copy is in the queue now
         if self.renewer is not None:
             self.renewer.register(
                 receiver.sdk,
@@ -332,27 +364,44 @@ class ServiceBusDelivery:
         self._settle("complete", lambda sdk: sdk.complete_message(self._message))
 
     def retry(self, delay: float = 0.0) -> None:
-        if delay <= 0:
+        prior = self.attempt if delay > 0 else self.attempt - 1  # a give-back is not a delivery spent
+        kind = "r" if delay > 0 else "g"
+        if not self._send_copy(f"{self.job_id}/{kind}{self._message.sequence_number}", prior, delay):
+            # No copy: give the message back instead; it comes again at once (one delivery spent).
             self._settle("abandon", lambda sdk: sdk.abandon_message(self._message))
             return
+        self._settle("complete", lambda sdk: sdk.complete_message(self._message))
+
+    def refresh(self) -> bool:
+        """Replace a redelivered message by a fresh copy (delivery count 0), so the service's
+        ``MaxDeliveryCount`` counts nothing the record does not; False when nothing changed."""
+        if not self._send_copy(f"{self.job_id}/d{self._message.sequence_number}", self.attempt - 1, 0.0):
+            return False
+        self._settle("complete", lambda sdk: sdk.complete_message(self._message))
+        return True
+
+    def _send_copy(self, copy_id: str, prior: int, delay: float) -> bool:
+        """Send (or schedule) a copy of this message; the id is derived from the original, so a
+        repeated send of the same copy is dropped by duplicate detection."""
         copy = ServiceBusMessage(
             _body_bytes(self._message),
-            message_id=f"{self.job_id}/r{self.attempt}",
+            message_id=copy_id,
             content_type="application/json",
-            application_properties={PRIOR_DELIVERIES: self.attempt},
+            application_properties={PRIOR_DELIVERIES: prior},
         )
-        when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
         sender = self._source._sender(self.lane)
         try:
-            sender.schedule_messages(copy, when, timeout=SEND_TIMEOUT_S)
+            if delay > 0:
+                when = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=delay)
+                sender.schedule_messages(copy, when, timeout=SEND_TIMEOUT_S)
+            else:
+                sender.send_messages(copy, timeout=SEND_TIMEOUT_S)
         except ServiceBusError:
-            # No copy: give the message back now instead; it comes again at once (one more attempt).
-            log.warning("could not schedule a delayed retry; abandoning instead", extra={"job_id": self.job_id})
-            self._settle("abandon", lambda sdk: sdk.abandon_message(self._message))
-            return
+            log.warning("could not send a copy of the message", extra={"job_id": self.job_id}, exc_info=True)
+            return False
         finally:
             _close_quietly(sender)
-        self._settle("complete", lambda sdk: sdk.complete_message(self._message))
+        return True
 
     def dead_letter(self, reason: str) -> None:
         self._settle(
@@ -366,29 +415,44 @@ class ServiceBusDelivery:
         if self._lost.is_set():
             return False
         try:
-            with self._receiver.lock:
-                self._receiver.sdk.renew_message_lock(self._message)
+            self._renew_lock()
         except (MessageLockLostError, MessageAlreadySettled):
             self._lost.set()
-            return False
-        except (ServiceBusError, ValueError):  # a link down, a closed receiver: is the lock still good?
+        except (ServiceBusError, ValueError):  # a link down, a shut-down handler: is the lock still good?
             log.warning("lock renewal failed", extra={"job_id": self.job_id}, exc_info=True)
             until = self._message.locked_until_utc  # kept current by the auto-renewer's renewals too
             if until is None or until <= dt.datetime.now(dt.UTC):
                 self._lost.set()
         return not self._lost.is_set()
 
+    def _renew_lock(self) -> None:
+        # After a connection error the auto-renewer stops quietly: this renewal reopens the link.
+        with self._receiver.lock:
+            self._on_open_link(lambda sdk: sdk.renew_message_lock(self._message))
+
     def _settle(self, what: str, call: Callable[[Any], None]) -> None:
         with self._receiver.lock:
-            _settle_quietly(lambda: call(self._receiver.sdk), what=what, job_id=self.job_id)
+            _settle_quietly(lambda: self._on_open_link(call), what=what, job_id=self.job_id)
+
+    def _on_open_link(self, call: Callable[[Any], None]) -> None:
+        sdk = self._receiver.sdk
+        try:
+            call(sdk)
+        except ValueError:
+            # The SDK shut the handler down after a connection error; the lock may still be good,
+            # and a reopened link settles through the service's management link. (A receiver we
+            # closed raises ValueError again: the settlement is then lost, and that is allowed.)
+            sdk.__enter__()
+            call(sdk)
 
 
 def _settle_quietly(call: Callable[[], None], *, what: str = "settle", job_id: str = "") -> None:
     # The record decides, never the settlement: a lost lock or a closed link only means the
-    # message may come back, and the executor handles a message for a finished job.
+    # message may come back, and the executor handles a message for a finished job. The SDK
+    # raises ValueError on a handler it shut down after a connection error.
     try:
         call()
-    except (MessageLockLostError, MessageAlreadySettled, ServiceBusError) as exc:
+    except (MessageLockLostError, MessageAlreadySettled, ServiceBusError, ValueError) as exc:
         log.warning(
             "message settlement failed; it may be delivered again",
             extra={"settle": what, "job_id": job_id, "error": type(exc).__name__},

@@ -117,7 +117,15 @@ class Executor:
         """Run the deliveries (compatible jobs of one lane) as one pipeline call where possible."""
         outcomes: dict[int, Outcome] = {}
         claimed: list[tuple[int, _Item]] = []
+        seen: set[str] = set()
         for i, delivery in enumerate(deliveries):
+            if delivery.job_id in seen:
+                # Two messages for one job (a queue's duplicate): the first one runs it, this
+                # one looks again once that run's lease would have ended.
+                delivery.retry(self.config.lease_seconds)
+                outcomes[i] = Outcome.DEFERRED
+                continue
+            seen.add(delivery.job_id)
             with job_context(delivery.job_id):
                 result = self._admit(delivery)
             if isinstance(result, Outcome):

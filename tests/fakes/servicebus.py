@@ -8,7 +8,16 @@ against this fake. It models what the adapter must survive, the way the service 
 - ``delivery_count`` as the Python SDK reports it (the AMQP header: failed deliveries so far, 0 on
   the first delivery); abandon counts one; past ``max_delivery_count`` the service itself
   dead-letters with ``MaxDeliveryCountExceeded``;
-- settling with a lost lock raises ``MessageLockLostError``; ``renew_message_lock`` extends it;
+- settling with a lost lock raises ``MessageLockLostError`` (checked on the client first when
+  ``locked_until_utc`` has passed, as the SDK does); ``renew_message_lock`` extends it;
+- a receiver's link: opening it takes ``link_open_s`` of real time. ``__enter__`` opens it with no
+  budget of its own (the SDK's ``_open_with_retry``); ``receive_messages`` on a link that is not
+  open gets only its ``max_wait_time`` to open it and fails with ``OperationTimeoutError`` when
+  that is shorter (the SDK then closes the half-opened handler, so the next short wait starts
+  over). A connection error shuts the link down: settling or renewing on it then raises
+  ``ValueError`` ("the handler has already been shutdown") until a receive or ``__enter__``
+  reopens it, and the auto-renewer stops renewing its messages without calling back;
+  a closed receiver raises ``ValueError`` on every call;
 - duplicate detection on ``message_id`` within a window; scheduled messages;
 - an ``AutoLockRenewer`` stand-in that keeps registered locks alive (modelled, no threads) and calls
   the failure callback when a lock is broken;
@@ -17,7 +26,9 @@ against this fake. It models what the adapter must survive, the way the service 
   ``break_lock(message_id)``, ``down``.
 
 Time comes from ``clock`` (monotonic seconds) so tests can move it by hand with ``ManualClock``.
-It is not the service: see docs/howto/azure.md for what has not met a real namespace.
+It is not the service: see docs/howto/azure.md for what has not met a real namespace. The
+behaviours above were read from azure-servicebus 7.15 (``_servicebus_receiver.py``,
+``_base_handler.py``, ``_common/auto_lock_renewer.py``).
 """
 
 from __future__ import annotations
@@ -35,6 +46,7 @@ from azure.servicebus.exceptions import (
     MessageAlreadySettled,
     MessageLockLostError,
     MessagingEntityNotFoundError,
+    OperationTimeoutError,
     ServiceBusConnectionError,
 )
 
@@ -73,6 +85,7 @@ class _Message:
     locked_until: float = 0.0
     renewed_until: float = 0.0  # by an AutoLockRenewer registration
     renewer: FakeAutoLockRenewer | None = None
+    renewed_via: FakeReceiver | None = None  # the receiver whose link the renewer renews through
     on_renew_failure: Callable[[Any, Exception | None], None] | None = None
     receipt: FakeReceivedMessage | None = None
 
@@ -101,8 +114,10 @@ class FakeServiceBusNamespace:
         max_delivery_count: int = 10,
         duplicate_window: float = 600.0,
         clock: Callable[[], float] = time.monotonic,
+        link_open_s: float = 0.1,
     ) -> None:
         self.lock_duration = lock_duration
+        self.link_open_s = link_open_s  # real seconds: an AMQP attach plus the CBS token round trip
         self.max_delivery_count = max_delivery_count
         self.duplicate_window = duplicate_window
         self.clock = clock
@@ -247,6 +262,7 @@ class FakeServiceBusNamespace:
         """A failed delivery (lock expired or abandoned): available again, or dead-lettered."""
         m.lock_token = None
         m.renewer = None
+        m.renewed_via = None
         m.on_renew_failure = None
         m.receipt = None
         m.failed_deliveries += 1
@@ -336,6 +352,7 @@ class FakeServiceBusNamespace:
     def _register(
         self,
         renewer: FakeAutoLockRenewer,
+        receiver: Any,
         receipt: FakeReceivedMessage,
         duration: float,
         on_failure: Callable[[Any, Exception | None], None] | None,
@@ -343,8 +360,27 @@ class FakeServiceBusNamespace:
         with self._cond:
             _, _, m = self._held(receipt)
             m.renewer = renewer
+            m.renewed_via = receiver if isinstance(receiver, FakeReceiver) else None
             m.renewed_until = self.clock() + duration
             m.on_renew_failure = on_failure
+
+    def _renewals_so_far(self, receipt: FakeReceivedMessage) -> None:
+        with self._cond:
+            queue = self._queues.get(receipt.queue_name)
+            if queue is not None:
+                self._expire_locks(queue)
+
+    def _stop_renewals(self, receiver: FakeReceiver) -> None:
+        """The receiver's link went down: the SDK's renewer finds ``_running`` false and stops
+        renewing its messages quietly (no failure callback); their locks run out on their own."""
+        with self._cond:
+            now = self.clock()
+            for queue in self._queues.values():
+                for m in queue.messages.values():
+                    if m.renewed_via is receiver and m.renewer is not None:
+                        m.locked_until = max(m.locked_until, min(m.renewed_until, now) + self.lock_duration)
+                        m.renewer = None
+                        m.renewed_via = None
 
 
 @dataclasses.dataclass
@@ -396,42 +432,96 @@ class FakeSender:
 
 
 class FakeReceiver:
+    """``ServiceBusReceiver``'s surface, with its link state (see the module docstring)."""
+
     def __init__(self, namespace: FakeServiceBusNamespace, queue_name: str, max_wait_time: float | None) -> None:
         self._ns = namespace
         self.queue_name = queue_name
         self._max_wait = max_wait_time
         self.closed = False
+        self.link_open = False
+        self.opens = 0  # how many times a link was opened (a reconnect opens another)
 
-    def _open(self) -> None:
-        if self.closed:
-            raise ServiceBusConnectionError(message="the receiver is closed")
+    def __enter__(self) -> FakeReceiver:
+        self._check_live()
+        self._open(None)
+        return self
+
+    def __exit__(self, *args: object) -> None:
+        self.close()
 
     def receive_messages(
         self, max_message_count: int | None = 1, max_wait_time: float | None = None
     ) -> list[FakeReceivedMessage]:
-        self._open()
-        return self._ns._receive(self.queue_name, max_message_count or 1, max_wait_time or self._max_wait)
+        self._check_live()
+        if max_wait_time is not None and max_wait_time <= 0:
+            raise ValueError("The max_wait_time must be greater than 0.")
+        wait = max_wait_time or self._max_wait or 60.0
+        started = time.monotonic()
+        self._open(wait)
+        remaining = max(wait - (time.monotonic() - started), 0.001)
+        return self._link(lambda: self._ns._receive(self.queue_name, max_message_count or 1, remaining))
 
     def complete_message(self, message: FakeReceivedMessage) -> None:
-        self._open()
-        self._ns._settle(message, "complete")
+        self._settle(message, "complete")
 
     def abandon_message(self, message: FakeReceivedMessage) -> None:
-        self._open()
-        self._ns._settle(message, "abandon")
+        self._settle(message, "abandon")
 
     def dead_letter_message(
         self, message: FakeReceivedMessage, reason: str | None = None, error_description: str | None = None
     ) -> None:
-        self._open()
-        self._ns._settle(message, "dead_letter", reason, error_description)
+        self._settle(message, "dead_letter", reason, error_description)
 
     def renew_message_lock(self, message: FakeReceivedMessage, *, timeout: float | None = None) -> dt.datetime:
-        self._open()
-        return self._ns._renew(message)
+        self._check_alive(message, "renew")
+        return self._link(lambda: self._ns._renew(message))
 
     def close(self) -> None:
         self.closed = True
+        self.link_open = False
+        self._ns._stop_renewals(self)
+
+    # --- the SDK's checks and link handling ------------------------------------------------------
+
+    def _check_live(self) -> None:
+        if self.closed:
+            raise ValueError("The handler has already been shutdown. Please use ServiceBusClient to create a new one.")
+
+    def _check_alive(self, message: FakeReceivedMessage, action: str) -> None:
+        self._check_live()
+        if message.settled:
+            raise MessageAlreadySettled(action=action)
+        if not self.link_open:
+            raise ValueError(f"Failed to {action} the message as the handler has already been shutdown.")
+
+    def _open(self, budget: float | None) -> None:
+        if self.link_open:
+            return
+        if budget is not None and budget < self._ns.link_open_s:
+            time.sleep(budget)  # the attach does not finish in time; the half-open handler is closed
+            raise OperationTimeoutError(message="Timed out waiting for the AMQP link to open.")
+        time.sleep(self._ns.link_open_s)
+        self._link(self._ns._check)
+        self.link_open = True
+        self.opens += 1
+
+    def _link(self, call: Callable[[], Any]) -> Any:
+        try:
+            return call()
+        except ServiceBusConnectionError:
+            self.link_open = False  # the SDK's _handle_exception closes the handler
+            self._ns._stop_renewals(self)
+            raise
+
+    def _settle(
+        self, message: FakeReceivedMessage, what: str, reason: str | None = None, text: str | None = None
+    ) -> None:
+        self._check_alive(message, what)
+        self._ns._renewals_so_far(message)  # the real renewer updates the message on its own thread
+        if message.locked_until_utc <= dt.datetime.now(dt.UTC):  # the SDK's client-side check
+            raise MessageLockLostError(message="The lock on the message lock has expired.")
+        self._link(lambda: self._ns._settle(message, what, reason, text))
 
 
 class FakeServiceBusClient:
@@ -469,9 +559,8 @@ class FakeAutoLockRenewer:
         max_lock_renewal_duration: float | None = None,
         on_lock_renew_failure: Callable[[Any, Exception | None], None] | None = None,
     ) -> None:
-        self._ns._register(
-            self, renewable, max_lock_renewal_duration or self._duration, on_lock_renew_failure or self._on_failure
-        )
+        duration = max_lock_renewal_duration or self._duration
+        self._ns._register(self, receiver, renewable, duration, on_lock_renew_failure or self._on_failure)
 
     def close(self, wait: bool = True) -> None:
         # Locks it was keeping now run out on their own, as when a worker process dies.
