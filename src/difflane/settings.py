@@ -60,6 +60,7 @@ class Settings(BaseSettings):
     auth_authority: str = "https://login.microsoftonline.com"  # entra: where the metadata documents live
     auth_audience: Annotated[list[str], NoDecode] = Field(default_factory=list)  # client id and/or App ID URI
     auth_tenants: Annotated[list[str], NoDecode] = Field(default_factory=list)  # entra: tenant ids, or "*"
+    auth_default_tenant: str | None = None  # oidc: tenant of tokens without `tid` (unset: refused)
     auth_token_versions: Annotated[list[Literal["1", "2"]], NoDecode] = Field(default=["2"])  # "1,2": v1 too
     auth_leeway_seconds: int = Field(60, ge=0, le=300)  # clock skew allowed on exp/nbf
     auth_jwks_min_refresh_seconds: float = Field(300.0, ge=0)  # unknown `kid`: refetch keys at most this often
@@ -77,11 +78,14 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # host, *.domain, or *
     webhook_allow_http: bool = False  # development only
     webhook_allow_private_networks: bool = False  # development only: loopback/private receivers
-    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)  # one attempt's overall deadline
+    webhook_concurrency: int = Field(8, ge=1, le=256)  # sender threads per API process
+    webhook_per_host_concurrency: int = Field(2, ge=1)  # attempts in flight to one receiver host
+    webhook_per_owner_concurrency: int = Field(2, ge=1)  # attempts in flight for one job owner
     webhook_max_attempts: int = Field(8, ge=1, le=50)
     webhook_backoff_seconds: float = Field(5.0, ge=0)  # first retry; each later one waits 4x longer
     webhook_backoff_max_seconds: float = Field(3600.0, ge=0)
-    webhook_state: Path | None = None  # delivery state; default: <data_dir>/webhooks.db
+    webhook_state: Path | None = None  # delivery state; default: <data_dir>/webhooks.db (store=azure: the store)
 
     @field_validator(
         "auth_audience",

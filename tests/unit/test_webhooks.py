@@ -21,7 +21,8 @@ from difflane.testing import MemoryJobStore
 from difflane.webhooks import events
 from difflane.webhooks.guard import Guard, Refused, ResolveFailed
 from difflane.webhooks.notifier import ORPHAN_GRACE_S, Notifier
-from difflane.webhooks.outbox import Outbox, Pending
+from difflane.webhooks.outbox import Pending
+from difflane.webhooks.outbox_sqlite import SqliteOutbox
 from difflane.webhooks.sender import Outcome
 from difflane.webhooks.signing import InvalidSignature, Secret
 from tests.conftest import make_job
@@ -288,12 +289,21 @@ def test_an_idempotent_replay_does_not_leave_a_second_watch(hooked: tuple[TestCl
     assert [w.job_id for w in outbox.watches()] == [first["id"]]
 
 
-def test_a_failed_submit_leaves_no_watch(hooked: tuple[TestClient, wiring.Components]) -> None:
+def test_a_503_submit_keeps_its_watch_until_the_job_is_known_absent(
+    hooked: tuple[TestClient, wiring.Components],
+) -> None:
+    # A 503 is ambiguous (the write may have committed): the watch stays, and the notifier drops
+    # it once the store answers that the job does not exist (issue 9, item 7).
     client, parts = hooked
     parts.store.down = True  # type: ignore[attr-defined]
     r = client.post("/v1/jobs", json={**TINY, "webhook": {"url": "https://hooks.example.com/x"}})
     assert r.status_code == 503
-    assert client.app.state.ctx.webhooks.outbox.watches() == []  # type: ignore[attr-defined]
+    outbox = client.app.state.ctx.webhooks.outbox  # type: ignore[attr-defined]
+    assert len(outbox.watches()) == 1
+    parts.store.down = False  # type: ignore[attr-defined]
+    notifier = Notifier(parts.store, outbox, FakeSender(), base_url="https://x", clock=lambda: 1e12)  # type: ignore[arg-type]
+    notifier.tail()
+    assert outbox.watches() == []
 
 
 # --- the notifier -----------------------------------------------------------------------------
@@ -330,7 +340,7 @@ HOOK = "https://hooks.example.com/in"
 @dataclasses.dataclass
 class Rig:
     store: MemoryJobStore
-    outbox: Outbox
+    outbox: SqliteOutbox
     sender: FakeSender
     clock: Clock
     notifier: Notifier
@@ -347,7 +357,7 @@ class Rig:
 
 def make_rig(path: Path, **kw: Any) -> Rig:
     store, clock, sender = MemoryJobStore(), Clock(), FakeSender()
-    outbox = Outbox(path)
+    outbox = SqliteOutbox(path)
     notifier = Notifier(
         store,
         outbox,
