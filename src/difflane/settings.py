@@ -87,6 +87,9 @@ class Settings(BaseSettings):
     webhook_backoff_max_seconds: float = Field(3600.0, ge=0)
     webhook_state: Path | None = None  # delivery state; default: <data_dir>/webhooks.db (store=azure: the store)
 
+    # --- hostile input and slow clients (issue 9) ----------------------------------------------
+    metrics_backlog_refresh_seconds: float = Field(15.0, gt=0)  # /metrics queue depth is read this often
+
     @field_validator(
         "auth_audience",
         "auth_tenants",

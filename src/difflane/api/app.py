@@ -11,6 +11,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from difflane import __version__, wiring
 from difflane.api import auth, limits, problems
 from difflane.api.auth import Authenticator
+from difflane.api.backlog import BacklogRefresher
 from difflane.api.context import ApiContext
 from difflane.api.deps import current_caller
 from difflane.api.routes import events, health, jobs, models
@@ -54,14 +55,20 @@ def create_app(
             parts.close()
         raise
 
+    backlog = BacklogRefresher(
+        parts.catalog.lanes, parts.dispatcher.backlog, interval_seconds=settings.metrics_backlog_refresh_seconds
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.changes.attach(Doorbell(parts.bell_dir, API_ROLE) if parts.bell_dir else None)
         if hooks:
             hooks.start(parts.bell_dir)
+        backlog.start()
         try:
             yield
         finally:
+            backlog.stop()
             ctx.changes.detach()
             if hooks:
                 hooks.close()
@@ -70,6 +77,7 @@ def create_app(
 
     app = FastAPI(title="difflane", version=__version__, description=DESCRIPTION, lifespan=lifespan)
     app.state.ctx = ctx
+    app.state.backlog = backlog
     problems.install(app)
     # Every /v1 route authenticates (also declared per route with the permission it needs).
     refusals: dict[int | str, dict[str, object]] = {401: {"model": Problem}, 403: {"model": Problem}}
