@@ -89,6 +89,9 @@ class Settings(BaseSettings):
 
     # --- hostile input and slow clients (issue 9) ----------------------------------------------
     metrics_backlog_refresh_seconds: float = Field(15.0, gt=0)  # /metrics queue depth is read this often
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)  # a request head must arrive in this time
+    http_idle_timeout_seconds: int = Field(5, ge=1, le=300)  # an idle keep-alive connection is closed
+    http_max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)  # request line + headers; 431 above
 
     @field_validator(
         "auth_audience",

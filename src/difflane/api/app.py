@@ -14,7 +14,8 @@ from difflane.api.auth import Authenticator
 from difflane.api.backlog import BacklogRefresher
 from difflane.api.context import ApiContext
 from difflane.api.deps import current_caller
-from difflane.api.routes import events, health, jobs, models
+from difflane.api.headers import HeaderLimit, SecurityHeaders
+from difflane.api.routes import docs, events, health, jobs, models
 from difflane.api.schemas import Problem
 from difflane.api.watch import API_ROLE, ChangeSignal
 from difflane.dispatch.doorbell import Doorbell
@@ -75,7 +76,14 @@ def create_app(
             if owned:
                 parts.close()
 
-    app = FastAPI(title="difflane", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="difflane",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # our own /docs, from local assets (routes/docs.py)
+        redoc_url=None,  # ReDoc would load from a CDN
+    )
     app.state.ctx = ctx
     app.state.backlog = backlog
     problems.install(app)
@@ -84,8 +92,12 @@ def create_app(
     for module in (jobs, events, models):
         app.include_router(module.router, dependencies=[Depends(current_caller)], responses=refusals)
     app.include_router(health.router)
+    docs.install(app)
     app.add_middleware(RequestCounter)
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HeaderLimit, limit=settings.http_max_header_bytes)
+    # Outermost: every answer, refusals by the limits above included, carries these headers.
+    app.add_middleware(SecurityHeaders, public_https=(settings.public_url or "").startswith("https://"))
     return app
 
 
