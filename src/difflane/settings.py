@@ -91,6 +91,8 @@ class Settings(BaseSettings):
     metrics_backlog_refresh_seconds: float = Field(15.0, gt=0)  # /metrics queue depth is read this often
     http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)  # a request head must arrive in this time
     http_idle_timeout_seconds: int = Field(5, ge=1, le=300)  # an idle keep-alive connection is closed
+    # open event streams per principal and API process; unset: 8 with tokens, no cap with auth=none
+    limit_event_streams: int | None = Field(None, ge=0)  # 0 = no cap
     http_max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)  # request line + headers; 431 above
 
     @field_validator(

@@ -17,6 +17,7 @@ from difflane.api.deps import current_caller
 from difflane.api.headers import HeaderLimit, SecurityHeaders
 from difflane.api.routes import docs, events, health, jobs, models
 from difflane.api.schemas import Problem
+from difflane.api.streams import StreamSlots
 from difflane.api.watch import API_ROLE, ChangeSignal
 from difflane.dispatch.doorbell import Doorbell
 from difflane.settings import Settings
@@ -86,6 +87,7 @@ def create_app(
     )
     app.state.ctx = ctx
     app.state.backlog = backlog
+    app.state.streams = StreamSlots.from_settings(settings)
     problems.install(app)
     # Every /v1 route authenticates (also declared per route with the permission it needs).
     refusals: dict[int | str, dict[str, object]] = {401: {"model": Problem}, 403: {"model": Problem}}

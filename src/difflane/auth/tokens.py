@@ -90,7 +90,7 @@ class TokenValidator:
         if key is None:
             raise InvalidToken("the token is signed with a key the issuer does not publish", code="unknown_key")
         claims = self._verify(token, key, self._expected_issuer(issuer, unverified))
-        return Caller(self._principal(claims), _permissions(claims))
+        return Caller(self._principal(claims), _permissions(claims), expires_at=float(claims["exp"]))
 
     def _source(self, unverified: Mapping[str, Any]) -> KeySource:
         if self.rules.kind == "oidc":
