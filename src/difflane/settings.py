@@ -218,6 +218,8 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """Every setting, secrets shown as '**********' (what `difflane config show` prints)."""
+        from difflane.redaction import redact  # credentials inside URLs and connection strings
+
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -225,6 +227,10 @@ class Settings(BaseSettings):
                 value = "**********"
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, str):
+                value = redact(value)
+            elif isinstance(value, list):
+                value = [redact(v) if isinstance(v, str) else v for v in value]
             out[name] = value
         out["database_path"] = str(self.database_path)
         out["results_path"] = str(self.results_path)
