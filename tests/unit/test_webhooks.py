@@ -574,3 +574,23 @@ def test_pending_is_what_claim_returns(rig: Rig) -> None:
     assert rig.outbox.claim_due(rig.clock(), 10, 60) == []  # claimed: nobody else takes it
     rig.clock.now += 61
     assert len(rig.outbox.claim_due(rig.clock(), 10, 60)) == 1  # the claim expired (a notifier died)
+
+
+def test_an_outbox_file_from_before_the_fairness_columns_is_migrated(tmp_path: Path) -> None:
+    from difflane.store.sqlite import Database
+    from difflane.webhooks.outbox import NewDelivery
+    from difflane.webhooks.outbox_sqlite import SCHEMA
+
+    old = Database(tmp_path / "w.db", migrations=[SCHEMA], name="webhook state")
+    with old.write() as conn:
+        conn.execute(
+            "INSERT INTO deliveries (id, job_id, version, event, url, body, next_at, updated_at) "
+            "VALUES ('msg_old', 'job-old', 2, 'completed', ?, x'7b7d', 0, 0)",
+            (HOOK,),
+        )
+    old.close()
+    outbox = SqliteOutbox(tmp_path / "w.db")
+    outbox.watch("job-new", 0)
+    outbox.advance("job-new", 0, 2, [NewDelivery("msg_new", "job-new", 2, "completed", HOOK, b"{}", "t/a")], True, 0)
+    assert sorted(p.id for p in outbox.claim_due(1.0, 10, 60)) == ["msg_new", "msg_old"]  # old rows still drain
+    outbox.close()
