@@ -94,6 +94,9 @@ def test_a_newer_progress_step_replaces_one_never_attempted(outbox: Outbox) -> N
     outbox.advance(JOB_A, 0, 3, [delivery(JOB_A, 3, "progress")], False, NOW)
     outbox.advance(JOB_A, 3, 5, [delivery(JOB_A, 5, "progress")], False, NOW)
     assert [d["version"] for d in outbox.deliveries()] == [5]
+    steps = [delivery(JOB_A, 6, "progress"), delivery(JOB_A, 7, "progress"), delivery(JOB_A, 8, "started")]
+    outbox.advance(JOB_A, 5, 8, steps, False, NOW)  # several steps in one round: the newest stays
+    assert [d["version"] for d in outbox.deliveries()] == [7, 8]
 
 
 def test_claims_are_capped_per_host_and_per_owner_and_fair(outbox: Outbox) -> None:

@@ -64,10 +64,12 @@ class BlobOutbox:
         current = self.io.properties(WATCHES + job_id)
         if current is None or int(current.metadata.get("lastversion", "-1")) != expected:
             return False
-        if any(d.event == "progress" for d in deliveries):
+        progress = [d.version for d in deliveries if d.event == "progress"]
+        if progress:
             self._drop_unsent_progress(job_id)
         for d in deliveries:
-            self._create(d, now)
+            if d.event != "progress" or d.version == max(progress):  # only the newest step of a batch
+                self._create(d, now)
         if finished:
             self.io.delete(WATCHES + job_id)
             return True
