@@ -92,7 +92,8 @@ def test_a_slow_host_cannot_starve_other_hosts_and_owners(dribbler: tuple[Dribbl
     with Receiver() as fast:
         store, outbox = MemoryJobStore(), SqliteOutbox(tmp_path / "w.db")
         hosts = {"slow.test": slow_receiver.port, "fast.test": fast.port}
-        sender = Sender(guard_for(hosts), SECRET, timeout=5.0)
+        # A deadline past the test's own: no slow attempt ends (and frees its slot) while we look.
+        sender = Sender(guard_for(hosts), SECRET, timeout=GIVE_UP_S * 2)
         notifier = Notifier(
             store, outbox, sender, base_url="https://api.test", concurrency=4, caps=Caps(per_host=1, per_owner=1)
         )
