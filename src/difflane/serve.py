@@ -62,9 +62,12 @@ def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
 def _serve_api(settings: Settings) -> None:
     import uvicorn
 
+    from difflane.api import http_server
+
     options: dict[str, Any] = dict(
         host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
+    options.update(http_server.uvicorn_options(settings))  # slow/oversized clients, no banner (issue 9)
     if settings.api_workers == 1:
         from difflane.api.app import create_app
 

@@ -63,6 +63,7 @@ class Settings(BaseSettings):
     auth_authority: str = "https://login.microsoftonline.com"  # entra: where the metadata documents live
     auth_audience: Annotated[list[str], NoDecode] = Field(default_factory=list)  # client id and/or App ID URI
     auth_tenants: Annotated[list[str], NoDecode] = Field(default_factory=list)  # entra: tenant ids, or "*"
+    auth_default_tenant: str | None = None  # oidc: tenant of tokens without `tid` (unset: refused)
     auth_token_versions: Annotated[list[Literal["1", "2"]], NoDecode] = Field(default=["2"])  # "1,2": v1 too
     auth_leeway_seconds: int = Field(60, ge=0, le=300)  # clock skew allowed on exp/nbf
     auth_jwks_min_refresh_seconds: float = Field(300.0, ge=0)  # unknown `kid`: refetch keys at most this often
@@ -80,11 +81,22 @@ class Settings(BaseSettings):
     webhook_allowed_hosts: Annotated[list[str], NoDecode] = Field(default_factory=list)  # host, *.domain, or *
     webhook_allow_http: bool = False  # development only
     webhook_allow_private_networks: bool = False  # development only: loopback/private receivers
-    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)
+    webhook_timeout_seconds: float = Field(5.0, gt=0, le=60)  # one attempt's overall deadline
+    webhook_concurrency: int = Field(8, ge=1, le=256)  # sender threads per API process
+    webhook_per_host_concurrency: int = Field(2, ge=1)  # attempts in flight to one receiver host
+    webhook_per_owner_concurrency: int = Field(2, ge=1)  # attempts in flight for one job owner
     webhook_max_attempts: int = Field(8, ge=1, le=50)
     webhook_backoff_seconds: float = Field(5.0, ge=0)  # first retry; each later one waits 4x longer
     webhook_backoff_max_seconds: float = Field(3600.0, ge=0)
-    webhook_state: Path | None = None  # delivery state; default: <data_dir>/webhooks.db
+    webhook_state: Path | None = None  # delivery state; default: <data_dir>/webhooks.db (store=azure: the store)
+
+    # --- hostile input and slow clients (issue 9) ----------------------------------------------
+    metrics_backlog_refresh_seconds: float = Field(15.0, gt=0)  # /metrics queue depth is read this often
+    http_header_timeout_seconds: float = Field(10.0, gt=0, le=300)  # a request head must arrive in this time
+    http_idle_timeout_seconds: int = Field(5, ge=1, le=300)  # an idle keep-alive connection is closed
+    # open event streams per principal and API process; unset: 8 with tokens, no cap with auth=none
+    limit_event_streams: int | None = Field(None, ge=0)  # 0 = no cap
+    http_max_header_bytes: int = Field(16 * 1024, ge=1024, le=1024 * 1024)  # request line + headers; 431 above
 
     @field_validator(
         "auth_audience",
@@ -211,6 +223,8 @@ class Settings(BaseSettings):
 
     def redacted(self) -> dict[str, Any]:
         """Every setting, secrets shown as '**********' (what `difflane config show` prints)."""
+        from difflane.redaction import redact  # credentials inside URLs and connection strings
+
         out: dict[str, Any] = {}
         for name in type(self).model_fields:
             value = getattr(self, name)
@@ -218,6 +232,10 @@ class Settings(BaseSettings):
                 value = "**********"
             elif isinstance(value, Path):
                 value = str(value)
+            elif isinstance(value, str):
+                value = redact(value)
+            elif isinstance(value, list):
+                value = [redact(v) if isinstance(v, str) else v for v in value]
             out[name] = value
         out["database_path"] = str(self.database_path)
         out["results_path"] = str(self.results_path)

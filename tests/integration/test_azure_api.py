@@ -95,6 +95,7 @@ def test_readiness_and_backlog_metric(stream_platform: tuple[TestClient, wiring.
     client, _ = stream_platform
     assert client.get("/readyz").status_code == 200
     client.post("/v1/jobs", json=TINY)
+    client.app.state.backlog.refresh()  # type: ignore[attr-defined]  # the refresher's next round
     assert 'difflane_queue_depth{lane="fast"} 1.0' in client.get("/metrics").text
 
 

@@ -306,10 +306,10 @@ def test_oidc_mode_uses_discovery_and_sub(provider: OidcProvider, clock: Clock) 
     )
     app = create_app(settings, authenticator=BearerAuthenticator(tokens.from_settings(settings, clock=clock)))
     with TestClient(app) as c:
-        good = provider.token(iss=provider.oidc_issuer, aud="difflane-api", tid=None, ver=None, sub="user-7")
+        good = provider.token(iss=provider.oidc_issuer, aud="difflane-api", tid="acme", ver=None, sub="user-7")
         r = c.post("/v1/jobs", json=TINY, headers=bearer(good))
         assert r.status_code == 202, r.text
-        other = provider.token(iss=provider.oidc_issuer, aud="difflane-api", tid=None, ver=None, sub="user-8")
+        other = provider.token(iss=provider.oidc_issuer, aud="difflane-api", tid="acme", ver=None, sub="user-8")
         assert c.get(f"/v1/jobs/{r.json()['id']}", headers=bearer(other)).status_code == 404
         entra_shaped = provider.token(aud="difflane-api")  # an Entra issuer is not this issuer
         refused(c.get("/v1/jobs", headers=bearer(entra_shaped)), "invalid_issuer")

@@ -21,7 +21,8 @@ from difflane.testing import MemoryJobStore
 from difflane.webhooks import events
 from difflane.webhooks.guard import Guard, Refused, ResolveFailed
 from difflane.webhooks.notifier import ORPHAN_GRACE_S, Notifier
-from difflane.webhooks.outbox import Outbox, Pending
+from difflane.webhooks.outbox import Pending
+from difflane.webhooks.outbox_sqlite import SqliteOutbox
 from difflane.webhooks.sender import Outcome
 from difflane.webhooks.signing import InvalidSignature, Secret
 from tests.conftest import make_job
@@ -288,12 +289,21 @@ def test_an_idempotent_replay_does_not_leave_a_second_watch(hooked: tuple[TestCl
     assert [w.job_id for w in outbox.watches()] == [first["id"]]
 
 
-def test_a_failed_submit_leaves_no_watch(hooked: tuple[TestClient, wiring.Components]) -> None:
+def test_a_503_submit_keeps_its_watch_until_the_job_is_known_absent(
+    hooked: tuple[TestClient, wiring.Components],
+) -> None:
+    # A 503 is ambiguous (the write may have committed): the watch stays, and the notifier drops
+    # it once the store answers that the job does not exist (issue 9, item 7).
     client, parts = hooked
     parts.store.down = True  # type: ignore[attr-defined]
     r = client.post("/v1/jobs", json={**TINY, "webhook": {"url": "https://hooks.example.com/x"}})
     assert r.status_code == 503
-    assert client.app.state.ctx.webhooks.outbox.watches() == []  # type: ignore[attr-defined]
+    outbox = client.app.state.ctx.webhooks.outbox  # type: ignore[attr-defined]
+    assert len(outbox.watches()) == 1
+    parts.store.down = False  # type: ignore[attr-defined]
+    notifier = Notifier(parts.store, outbox, FakeSender(), base_url="https://x", clock=lambda: 1e12)  # type: ignore[arg-type]
+    notifier.tail()
+    assert outbox.watches() == []
 
 
 # --- the notifier -----------------------------------------------------------------------------
@@ -330,7 +340,7 @@ HOOK = "https://hooks.example.com/in"
 @dataclasses.dataclass
 class Rig:
     store: MemoryJobStore
-    outbox: Outbox
+    outbox: SqliteOutbox
     sender: FakeSender
     clock: Clock
     notifier: Notifier
@@ -347,7 +357,7 @@ class Rig:
 
 def make_rig(path: Path, **kw: Any) -> Rig:
     store, clock, sender = MemoryJobStore(), Clock(), FakeSender()
-    outbox = Outbox(path)
+    outbox = SqliteOutbox(path)
     notifier = Notifier(
         store,
         outbox,
@@ -564,3 +574,23 @@ def test_pending_is_what_claim_returns(rig: Rig) -> None:
     assert rig.outbox.claim_due(rig.clock(), 10, 60) == []  # claimed: nobody else takes it
     rig.clock.now += 61
     assert len(rig.outbox.claim_due(rig.clock(), 10, 60)) == 1  # the claim expired (a notifier died)
+
+
+def test_an_outbox_file_from_before_the_fairness_columns_is_migrated(tmp_path: Path) -> None:
+    from difflane.store.sqlite import Database
+    from difflane.webhooks.outbox import NewDelivery
+    from difflane.webhooks.outbox_sqlite import SCHEMA
+
+    old = Database(tmp_path / "w.db", migrations=[SCHEMA], name="webhook state")
+    with old.write() as conn:
+        conn.execute(
+            "INSERT INTO deliveries (id, job_id, version, event, url, body, next_at, updated_at) "
+            "VALUES ('msg_old', 'job-old', 2, 'completed', ?, x'7b7d', 0, 0)",
+            (HOOK,),
+        )
+    old.close()
+    outbox = SqliteOutbox(tmp_path / "w.db")
+    outbox.watch("job-new", 0)
+    outbox.advance("job-new", 0, 2, [NewDelivery("msg_new", "job-new", 2, "completed", HOOK, b"{}", "t/a")], True, 0)
+    assert sorted(p.id for p in outbox.claim_due(1.0, 10, 60)) == ["msg_new", "msg_old"]  # old rows still drain
+    outbox.close()

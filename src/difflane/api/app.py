@@ -11,10 +11,13 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from difflane import __version__, wiring
 from difflane.api import auth, limits, problems
 from difflane.api.auth import Authenticator
+from difflane.api.backlog import BacklogRefresher
 from difflane.api.context import ApiContext
 from difflane.api.deps import current_caller
-from difflane.api.routes import events, health, jobs, models
+from difflane.api.headers import HeaderLimit, SecurityHeaders
+from difflane.api.routes import docs, events, health, jobs, models
 from difflane.api.schemas import Problem
+from difflane.api.streams import StreamSlots
 from difflane.api.watch import API_ROLE, ChangeSignal
 from difflane.dispatch.doorbell import Doorbell
 from difflane.settings import Settings
@@ -54,30 +57,49 @@ def create_app(
             parts.close()
         raise
 
+    backlog = BacklogRefresher(
+        parts.catalog.lanes, parts.dispatcher.backlog, interval_seconds=settings.metrics_backlog_refresh_seconds
+    )
+
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.changes.attach(Doorbell(parts.bell_dir, API_ROLE) if parts.bell_dir else None)
         if hooks:
             hooks.start(parts.bell_dir)
+        backlog.start()
         try:
             yield
         finally:
+            backlog.stop()
             ctx.changes.detach()
             if hooks:
                 hooks.close()
             if owned:
                 parts.close()
 
-    app = FastAPI(title="difflane", version=__version__, description=DESCRIPTION, lifespan=lifespan)
+    app = FastAPI(
+        title="difflane",
+        version=__version__,
+        description=DESCRIPTION,
+        lifespan=lifespan,
+        docs_url=None,  # our own /docs, from local assets (routes/docs.py)
+        redoc_url=None,  # ReDoc would load from a CDN
+    )
     app.state.ctx = ctx
+    app.state.backlog = backlog
+    app.state.streams = StreamSlots.from_settings(settings)
     problems.install(app)
     # Every /v1 route authenticates (also declared per route with the permission it needs).
     refusals: dict[int | str, dict[str, object]] = {401: {"model": Problem}, 403: {"model": Problem}}
     for module in (jobs, events, models):
         app.include_router(module.router, dependencies=[Depends(current_caller)], responses=refusals)
     app.include_router(health.router)
+    docs.install(app)
     app.add_middleware(RequestCounter)
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
+    app.add_middleware(HeaderLimit, limit=settings.http_max_header_bytes)
+    # Outermost: every answer, refusals by the limits above included, carries these headers.
+    app.add_middleware(SecurityHeaders, public_https=(settings.public_url or "").startswith("https://"))
     return app
 
 

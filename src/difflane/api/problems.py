@@ -21,6 +21,9 @@ from difflane.errors import DifflaneError, Unavailable
 
 log = logging.getLogger(__name__)
 
+# Validation error types with a code of their own: control characters (schemas.PlainText) and
+# text that is no Unicode string (a lone surrogate escape) are both "invalid_characters".
+_OWN_CODES = {"invalid_characters": "invalid_characters", "string_unicode": "invalid_characters"}
 _HTTP_CODES = {404: "not_found", 405: "method_not_allowed", 406: "not_acceptable", 415: "unsupported_media_type"}
 
 
@@ -50,9 +53,11 @@ async def _validation_error(request: Request, exc: Exception) -> JSONResponse:
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body", "query", "path", "header")]
     field = ".".join(loc) or None
     message = f"{field}: {first.get('msg')}" if field else str(first.get("msg"))
+    # A few validators name their own code (schemas.INVALID_CHARACTERS); the rest are invalid_input.
+    code = _OWN_CODES.get(str(first.get("type")), "invalid_input")
     return problem(
         422,
-        "invalid_input",
+        code,
         message,
         field=field,
         errors=[

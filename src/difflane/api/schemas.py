@@ -2,15 +2,39 @@
 
 from __future__ import annotations
 
+import unicodedata
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic_core import PydanticCustomError
 
 from difflane.jobs import MAX_SEED, ErrorCode, JobState
 
 # Bounds that hold for every model; each model's own (tighter) limits are checked on submit.
 MAX_PROMPT_CHARS = 10_000
 MAX_SIDE = 8192
+
+# Line breaks and tabs are ordinary prompt text; every other control character (C0, DEL, C1) and
+# any lone surrogate (not encodable as UTF-8) would break a later stage: a PNG text chunk (NUL
+# is its separator), a log line, a terminal. Refused at the door so no worker ever sees them.
+_ALLOWED_CONTROLS = frozenset("\t\n\r")
+INVALID_CHARACTERS = "invalid_characters"  # the error code (see problems._validation_error)
+
+
+def _plain_text(value: str | None) -> str | None:
+    for index, char in enumerate(value or ""):
+        if char in _ALLOWED_CONTROLS:
+            continue
+        if unicodedata.category(char) in ("Cc", "Cs"):
+            raise PydanticCustomError(
+                INVALID_CHARACTERS,
+                "contains the control character U+{codepoint:04X} at position {index}",
+                {"codepoint": ord(char), "index": index},
+            )
+    return value
+
+
+PlainText = AfterValidator(_plain_text)
 
 
 class WebhookCreate(BaseModel):
@@ -23,6 +47,7 @@ class WebhookCreate(BaseModel):
             max_length=2048,
             description="https URL on a host this deployment allows; signed per Standard Webhooks",
         ),
+        PlainText,
     ]
     events: Annotated[
         list[Literal["started", "progress", "completed"]],
@@ -33,16 +58,18 @@ class WebhookCreate(BaseModel):
 class JobCreate(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)  # "64" is not a number: say so
 
-    model: Annotated[str, Field(min_length=1, max_length=200, description="A model name from GET /v1/models")]
-    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]
-    negative_prompt: Annotated[str | None, Field(max_length=MAX_PROMPT_CHARS)] = None
+    model: Annotated[
+        str, Field(min_length=1, max_length=200, description="A model name from GET /v1/models"), PlainText
+    ]
+    prompt: Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS), PlainText]
+    negative_prompt: Annotated[str | None, Field(max_length=MAX_PROMPT_CHARS), PlainText] = None
     width: Annotated[int | None, Field(ge=8, le=MAX_SIDE, multiple_of=8)] = None
     height: Annotated[int | None, Field(ge=8, le=MAX_SIDE, multiple_of=8)] = None
     steps: Annotated[int | None, Field(ge=1, le=1000)] = None
     guidance_scale: Annotated[float | None, Field(ge=0.0, le=100.0, allow_inf_nan=False)] = None
     seed: Annotated[int | None, Field(ge=0, le=MAX_SEED, description="Random when absent; always recorded")] = None
     num_images: Annotated[int, Field(ge=1, le=64)] = 1
-    lane: Annotated[str | None, Field(min_length=1, max_length=100)] = None
+    lane: Annotated[str | None, Field(min_length=1, max_length=100), PlainText] = None
     webhook: WebhookCreate | None = None
 
 

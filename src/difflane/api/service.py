@@ -13,7 +13,7 @@ from difflane.api.limits import Admission
 from difflane.auth.caller import Caller
 from difflane.catalog import Catalog, ModelSpec
 from difflane.dispatch.base import Dispatcher
-from difflane.errors import Conflict, DifflaneError, IllegalTransition, InvalidInput, NotFound
+from difflane.errors import Conflict, IllegalTransition, InvalidInput, NotFound
 from difflane.jobs import MAX_SEED, GenerationRequest, Job, JobState, Webhook, is_job_id, new_job
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import IdempotencyKey, JobStore, mutate
@@ -64,6 +64,8 @@ class JobService:
             key = IdempotencyKey(idempotency_key, fingerprint(body))
         webhook = self._webhook(body.get("webhook"))
         if key is not None and (replayed := self.store.find_replay(owner, key)) is not None:
+            if self.webhooks is not None:  # hook (issue 9 item 7, webhooks/intake.py): re-watch a lost watch
+                self.webhooks.replayed(replayed)
             return replayed, False  # a retry gets its job, whatever the limits say now
         # Over a limit: 429 before anything is written.
         with self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext():
@@ -103,9 +105,8 @@ class JobService:
         self.webhooks.watch(job.id)
         try:
             stored, created = self.store.create(job, key)
-        except BaseException:
-            with contextlib.suppress(DifflaneError):
-                self.webhooks.unwatch(job.id)
+        except BaseException as exc:
+            self.webhooks.create_failed(job.id, exc, self.store)  # hook (issue 9 item 7): keep it if written
             raise
         if stored.id != job.id:
             # A replay, or a store that finished a concurrent request's create under that

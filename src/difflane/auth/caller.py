@@ -20,6 +20,7 @@ class Caller:
 
     principal: Principal
     permissions: frozenset[str] = frozenset()
+    expires_at: float | None = None  # the token's `exp` (epoch seconds); long requests end there
 
     def has_any(self, permissions: Iterable[str]) -> bool:
         return not self.permissions.isdisjoint(permissions)

@@ -8,8 +8,12 @@ The rules, in the order they are applied:
   ``tid``, which must be a GUID);
 - ``aud`` must be one of ours; ``exp`` and ``nbf`` hold within a small leeway;
 - the tenant must be allowed;
-- the principal is (``tid``, ``oid``) for Entra and (``tid`` or "default", ``sub``) for other
-  issuers: never ``email``, ``upn`` or ``preferred_username``, which users or admins can change.
+- the principal is (``tid``, ``oid``) for Entra and (``tid``, ``sub``) for other issuers: never
+  ``email``, ``upn`` or ``preferred_username``, which users or admins can change. A generic
+  issuer's ``tid`` is kept exactly (case included: "Acme" and "acme" are two tenants); a token
+  without one is refused unless DIFFLANE_AUTH_DEFAULT_TENANT names a tenant for them, and a
+  malformed one (not a string, too long, a space or "/") is always refused, never mapped to a
+  shared tenant. See docs/architecture/0012-hostile-input-and-tenants.md.
 """
 
 from __future__ import annotations
@@ -32,7 +36,6 @@ GUID = re.compile(r"^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}
 TENANT_TEMPLATE = "{tenantid}"
 MAX_TOKEN_CHARS = 16 * 1024
 ALGORITHM = "RS256"
-DEFAULT_TENANT = "default"
 _TENANT_PART = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 REALM = "difflane"
 
@@ -60,8 +63,9 @@ class TokenRules:
     kind: Literal["entra", "oidc"]
     sources: Mapping[str, KeySource]  # entra: by the token's `ver` ("1.0", "2.0"); oidc: {"": source}
     audiences: tuple[str, ...]
-    tenants: frozenset[str] | None  # lower-case; None: any tenant
+    tenants: frozenset[str] | None  # entra: lower-case GUIDs; oidc: exact; None: any tenant
     leeway_seconds: int = 60
+    default_tenant: str | None = None  # oidc: the tenant of tokens with no tid; None: refuse them
 
 
 class TokenValidator:
@@ -86,7 +90,7 @@ class TokenValidator:
         if key is None:
             raise InvalidToken("the token is signed with a key the issuer does not publish", code="unknown_key")
         claims = self._verify(token, key, self._expected_issuer(issuer, unverified))
-        return Caller(self._principal(claims), _permissions(claims))
+        return Caller(self._principal(claims), _permissions(claims), expires_at=float(claims["exp"]))
 
     def _source(self, unverified: Mapping[str, Any]) -> KeySource:
         if self.rules.kind == "oidc":
@@ -142,13 +146,25 @@ class TokenValidator:
             tenant = tid.lower()
         else:
             subject = claims.get("sub")
-            tenant = tid.lower() if isinstance(tid, str) and _TENANT_PART.match(tid) else DEFAULT_TENANT
+            tenant = self._oidc_tenant(tid)
         if self.rules.tenants is not None and tenant not in self.rules.tenants:
             raise InvalidToken("the token's tenant is not allowed", code="tenant_not_allowed")
         if not isinstance(subject, str) or not 0 < len(subject) <= 256 or not subject.isprintable():
             claim = "oid" if self.rules.kind == "entra" else "sub"
             raise InvalidToken(f"the token has no usable subject ({claim})", code="missing_claim")
         return Principal(tenant, subject.lower() if self.rules.kind == "entra" else subject)
+
+    def _oidc_tenant(self, tid: object) -> str:
+        if tid is None:
+            if self.rules.default_tenant is None:
+                raise InvalidToken("the token names no tenant (tid)", code="missing_tenant")
+            return self.rules.default_tenant
+        if not isinstance(tid, str) or not _TENANT_PART.match(tid):
+            # Never folded into a default: that would merge an unknown tenant with a known one.
+            raise InvalidToken(
+                "the token's tenant (tid) must be 1-128 letters, digits, '.', '_' or '-'", code="invalid_tenant"
+            )
+        return tid  # exactly: lower-casing would merge "Acme" and "acme"
 
 
 def _permissions(claims: Mapping[str, Any]) -> frozenset[str]:
@@ -210,7 +226,11 @@ def from_settings(
             raise ConfigError("DIFFLANE_AUTH=oidc needs DIFFLANE_AUTH_ISSUER")
         metadata = issuer.rstrip("/") + "/.well-known/openid-configuration"
         sources = {"": source(metadata, expected_issuer=issuer)}
-        return TokenValidator(TokenRules("oidc", sources, audiences, tenants, settings.auth_leeway_seconds))
+        default = settings.auth_default_tenant
+        if default is not None and not _TENANT_PART.match(default):
+            raise ConfigError(f"DIFFLANE_AUTH_DEFAULT_TENANT: {default!r} is not a tenant id")
+        rules = TokenRules("oidc", sources, audiences, tenants, settings.auth_leeway_seconds, default)
+        return TokenValidator(rules)
     raise ConfigError(f"DIFFLANE_AUTH={settings.auth} does not use tokens")
 
 
@@ -223,4 +243,5 @@ def _tenants(values: list[str], *, guids: bool) -> frozenset[str] | None:
     for value in values:
         if not pattern.match(value):
             raise ConfigError(f"DIFFLANE_AUTH_TENANTS: {value!r} is not a tenant id")
-    return frozenset(v.lower() for v in values)
+    # Entra tenant ids are GUIDs (case-insensitive); other issuers' ids are compared exactly.
+    return frozenset(v.lower() if guids else v for v in values)

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from difflane.errors import InvalidInput
-from difflane.jobs import WEBHOOK_EVENTS, Webhook
+from difflane.errors import DifflaneError, InvalidInput, Unavailable
+from difflane.jobs import WEBHOOK_EVENTS, Job, Webhook
+from difflane.store.base import JobStore
 from difflane.webhooks.guard import Guard, Refused
 from difflane.webhooks.outbox import Outbox
 
@@ -41,3 +43,30 @@ class WebhookIntake:
 
     def unwatch(self, job_id: str) -> None:
         self.outbox.unwatch(job_id)
+
+    def create_failed(self, job_id: str, error: BaseException, store: JobStore) -> None:
+        """The create raised: drop the watch only when the record surely was not written.
+
+        An Unavailable (or anything unexpected) may come after the write committed (a timeout
+        on the answer): the job then exists and its client will retry. Its watch stays; if the
+        record really is absent, the notifier drops the orphan after a grace period.
+        """
+        if isinstance(error, DifflaneError) and not isinstance(error, Unavailable):
+            self._quietly_unwatch(job_id)  # a refusal (conflict, invalid): nothing was written
+            return
+        try:
+            written = store.get(job_id) is not None
+        except DifflaneError:
+            return  # cannot tell: keep the watch
+        if not written:
+            self._quietly_unwatch(job_id)
+
+    def replayed(self, job: Job) -> None:
+        """An idempotent replay: a job still running must be watched (its first answer may have been
+        lost with its watch). A finished job is not re-watched: its events were already made."""
+        if job.webhook is not None and not job.state.terminal:
+            self.outbox.watch(job.id, self.clock())
+
+    def _quietly_unwatch(self, job_id: str) -> None:
+        with contextlib.suppress(DifflaneError):  # an orphan watch is dropped by the notifier later
+            self.outbox.unwatch(job_id)

@@ -4,8 +4,10 @@ Runs in each API process, in a thread. Each round:
 1. tail: for every watched job, read the versions written since the last round
    (``store.history``), turn them into events the job's webhook asked for, and record them in
    the outbox in one transaction with the watch's new cursor (a crash replays, never skips);
-2. deliver: claim due deliveries (one per job at a time, so a job's events arrive in order)
-   and send each from a small thread pool. A failure is retried after ``backoff * 4**n``
+2. deliver: claim due deliveries (one per job at a time, so a job's events arrive in order;
+   a few per receiver host and per owner, handed out round-robin, so one slow endpoint cannot
+   hold every sender: see fairness.py) and send each from a small thread pool, each attempt
+   under one overall deadline (sender.py). A failure is retried after ``backoff * 4**n``
    seconds (with jitter, capped), up to ``max_attempts``; a refused URL or a 410 stops at once.
 The thread sleeps until a job changes (the embedded shape rings the API's doorbell on every
 write) or a second passes.
@@ -25,6 +27,7 @@ from difflane.dispatch import doorbell
 from difflane.errors import DifflaneError
 from difflane.store.base import JobStore
 from difflane.webhooks import events
+from difflane.webhooks.fairness import DEFAULT_CAPS, Caps
 from difflane.webhooks.outbox import NewDelivery, Outbox, Pending, Watch
 from difflane.webhooks.sender import Outcome, Sender
 
@@ -47,7 +50,8 @@ class Notifier:
         max_attempts: int = 8,
         backoff_seconds: float = 5.0,
         backoff_max_seconds: float = 3600.0,
-        concurrency: int = 4,
+        concurrency: int = 8,
+        caps: Caps = DEFAULT_CAPS,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -58,6 +62,7 @@ class Notifier:
         self.backoff_seconds = backoff_seconds
         self.backoff_max_seconds = backoff_max_seconds
         self.concurrency = concurrency
+        self.caps = caps
         self.clock = clock
         # A claimed delivery is not taken by another notifier until the sender's time is surely up.
         self.claim_seconds = sender.timeout * 4 + 30
@@ -73,7 +78,7 @@ class Notifier:
     def run_once(self) -> int:
         """Tail every watch, then send what is due, inline. Returns the attempts made."""
         self.tail()
-        due = self.outbox.claim_due(self.clock(), 100, self.claim_seconds)
+        due = self.outbox.claim_due(self.clock(), 100, self.claim_seconds, self.caps)
         for pending in due:
             self.attempt(pending)
         return len(due)
@@ -126,7 +131,8 @@ class Notifier:
             if event is None or job.webhook is None or event not in job.webhook.events:
                 continue
             body = events.body(event, job, self.base_url, now)
-            deliveries.append(NewDelivery(events.message_id(job), job.id, job.version, event, job.webhook.url, body))
+            message = events.message_id(job)
+            deliveries.append(NewDelivery(message, job.id, job.version, event, job.webhook.url, body, job.owner.key))
         last = fresh[-1]
         self.outbox.advance(watch.job_id, watch.last_version, last.version, deliveries, last.state.terminal, now)
 
@@ -171,7 +177,7 @@ class Notifier:
         assert self._pool is not None
         with self._in_flight_lock:
             free = self.concurrency - self._in_flight
-        for pending in self.outbox.claim_due(self.clock(), free, self.claim_seconds):
+        for pending in self.outbox.claim_due(self.clock(), free, self.claim_seconds, self.caps):
             with self._in_flight_lock:
                 self._in_flight += 1
             self._pool.submit(self._attempt_in_pool, pending)

@@ -1,46 +1,25 @@
-"""Durable webhook state in its own SQLite file: which jobs to watch, what is left to deliver.
+"""The webhook outbox seam: which jobs are watched, and what is left to deliver.
 
-Kept apart from the job store so that it works beside any store (SQLite, memory, Azure Blob)
-and never touches the store's schema. Several API processes may share one file: every step is
-idempotent or guarded (watch cursors advance with compare-and-set, message ids are unique,
-deliveries are claimed with a lease before they are sent), so two notifiers never send one
-message twice except after a crash, where Standard Webhooks' ``webhook-id`` lets receivers
-drop the repeat (at-least-once).
+Two implementations: ``outbox_sqlite.SqliteOutbox`` (a file beside the embedded database) and
+``outbox_blob.BlobOutbox`` (blobs in the job store's container, for ``DIFFLANE_STORE=azure``,
+where API pods have no disk that outlives them; see docs/architecture/0011-webhook-state-in-the-store.md).
+Both keep the same contract (tests/contract/test_webhook_outbox.py):
+
+- ``watch`` is idempotent; ``advance`` moves a watch's cursor with compare-and-set and records
+  the new deliveries first (a crash replays versions, never skips one);
+- message ids are unique, so a replayed version never makes a second delivery;
+- deliveries are claimed with a lease before they are sent, at most one per job at a time (a
+  job's events go out in version order), fairly across receiver hosts and owners;
+- a newer progress step replaces an older one never attempted.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import shutil
-import tempfile
 from collections.abc import Sequence
-from pathlib import Path
+from typing import Protocol
 
-from difflane.store.sqlite import Database
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS watches (
-    job_id        TEXT PRIMARY KEY,
-    last_version  INTEGER NOT NULL DEFAULT 0,   -- the last job version turned into events
-    created_at    REAL NOT NULL
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS deliveries (
-    id            TEXT PRIMARY KEY,             -- the webhook-id: same on every attempt
-    job_id        TEXT NOT NULL,
-    version       INTEGER NOT NULL,             -- per job, deliveries go out in version order
-    event         TEXT NOT NULL,
-    url           TEXT NOT NULL,
-    body          BLOB NOT NULL,
-    state         TEXT NOT NULL DEFAULT 'pending',  -- pending | failed (delivered rows are deleted)
-    attempts      INTEGER NOT NULL DEFAULT 0,
-    next_at       REAL NOT NULL,
-    claimed_until REAL,
-    last_error    TEXT,
-    updated_at    REAL NOT NULL
-);
-CREATE INDEX IF NOT EXISTS deliveries_due ON deliveries (state, next_at);
-CREATE INDEX IF NOT EXISTS deliveries_by_job ON deliveries (job_id, state, version);
-"""
+from difflane.webhooks.fairness import Caps
 
 
 @dataclasses.dataclass(frozen=True)
@@ -58,6 +37,7 @@ class NewDelivery:
     event: str
     url: str
     body: bytes
+    owner: str = ""  # the job owner's key: attempts in flight per owner are capped
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,117 +50,27 @@ class Pending:
     attempts: int  # attempts made before this one
 
 
-class Outbox:
-    def __init__(self, path: str | Path, *, busy_timeout_ms: int = 5000) -> None:
-        self._scratch: str | None = None
-        if str(path) == ":memory:":
-            # A private temporary file rather than SQLite's shared-cache memory mode, whose table
-            # locks fail at once instead of waiting (used with store=memory and in tests).
-            self._scratch = tempfile.mkdtemp(prefix="difflane-webhooks-")
-            path = Path(self._scratch) / "webhooks.db"
-        self._db = Database(path, busy_timeout_ms=busy_timeout_ms, migrations=[SCHEMA], name="webhook state")
-        self.path = self._db.path
-        self._read = self._db.read
-        self._write = self._db.write
+class Outbox(Protocol):
+    def watch(self, job_id: str, now: float) -> None: ...
 
-    # --- submit side ---------------------------------------------------------------------------
+    def unwatch(self, job_id: str) -> None: ...
 
-    def watch(self, job_id: str, now: float) -> None:
-        with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO watches (job_id, created_at) VALUES (?, ?)", (job_id, now))
-
-    def unwatch(self, job_id: str) -> None:
-        with self._write() as conn:
-            conn.execute("DELETE FROM watches WHERE job_id = ?", (job_id,))
-
-    # --- notifier side -------------------------------------------------------------------------
-
-    def watches(self) -> list[Watch]:
-        with self._read() as conn:
-            rows = conn.execute("SELECT job_id, last_version, created_at FROM watches ORDER BY job_id").fetchall()
-        return [Watch(*row) for row in rows]
+    def watches(self) -> list[Watch]: ...
 
     def advance(
         self, job_id: str, expected: int, version: int, deliveries: Sequence[NewDelivery], finished: bool, now: float
-    ) -> bool:
-        """Record the events of versions up to ``version`` at once; False if another notifier did."""
-        with self._write() as conn:
-            cur = conn.execute(
-                "UPDATE watches SET last_version = ? WHERE job_id = ? AND last_version = ?", (version, job_id, expected)
-            )
-            if cur.rowcount == 0:
-                return False
-            for d in deliveries:
-                if d.event == "progress":
-                    # A newer step replaces one never attempted: a slow receiver gets fewer steps.
-                    conn.execute(
-                        "DELETE FROM deliveries WHERE job_id = ? AND event = 'progress' AND state = 'pending' "
-                        "AND attempts = 0 AND claimed_until IS NULL",
-                        (job_id,),
-                    )
-                conn.execute(
-                    "INSERT OR IGNORE INTO deliveries (id, job_id, version, event, url, body, next_at, updated_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                    (d.id, d.job_id, d.version, d.event, d.url, d.body, now, now),
-                )
-            if finished:
-                conn.execute("DELETE FROM watches WHERE job_id = ?", (job_id,))
-        return True
+    ) -> bool: ...
 
-    def claim_due(self, now: float, limit: int, lease_seconds: float) -> list[Pending]:
-        """Due deliveries, at most one per job (the oldest), claimed for ``lease_seconds``."""
-        if limit <= 0:
-            return []
-        with self._write() as conn:
-            rows = conn.execute(
-                "SELECT d.id, d.job_id, d.event, d.url, d.body, d.attempts FROM deliveries d "
-                "WHERE d.state = 'pending' AND d.next_at <= ? AND (d.claimed_until IS NULL OR d.claimed_until < ?) "
-                "AND NOT EXISTS (SELECT 1 FROM deliveries e WHERE e.job_id = d.job_id AND e.state = 'pending' "
-                "AND e.version < d.version) "
-                "ORDER BY d.next_at LIMIT ?",
-                (now, now, limit),
-            ).fetchall()
-            for row in rows:
-                conn.execute("UPDATE deliveries SET claimed_until = ? WHERE id = ?", (now + lease_seconds, row[0]))
-        return [Pending(row[0], row[1], row[2], row[3], bytes(row[4]), row[5]) for row in rows]
+    def claim_due(self, now: float, limit: int, lease_seconds: float, caps: Caps = ...) -> list[Pending]: ...
 
-    def delivered(self, delivery_id: str) -> None:
-        with self._write() as conn:
-            conn.execute("DELETE FROM deliveries WHERE id = ?", (delivery_id,))
+    def delivered(self, delivery_id: str) -> None: ...
 
-    def retry_at(self, delivery_id: str, attempts: int, next_at: float, error: str, now: float) -> None:
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE deliveries SET attempts = ?, next_at = ?, claimed_until = NULL, last_error = ?, "
-                "updated_at = ? WHERE id = ?",
-                (attempts, next_at, error[:500], now, delivery_id),
-            )
+    def retry_at(self, delivery_id: str, attempts: int, next_at: float, error: str, now: float) -> None: ...
 
-    def give_up(self, delivery_id: str, attempts: int, error: str, now: float) -> None:
-        """Keep the record for operators; later deliveries of the job are no longer held back."""
-        with self._write() as conn:
-            conn.execute(
-                "UPDATE deliveries SET state = 'failed', attempts = ?, claimed_until = NULL, last_error = ?, "
-                "updated_at = ? WHERE id = ?",
-                (attempts, error[:500], now, delivery_id),
-            )
+    def give_up(self, delivery_id: str, attempts: int, error: str, now: float) -> None: ...
 
-    def prune(self, before: float) -> None:
-        with self._write() as conn:
-            conn.execute("DELETE FROM deliveries WHERE state = 'failed' AND updated_at < ?", (before,))
+    def prune(self, before: float) -> None: ...
 
-    def deliveries(self, job_id: str | None = None) -> list[dict[str, object]]:
-        """Undelivered and failed deliveries (for operators and tests)."""
-        sql = "SELECT id, job_id, version, event, state, attempts, next_at, last_error FROM deliveries"
-        args: tuple[str, ...] = ()
-        if job_id is not None:
-            sql, args = sql + " WHERE job_id = ?", (job_id,)
-        with self._read() as conn:
-            rows = conn.execute(sql + " ORDER BY job_id, version", args).fetchall()
-        names = ("id", "job_id", "version", "event", "state", "attempts", "next_at", "last_error")
-        return [dict(zip(names, row, strict=True)) for row in rows]
+    def deliveries(self, job_id: str | None = None) -> list[dict[str, object]]: ...
 
-    def close(self) -> None:
-        self._db.close()
-        if self._scratch is not None:
-            shutil.rmtree(self._scratch, ignore_errors=True)
+    def close(self) -> None: ...

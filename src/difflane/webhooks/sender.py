@@ -4,7 +4,9 @@ The request goes to the checked IP address itself; the Host header and (for http
 server name and certificate check still use the URL's host name, so the receiver sees a normal
 request and a spoofed DNS answer cannot move it elsewhere. Proxies from the environment are not
 used (they would connect wherever they like), redirects are not followed (a 3xx is a failed
-attempt), the response body is not read, and every phase has a short timeout.
+attempt), the response body is not read, and the whole attempt (connect, TLS, request, status
+line and headers) has one overall deadline, ``timeout`` seconds, however slowly the receiver
+answers (deadline.py).
 """
 
 from __future__ import annotations
@@ -14,9 +16,11 @@ import logging
 import ssl
 import time
 
+import httpcore
 import httpx
 
 from difflane import __version__
+from difflane.webhooks.deadline import DeadlineBackend
 from difflane.webhooks.guard import Guard, Refused, ResolveFailed, Target
 from difflane.webhooks.signing import Secret
 
@@ -44,8 +48,9 @@ class Sender:
     ) -> None:
         self.guard = guard
         self.secret = secret
-        self.timeout = timeout
-        self.verify = verify  # tests pass a context that trusts their own CA
+        self.timeout = timeout  # the overall deadline of one attempt
+        # Built once: loading the CA bundle per attempt would cost more than the request.
+        self.ssl_context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
 
     def send(self, msg_id: str, url: str, body: bytes) -> Outcome:
         try:
@@ -64,26 +69,34 @@ class Sender:
         return self._post(target, str(address), headers, body)
 
     def _post(self, target: Target, address: str, headers: dict[str, str], body: bytes) -> Outcome:
-        # raw_path, not join(): a path such as "//other.host/x" must stay a path.
-        url = httpx.URL(scheme=target.scheme, host=address, port=target.port, raw_path=target.path.encode())
-        extensions = {}
+        # raw target, not a joined URL: a path such as "//other.host/x" must stay a path.
+        url = httpcore.URL(scheme=target.scheme, host=address, port=target.port, target=target.path)
+        extensions: dict[str, object] = {}
         if target.scheme == "https" and not target.is_ip_literal:
             extensions["sni_hostname"] = target.host  # TLS name and certificate check: the host name
         try:
             with (
-                httpx.Client(
-                    trust_env=False, follow_redirects=False, timeout=self.timeout, verify=self.verify
-                ) as client,
-                client.stream("POST", url, content=body, headers=headers, extensions=extensions) as response,
+                httpcore.ConnectionPool(
+                    ssl_context=self.ssl_context,
+                    max_connections=1,
+                    network_backend=DeadlineBackend(self.timeout),
+                ) as pool,
+                pool.stream(
+                    "POST", url, headers=list(headers.items()), content=body, extensions=extensions
+                ) as response,
             ):
-                status = response.status_code
-        except httpx.TimeoutException:
+                status = response.status
+        except httpcore.TimeoutException:
             return Outcome(False, True, "timed out")
-        except httpx.HTTPError as exc:
+        except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError) as exc:
             return Outcome(False, True, f"{type(exc).__name__}: {exc}")
-        if 200 <= status < 300:
-            return Outcome(True, False, f"HTTP {status}", status)
-        if status == 410:  # Gone: the receiver asks us to stop
-            return Outcome(False, False, "HTTP 410 Gone: the receiver asked to stop", status)
-        kind = "redirect (not followed)" if 300 <= status < 400 else "error"
-        return Outcome(False, True, f"HTTP {status} {kind}", status)
+        return _judge(status)
+
+
+def _judge(status: int) -> Outcome:
+    if 200 <= status < 300:
+        return Outcome(True, False, f"HTTP {status}", status)
+    if status == 410:  # Gone: the receiver asks us to stop
+        return Outcome(False, False, "HTTP 410 Gone: the receiver asked to stop", status)
+    kind = "redirect (not followed)" if 300 <= status < 400 else "error"
+    return Outcome(False, True, f"HTTP {status} {kind}", status)

@@ -8,10 +8,12 @@ from pathlib import Path
 from difflane.errors import ConfigError
 from difflane.settings import Settings
 from difflane.store.base import JobStore
+from difflane.webhooks.fairness import Caps
 from difflane.webhooks.guard import Guard
 from difflane.webhooks.intake import WebhookIntake
 from difflane.webhooks.notifier import Notifier
 from difflane.webhooks.outbox import Outbox
+from difflane.webhooks.outbox_sqlite import SqliteOutbox
 from difflane.webhooks.sender import Sender
 from difflane.webhooks.signing import Secret
 
@@ -39,6 +41,23 @@ def secret_from_settings(settings: Settings) -> Secret | None:
         raise ConfigError(f"DIFFLANE_WEBHOOK_SECRET: {exc}") from exc
 
 
+def outbox_for(settings: Settings, store: JobStore) -> Outbox:
+    """Where watches and pending deliveries live: beside the job records. Records in Azure Blob
+    Storage mean API pods with no lasting disk, so the webhook state goes into the same
+    container (docs/architecture/0011-webhook-state-in-the-store.md)."""
+    if settings.store == "azure":
+        from difflane.store.azure_blob import AzureBlobJobStore
+
+        if isinstance(store, AzureBlobJobStore):
+            from difflane.webhooks.outbox_blob import BlobOutbox
+
+            return BlobOutbox(store.io)
+    state: str | Path = settings.webhook_state or (
+        ":memory:" if settings.store == "memory" else settings.data_dir / "webhooks.db"
+    )
+    return SqliteOutbox(state)
+
+
 def build(settings: Settings, store: JobStore) -> Webhooks | None:
     secret = secret_from_settings(settings)
     if secret is None:
@@ -48,10 +67,7 @@ def build(settings: Settings, store: JobStore) -> Webhooks | None:
         allow_http=settings.webhook_allow_http,
         allow_private=settings.webhook_allow_private_networks,
     )
-    state: str | Path = settings.webhook_state or (
-        ":memory:" if settings.store == "memory" else settings.data_dir / "webhooks.db"
-    )
-    outbox = Outbox(state)
+    outbox = outbox_for(settings, store)
     sender = Sender(guard, secret, timeout=settings.webhook_timeout_seconds)
     notifier = Notifier(
         store,
@@ -61,5 +77,7 @@ def build(settings: Settings, store: JobStore) -> Webhooks | None:
         max_attempts=settings.webhook_max_attempts,
         backoff_seconds=settings.webhook_backoff_seconds,
         backoff_max_seconds=settings.webhook_backoff_max_seconds,
+        concurrency=settings.webhook_concurrency,
+        caps=Caps(settings.webhook_per_host_concurrency, settings.webhook_per_owner_concurrency),
     )
     return Webhooks(WebhookIntake(guard, outbox), notifier, outbox)

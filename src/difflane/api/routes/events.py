@@ -2,6 +2,11 @@
 
 Events come from the record's version history, so a slow reader, a reconnect with
 ``Last-Event-ID`` or a missed wake-up never loses a step: the stream replays what it has not sent.
+
+A principal holds at most a few streams at once (api/streams.py, 429 above), and a stream ends
+with an ``error`` event ``token_expired`` when the caller's token expires: access checked once at
+the start must not outlive the token that granted it. Clients reconnect with a fresh token and
+``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -12,12 +17,14 @@ from collections.abc import AsyncIterator
 from typing import Annotated
 
 from fastapi import APIRouter, Depends, Header, Path, Request
+from starlette.background import BackgroundTask
 from starlette.responses import StreamingResponse
 
 from difflane.api.context import ApiContext, get_context
 from difflane.api.deps import Reader
 from difflane.api.routes.render import base_url, job_json
 from difflane.api.schemas import Problem
+from difflane.api.streams import Slot
 from difflane.errors import DifflaneError
 from difflane.jobs import Job
 
@@ -54,6 +61,7 @@ def sse(event: str, data: dict[str, object], event_id: int | None = None) -> byt
             "the stream ends after the job's final state.",
         },
         404: {"model": Problem},
+        429: {"model": Problem},
         503: {"model": Problem},
     },
     summary="Stream a job's state changes and steps (Server-Sent Events)",
@@ -66,17 +74,29 @@ async def job_events(
     last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=20)] = None,
 ) -> StreamingResponse:
     await ctx.call(ctx.service.get, caller, job_id)  # 404 before the stream starts
+    slot = request.app.state.streams.take(caller.principal)  # 429 over the principal's cap
     # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
     after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
     base = base_url(request, ctx.settings.public_url)
     return StreamingResponse(
-        _stream(ctx, request, job_id, after, base),
+        _held(slot, _stream(ctx, request, job_id, after, base, caller.expires_at)),
         media_type="text/event-stream",
         headers={"Cache-Control": "no-store", "X-Accel-Buffering": "no"},
+        background=BackgroundTask(slot.release),  # also when the body never started
     )
 
 
-async def _stream(ctx: ApiContext, request: Request, job_id: str, after: int, base: str) -> AsyncIterator[bytes]:
+async def _held(slot: Slot, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
+    try:
+        async for chunk in events:
+            yield chunk
+    finally:
+        slot.release()
+
+
+async def _stream(
+    ctx: ApiContext, request: Request, job_id: str, after: int, base: str, expires_at: float | None
+) -> AsyncIterator[bytes]:
     previous: Job | None = None
     if after:
         earlier = await ctx.call(ctx.store.history, job_id, after - 1)
@@ -102,6 +122,11 @@ async def _stream(ctx: ApiContext, request: Request, job_id: str, after: int, ba
         if previous is not None and previous.state.terminal:
             return
         if await request.is_disconnected():
+            return
+        if expires_at is not None and time.time() >= expires_at:
+            yield sse(
+                "error", {"code": "token_expired", "message": "the access token expired; reconnect with a new one"}
+            )
             return
         if time.monotonic() - last_sent > HEARTBEAT_SECONDS:
             yield b": keep-alive\n\n"
