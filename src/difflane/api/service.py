@@ -13,7 +13,7 @@ from difflane.api.limits import Admission
 from difflane.auth.caller import Caller
 from difflane.catalog import Catalog, ModelSpec
 from difflane.dispatch.base import Dispatcher
-from difflane.errors import Conflict, IllegalTransition, InvalidInput, NotFound
+from difflane.errors import Conflict, DifflaneError, IllegalTransition, InvalidInput, NotFound
 from difflane.jobs import MAX_SEED, GenerationRequest, Job, JobState, Webhook, is_job_id, new_job
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import IdempotencyKey, JobStore, mutate

@@ -30,7 +30,7 @@ deliveries (lock expiries and abandons). A message that comes back with a delive
 (its worker died, its lock ran out) is replaced at receive by a fresh copy, so the count never
 reaches the queue's maximum while the record still has attempts; after ``REFRESH_LIMIT``
 deliveries of one job the adapter stops replacing, and the queue's own limit ends the loop
-(docs/architecture/0007-servicebus-deliveries.md).
+(docs/architecture/0008-servicebus-deliveries.md).
 
 Every settlement may be lost: a message can come back for a finished job, and the executor
 completes it without work. A settlement that fails (a lost lock, a link that is down, a handler
