@@ -59,8 +59,9 @@ def test_run_job_gives_the_job_back_at_once_on_sigterm(make_platform: Any) -> No
     """Item 10: eviction, drain and preemption send SIGTERM; the record must not sit running."""
     p: Platform = make_platform(lease_seconds="60")
     p.serve(workers=0)
-    job = p.submit(steps=100)
+    job = p.submit(steps=40)
     run = Proc(["run-job", job["id"]], p.env(), p.root / "run-job.log")
+    p.procs.append(run)  # closed with the platform
     p.wait(job["id"], lambda j: j["progress"]["step"] >= 2)
     run.popen.send_signal(signal.SIGTERM)
     assert run.popen.wait(30) == 3, run.output()
