@@ -88,15 +88,23 @@ def settings_env(env: Mapping[str, str]) -> str:
     return HEADER + "".join(line + "\n" for line in lines)
 
 
+# The image names the native and servicebus overlays render (their `images:` newName): an overlay
+# of an overlay matches those, not the base's short names. azure.yaml's edits use them too.
+RENDERED_IMAGES = {
+    "difflane-api": "difflane.azurecr.io/difflane-api",
+    "difflane-worker": "difflane.azurecr.io/difflane-worker",
+}
+
+
 def image_entry(name: str, ref: str) -> dict[str, str]:
     """A kustomize ``images:`` entry for REGISTRY/REPO@sha256:... (or :TAG)."""
     if "@" in ref:
         new_name, digest = ref.split("@", 1)
-        return {"name": name, "newName": new_name, "digest": digest}
+        return {"name": RENDERED_IMAGES[name], "newName": new_name, "digest": digest}
     repository, sep, tag = ref.rpartition(":")
     if not sep or "/" in tag:
         raise MissingOutput(f"image {ref!r} names neither a digest nor a tag")
-    return {"name": name, "newName": repository, "newTag": tag}
+    return {"name": RENDERED_IMAGES[name], "newName": repository, "newTag": tag}
 
 
 def release(api_image: str, worker_image: str) -> dict[str, object]:
@@ -122,7 +130,14 @@ def release(api_image: str, worker_image: str) -> dict[str, object]:
     }
 
 
-def kustomization(env: Mapping[str, str]) -> dict[str, object]:
+K8S = Path(__file__).resolve().parent / "k8s"
+
+
+def _relative(target: Path, out: Path) -> str:
+    return os.path.relpath(target, out.resolve())
+
+
+def kustomization(env: Mapping[str, str], out: Path) -> dict[str, object]:
     values = _require(env, ALWAYS)
     shape = values["DIFFLANE_DISPATCH"]
     if shape not in PER_SHAPE:
@@ -175,8 +190,8 @@ def kustomization(env: Mapping[str, str]) -> dict[str, object]:
     return {
         "apiVersion": "kustomize.config.k8s.io/v1beta1",
         "kind": "Kustomization",
-        "resources": [f"../{OVERLAY_OF_SHAPE[shape]}"],
-        "components": ["../../components/monitoring"],
+        "resources": [_relative(K8S / "overlays" / OVERLAY_OF_SHAPE[shape], out)],
+        "components": [_relative(K8S / "components" / "monitoring", out)],
         "configMapGenerator": [
             {"name": "difflane-config", "namespace": "difflane", "behavior": "merge", "envs": ["azure.env"]}
         ],
@@ -196,7 +211,7 @@ def from_deployment(path: Path) -> dict[str, str]:
 
 def write(out: Path, env: Mapping[str, str], images: tuple[str, str] | None = None) -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
-    overlay = kustomization(env)
+    overlay = kustomization(env, out)
     if images is not None:
         pinned = release(*images)
         overlay["images"] = pinned["images"]
@@ -213,14 +228,17 @@ def write(out: Path, env: Mapping[str, str], images: tuple[str, str] | None = No
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", type=Path, default=Path(__file__).resolve().parent / "k8s" / "overlays" / "azd")
+    parser.add_argument("--out", type=Path, default=K8S / "overlays" / "azd")
     parser.add_argument("--outputs", type=Path, help="ARM deployment outputs (JSON) instead of the environment")
     parser.add_argument("--api-image", help="REGISTRY/difflane-api@sha256:... to release")
     parser.add_argument("--worker-image", help="REGISTRY/difflane-worker@sha256:... to release")
+    parser.add_argument("--dispatch", choices=sorted(PER_SHAPE), help="override DIFFLANE_DISPATCH (checks, tests)")
     args = parser.parse_args(argv)
     if (args.api_image is None) != (args.worker_image is None):
         parser.error("--api-image and --worker-image go together")
-    env = from_deployment(args.outputs) if args.outputs else os.environ
+    env = dict(from_deployment(args.outputs) if args.outputs else os.environ)
+    if args.dispatch:
+        env["DIFFLANE_DISPATCH"] = args.dispatch
     images = (args.api_image, args.worker_image) if args.api_image else None
     try:
         for path in write(args.out, env, images):

@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 NAMESPACE=difflane
 OVERLAY=deploy/k8s/overlays/azd
 ROLLOUT_TIMEOUT=${ROLLOUT_TIMEOUT:-15m}
-: "${RESOURCE_GROUP:?the environment's resource group}"
+: "${RESOURCE_GROUP:?set RESOURCE_GROUP to the environment resource group}"
 
 outputs() {
     local file=$1
