@@ -120,12 +120,15 @@ def release(api_image: str, worker_image: str) -> dict[str, object]:
             }
         ],
         "patches": [
+            # CI deploys with rights on the difflane namespace only (AKS RBAC Writer there): the
+            # namespace itself is cluster-scoped, created by the first `azd deploy`, not by a release.
+            {"patch": "$patch: delete\napiVersion: v1\nkind: Namespace\nmetadata:\n  name: difflane\n"},
             {
                 "target": {"kind": "Deployment", "name": "difflane-api"},
                 "patch": json.dumps(
                     [{"op": "add", "path": "/metadata/annotations", "value": {WORKER_IMAGE_ANNOTATION: worker_image}}]
                 ),
-            }
+            },
         ],
     }
 

@@ -43,7 +43,7 @@ apply)
     kubectl apply --server-side --dry-run=server -f "$tmp/release.yaml" >/dev/null
     kubectl apply --server-side -f "$tmp/release.yaml"
     # Every Deployment of the release (API, controller or Service Bus workers) must roll out.
-    for deployment in $(kubectl -n "$NAMESPACE" get deployments -l app.kubernetes.io/part-of=difflane -o name); do
+    for deployment in $(kubectl -n "$NAMESPACE" get deployments -l app.kubernetes.io/name=difflane -o name); do
         kubectl -n "$NAMESPACE" rollout status "$deployment" --timeout "$ROLLOUT_TIMEOUT"
     done
     ;;

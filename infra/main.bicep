@@ -90,7 +90,7 @@ var baseZones = [
   'privatelink.azurecr.io'
 ]
 var serviceBusZones = serviceBus && serviceBusSku == 'Premium' ? ['privatelink.servicebus.windows.net'] : []
-var zoneNames = concat(baseZones, serviceBusZones) // indexes 0-3 are used by the modules below
+var zoneNames = concat(baseZones, serviceBusZones) // the modules below take them by index, Service Bus last
 var appGatewayName = '${prefix}-agw'
 
 resource group 'Microsoft.Resources/resourceGroups@2024-03-01' = {
@@ -299,7 +299,7 @@ module queues 'modules/servicebus.bicep' = if (serviceBus) {
     sku: serviceBusSku
     queues: [for lane in lanes.lanes: lane.queue]
     subnetId: network.outputs.privateEndpointSubnetId
-    privateDnsZoneId: serviceBusSku == 'Premium' ? network.outputs.privateDnsZoneIds[3] : ''
+    privateDnsZoneId: last(network.outputs.privateDnsZoneIds) // the Service Bus zone when Premium (only then used)
     logAnalyticsId: monitoring.outputs.logAnalyticsId
     apiPrincipalId: workloads.outputs.apiPrincipalId
     workerPrincipalId: workloads.outputs.workerPrincipalId

@@ -258,6 +258,12 @@ def test_azd_overlay_releases_both_images_by_digest(azd_overlay: ModuleType, tmp
         assert worker_image["data"] == {"DIFFLANE_KUBERNETES_WORKER_IMAGE": WORKER_IMAGE}
         refs = [e["configMapRef"]["name"] for e in api["spec"]["template"]["spec"]["containers"][0]["envFrom"]]
         assert refs[-1] == worker_image["metadata"]["name"]  # last wins over native.env's placeholder
+        # A release touches the difflane namespace only: CI holds no cluster-wide rights.
+        assert [d["kind"] for d in docs if "namespace" not in d["metadata"]] == [], dispatch
+        # deploy/release.sh waits for every Deployment it selects: that is all of them.
+        deployments = [d for d in docs if d["kind"] == "Deployment"]
+        assert all(d["metadata"]["labels"]["app.kubernetes.io/name"] == "difflane" for d in deployments)
+        assert "get deployments -l app.kubernetes.io/name=difflane" in (ROOT / "deploy" / "release.sh").read_text()
 
 
 def test_azd_overlay_refuses_missing_outputs(azd_overlay: ModuleType, tmp_path: Path) -> None:
