@@ -272,3 +272,18 @@ def test_azd_overlay_refuses_missing_outputs(azd_overlay: ModuleType, tmp_path: 
     with pytest.raises(azd_overlay.MissingOutput, match="DIFFLANE_KEDA_CLIENT_ID"):
         azd_overlay.write(tmp_path, env)
     assert not (tmp_path / "kustomization.yaml").exists()  # nothing half-written
+
+
+def test_azure_yaml_wires_outputs_and_images_into_the_overlay(azd_overlay: ModuleType) -> None:
+    azd = yaml.safe_load((ROOT / "azure.yaml").read_text(encoding="utf-8"))
+    assert azd["infra"] == {"provider": "bicep", "path": "infra", "module": "main"}
+    assert "deploy/azd_overlay.py" in (ROOT / azd["hooks"]["postprovision"]["posix"]["run"]).read_text()
+    assert "git rev-parse HEAD" in (ROOT / azd["hooks"]["prepackage"]["posix"]["run"]).read_text()
+    services = azd["services"]
+    assert list(services) == ["worker", "api"]  # the worker image exists before the API's apply names it
+    for name, service in services.items():
+        assert service["docker"]["tag"] == "${DIFFLANE_IMAGE_TAG}", name  # the commit, never latest
+        assert (ROOT / service["k8s"]["kustomize"]["dir"]).is_dir(), name
+    edits = services["api"]["k8s"]["kustomize"]["edits"]
+    assert f"set image {azd_overlay.RENDERED_IMAGES['difflane-api']}=${{SERVICE_API_IMAGE_NAME}}" in edits
+    assert f"set image {azd_overlay.RENDERED_IMAGES['difflane-worker']}=${{SERVICE_WORKER_IMAGE_NAME}}" in edits
