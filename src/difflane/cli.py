@@ -213,5 +213,57 @@ def openapi() -> None:
     click.echo(json.dumps(app.openapi(), indent=2, sort_keys=True))
 
 
+# --- release verification (infra: docs/howto/deploy-aks.md) ------------------------------------
+
+
+@main.command()
+@click.option("--url", required=True, help="The deployment's base URL, e.g. https://difflane.example.com")
+@click.option("--token-file", type=click.Path(exists=True, dir_okay=False, path_type=Path), help="A bearer token.")
+@click.option("--client-id", help="Client credentials: the app registration (with --client-secret-file).")
+@click.option("--client-secret-file", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--tenant-id", help="Client credentials: Entra ID tenant (or give --token-url).")
+@click.option("--token-url", help="Client credentials: the token endpoint of any OAuth 2.0 provider.")
+@click.option("--scope", default="api://difflane/.default", show_default=True, help="Client credentials scope.")
+@click.option("--model", help="Default: the model whose smallest job costs least.")
+@click.option("--ready-timeout", type=float, default=60.0, show_default=True, help="Seconds to wait for /readyz.")
+@click.option("--timeout", "job_timeout", type=float, default=900.0, show_default=True, help="Seconds for the job.")
+def smoke(
+    url: str,
+    token_file: Path | None,
+    client_id: str | None,
+    client_secret_file: Path | None,
+    tenant_id: str | None,
+    token_url: str | None,
+    scope: str,
+    model: str | None,
+    ready_timeout: float,
+    job_timeout: float,
+) -> None:
+    """Check a deployment end to end (readiness, a job, its image); exit 1 on any failure."""
+    from difflane import smoke as smoke_mod
+
+    token = token_file.read_text(encoding="utf-8").strip() if token_file else None
+    if client_id or client_secret_file:
+        if token is not None or not (client_id and client_secret_file and (tenant_id or token_url)):
+            raise click.UsageError(
+                "client credentials need --client-id, --client-secret-file and --tenant-id or --token-url "
+                "(and no --token-file)"
+            )
+        credentials = smoke_mod.ClientCredentials(
+            token_url=token_url or smoke_mod.entra_token_url(tenant_id or ""),
+            client_id=client_id,
+            client_secret=client_secret_file.read_text(encoding="utf-8").strip(),
+            scope=scope,
+        )
+        try:
+            token = smoke_mod.client_credentials_token(credentials)
+        except smoke_mod.SmokeFailure as exc:
+            _fail(f"smoke: FAILED at token: {exc}")
+    options = smoke_mod.Options(
+        url=url, token=token, model=model, ready_timeout_s=ready_timeout, job_timeout_s=job_timeout
+    )
+    sys.exit(smoke_mod.run(options, say=lambda line: click.echo(line)))
+
+
 if __name__ == "__main__":
     main()

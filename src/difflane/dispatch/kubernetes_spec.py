@@ -19,6 +19,7 @@ MANAGED_BY_VALUE = "difflane"
 JOB_ID_LABEL = "difflane.io/job-id"
 LANE_LABEL = "difflane.io/lane"
 QUEUE_LABEL = "kueue.x-k8s.io/queue-name"
+PRIORITY_LABEL = "kueue.x-k8s.io/priority-class"  # a WorkloadPriorityClass (deploy/k8s/components/kueue)
 WORKLOAD_IDENTITY_LABEL = "azure.workload.identity/use"  # the AKS webhook only injects into labelled pods
 SELECTOR = f"{MANAGED_BY}={MANAGED_BY_VALUE},app.kubernetes.io/component=job"
 
@@ -145,6 +146,7 @@ def build_job(job_id: str, lane: LaneSpec, template: JobTemplate) -> dict[str, A
     pod_spec["restartPolicy"] = "Never"
     if template.kueue:
         meta_labels[QUEUE_LABEL] = f"{template.queue_prefix}{lane.name}"
+        meta_labels[PRIORITY_LABEL] = f"{template.priority_class_prefix}{lane.name}"
         pod_spec["priorityClassName"] = f"{template.priority_class_prefix}{lane.name}"
     spec: dict[str, Any] = {
         "backoffLimit": template.backoff_limit,
