@@ -20,6 +20,7 @@ from typing import Any
 from difflane import catalog as catalog_mod
 from difflane.settings import Settings
 from difflane.telemetry import logging as log_setup
+from difflane.telemetry import tracing
 
 log = logging.getLogger("difflane.serve")
 
@@ -58,6 +59,7 @@ def _serve_api(settings: Settings) -> None:
     if settings.api_workers == 1:
         from difflane.api.app import create_app
 
+        tracing.setup("difflane-api")
         uvicorn.Server(uvicorn.Config(create_app(settings), lifespan="on", **options)).run()
     else:
         # Several event loops: uvicorn starts each process and calls the factory there.

@@ -88,6 +88,9 @@ def create_app_from_env() -> FastAPI:
 
     settings = settings_mod.load()
     log_setup.setup(settings.log_level, settings.log_format)
+    from difflane.telemetry import tracing
+
+    tracing.setup("difflane-api")  # FastAPI's own telemetry makes the request spans
     return create_app(settings)
 
 

@@ -17,7 +17,7 @@ from difflane.errors import Conflict, DifflaneError, IllegalTransition, InvalidI
 from difflane.jobs import MAX_SEED, GenerationRequest, Job, JobState, Webhook, is_job_id, new_job
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import IdempotencyKey, JobStore, mutate
-from difflane.telemetry import metrics
+from difflane.telemetry import metrics, tracing
 from difflane.webhooks.intake import WebhookIntake
 
 log = logging.getLogger(__name__)
@@ -66,12 +66,18 @@ class JobService:
         if key is not None and (replayed := self.store.find_replay(owner, key)) is not None:
             return replayed, False  # a retry gets its job, whatever the limits say now
         # Over a limit: 429 before anything is written.
-        with self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext():
+        with (
+            tracing.span("admission", {"difflane.lane": lane, "difflane.model": spec.name}),
+            self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext(),
+            tracing.span("store.create"),
+        ):
             job, created = self._create(new_job(owner, request, lane, webhook=webhook), key)
+        tracing.set_attributes(tracing.job_attributes(job))
         if created:
             # Idempotent on every backend; with the embedded store the queue row already
             # committed with the record, and this only wakes the workers.
-            self.dispatcher.dispatch(job)
+            with tracing.span("dispatch", {"difflane.lane": lane}, kind="producer"):
+                self.dispatcher.dispatch(job)
             metrics.JOBS_SUBMITTED.labels(spec.name, lane).inc()
             log.info("job accepted", extra={"job_id": job.id, "model": spec.name, "lane": lane})
         return job, created

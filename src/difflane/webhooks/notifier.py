@@ -24,6 +24,7 @@ from pathlib import Path
 from difflane.dispatch import doorbell
 from difflane.errors import DifflaneError
 from difflane.store.base import JobStore
+from difflane.telemetry import tracing
 from difflane.webhooks import events
 from difflane.webhooks.outbox import NewDelivery, Outbox, Pending, Watch
 from difflane.webhooks.sender import Outcome, Sender
@@ -87,7 +88,9 @@ class Notifier:
                 return
 
     def attempt(self, pending: Pending) -> Outcome:
-        outcome = self.sender.send(pending.id, pending.url, pending.body)
+        attributes = {"difflane.job.id": pending.job_id, "difflane.webhook.event": pending.event}
+        with tracing.span("webhook.deliver", attributes, kind="client"):
+            outcome = self.sender.send(pending.id, pending.url, pending.body)
         now, attempts = self.clock(), pending.attempts + 1
         extra = {"job_id": pending.job_id, "webhook_id": pending.id, "event": pending.event, "attempt": attempts}
         if outcome.delivered:

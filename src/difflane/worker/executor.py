@@ -29,7 +29,7 @@ from difflane.errors import IllegalTransition, NotFound
 from difflane.jobs import ErrorCode, Job, JobState, Output, RunMetrics
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import JobStore, mutate
-from difflane.telemetry import gpu, metrics
+from difflane.telemetry import gpu, metrics, tracing
 from difflane.telemetry.logging import job_context
 from difflane.worker.batching import batch_key
 from difflane.worker.runtime import (
@@ -113,14 +113,15 @@ class Executor:
         outcomes: dict[int, Outcome] = {}
         claimed: list[tuple[int, _Item]] = []
         for i, delivery in enumerate(deliveries):
-            with job_context(delivery.job_id):
+            with job_context(delivery.job_id), tracing.received(delivery):
                 result = self._admit(delivery)
             if isinstance(result, Outcome):
                 outcomes[i] = result
             else:
                 claimed.append((i, result))
         for group in _groups(claimed):
-            self._run([item for _, item in group])
+            with tracing.batch([item.delivery for _, item in group], _batch_attributes(group)):
+                self._run([item for _, item in group])
             for i, item in group:
                 outcomes[i] = item.outcome or Outcome.SKIPPED
         return [outcomes[i] for i in range(len(deliveries))]
@@ -162,6 +163,7 @@ class Executor:
         except IllegalTransition:
             return self._not_claimed(job, delivery)
         wait = max(time.time() - claimed.created_at.timestamp(), 0.0)
+        tracing.describe_job(claimed, delivery.attempt)
         metrics.JOBS_STARTED.labels(claimed.request.model, claimed.lane).inc()
         metrics.QUEUE_WAIT.labels(claimed.lane).observe(wait)
         log.info("job started", extra={"job_id": job.id, "attempt": claimed.attempts, "delivery": delivery.attempt})
@@ -194,10 +196,12 @@ class Executor:
         load_s = 0.0
         keeper.start()
         try:
-            load_s = self.runtime.load(spec)
-            images = self.runtime.render(
-                task, lambda step, total: self._on_step(items, keeper, step, total), timeout=lane.timeout_s
-            )
+            with tracing.span("model.load", {"difflane.model": spec.name}):
+                load_s = self.runtime.load(spec)
+            with tracing.span("render", {"difflane.model": spec.name, "difflane.batch.size": len(task.seeds)}):
+                images = self.runtime.render(
+                    task, lambda step, total: self._on_step(items, keeper, step, total), timeout=lane.timeout_s
+                )
         except Interrupted:
             self._after_interrupt(items)
             return
@@ -245,6 +249,7 @@ class Executor:
                 self._complete(item, spec, mine, dataclasses.replace(run, queue_wait_s=round(item.queue_wait_s, 4)))
 
     def _on_step(self, items: list[_Item], keeper: _LeaseKeeper, step: int, total: int) -> bool:
+        tracing.event("step", {"step": step, "total": total})
         if self.should_give_back():
             for item in items:
                 item.stop = item.stop or _Stop.SHUTDOWN
@@ -267,9 +272,11 @@ class Executor:
 
     def _complete(self, item: _Item, spec: ModelSpec, images: list[RenderedImage], run: RunMetrics) -> None:
         job = item.job
-        outputs = tuple(self._upload(job, spec, i, image) for i, image in enumerate(images))
+        with tracing.in_job(item.delivery, "upload", {"difflane.images": len(images)}):
+            outputs = tuple(self._upload(job, spec, i, image) for i, image in enumerate(images))
         try:
-            done = mutate(self.store, job.id, lambda j: j.succeed(self.config.worker_id, outputs, metrics=run))
+            with tracing.in_job(item.delivery, "store.final_state", {"difflane.state": "succeeded"}):
+                done = mutate(self.store, job.id, lambda j: j.succeed(self.config.worker_id, outputs, metrics=run))
         except IllegalTransition:
             current = self.store.get(job.id)
             if current is not None and current.cancel_requested and current.state is JobState.RUNNING:
@@ -394,7 +401,10 @@ class Executor:
         self, job: Job, delivery: Delivery, code: ErrorCode, message: str, *, dead_letter: bool = False
     ) -> Outcome:
         try:
-            done = mutate(self.store, job.id, lambda j: j.fail(code, message))
+            with tracing.in_job(
+                delivery, "store.final_state", {"difflane.state": "failed", "difflane.code": code.value}
+            ):
+                done = mutate(self.store, job.id, lambda j: j.fail(code, message))
         except IllegalTransition:
             delivery.ack()
             return Outcome.SKIPPED
@@ -405,6 +415,11 @@ class Executor:
         metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "failed", code.value).inc()
         log.warning("job failed", extra={"code": code.value, "reason": message})
         return Outcome.FAILED
+
+
+def _batch_attributes(group: list[tuple[int, _Item]]) -> dict[str, str | int]:
+    first = group[0][1].job
+    return {"difflane.model": first.request.model, "difflane.lane": first.lane}
 
 
 def _held_elsewhere(job: Job, worker: str) -> bool:

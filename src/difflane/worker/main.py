@@ -18,6 +18,7 @@ from difflane.jobs import is_job_id
 from difflane.lanes import Lane
 from difflane.settings import Settings
 from difflane.telemetry import logging as log_setup
+from difflane.telemetry import tracing
 from difflane.telemetry.probes import ProbeServer
 from difflane.worker import device as device_mod
 from difflane.worker.batching import Batcher
@@ -102,6 +103,7 @@ def warm_up(runtime: Runtime, models: list[ModelSpec], lanes: dict[str, Lane]) -
 
 def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: int | None = None) -> None:
     log_setup.setup(settings.log_level, settings.log_format)
+    tracing.setup("difflane-worker")
     parts = wiring.build(settings)
     if parts.source is None:
         raise InvalidInput("this dispatch backend hands jobs to `difflane run-job`; there is no queue to serve")
@@ -151,6 +153,7 @@ class _OneShotDelivery:
     def __init__(self, job_id: str, lane: str, attempt: int) -> None:
         self.job_id, self.lane, self.attempt = job_id, lane, attempt
         self.settled: str | None = None
+        self.trace_context = tracing.from_env()  # the Job's pod carries the dispatching request's
 
     def ack(self) -> None:
         self.settled = "ack"
@@ -168,6 +171,7 @@ class _OneShotDelivery:
 def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) -> int:
     """Exit code: 0 the job is final (or needs nothing), 1 retry later, 2 it can never succeed."""
     log_setup.setup(settings.log_level, settings.log_format)
+    tracing.setup("difflane-worker")
     if not is_job_id(job_id):
         log.error("not a job id: %r", job_id)
         return 2
