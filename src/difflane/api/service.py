@@ -9,7 +9,7 @@ import logging
 import secrets
 from typing import Any
 
-from difflane.api.limits import Admission
+from difflane.api.limits import Admission, TooManyRequests
 from difflane.auth.caller import Caller
 from difflane.catalog import Catalog, ModelSpec
 from difflane.dispatch.base import Dispatcher
@@ -66,12 +66,16 @@ class JobService:
         if key is not None and (replayed := self.store.find_replay(owner, key)) is not None:
             return replayed, False  # a retry gets its job, whatever the limits say now
         # Over a limit: 429 before anything is written.
-        with (
-            tracing.span("admission", {"difflane.lane": lane, "difflane.model": spec.name}),
-            self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext(),
-            tracing.span("store.create"),
-        ):
-            job, created = self._create(new_job(owner, request, lane, webhook=webhook), key)
+        try:
+            with (
+                tracing.span("admission", {"difflane.lane": lane, "difflane.model": spec.name}),
+                self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext(),
+                tracing.span("store.create"),
+            ):
+                job, created = self._create(new_job(owner, request, lane, webhook=webhook), key)
+        except TooManyRequests as exc:
+            metrics.refused(lane, exc.code)
+            raise
         tracing.set_attributes(tracing.job_attributes(job))
         if created:
             # Idempotent on every backend; with the embedded store the queue row already
@@ -79,6 +83,7 @@ class JobService:
             with tracing.span("dispatch", {"difflane.lane": lane}, kind="producer"):
                 self.dispatcher.dispatch(job)
             metrics.JOBS_SUBMITTED.labels(spec.name, lane).inc()
+            metrics.admitted(lane)
             log.info("job accepted", extra={"job_id": job.id, "model": spec.name, "lane": lane})
         return job, created
 

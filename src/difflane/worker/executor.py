@@ -165,7 +165,7 @@ class Executor:
         wait = max(time.time() - claimed.created_at.timestamp(), 0.0)
         tracing.describe_job(claimed, delivery.attempt)
         metrics.JOBS_STARTED.labels(claimed.request.model, claimed.lane).inc()
-        metrics.QUEUE_WAIT.labels(claimed.lane).observe(wait)
+        metrics.observe(metrics.QUEUE_WAIT.labels(claimed.lane), wait)
         log.info("job started", extra={"job_id": job.id, "attempt": claimed.attempts, "delivery": delivery.attempt})
         return _Item(delivery, claimed, wait)
 
@@ -223,9 +223,10 @@ class Executor:
         elapsed = time.perf_counter() - started
         stats = self.runtime.last_stats
         execution_s = stats.seconds if stats else elapsed - load_s
-        metrics.EXECUTION.labels(spec.name, lane.name).observe(execution_s)
+        metrics.observe(metrics.EXECUTION.labels(spec.name, lane.name), execution_s)
         metrics.MODEL_LOAD.labels(spec.name).observe(load_s)
         metrics.BATCH_SIZE.labels(spec.name, lane.name).observe(len(task.seeds))
+        metrics.batch_ran(spec.name, lane.name, len(task.seeds), task.steps, execution_s, load_s)
         run = RunMetrics(
             load_s=round(load_s, 4),
             execution_s=round(execution_s, 4),
@@ -236,8 +237,6 @@ class Executor:
         )
         if run.peak_memory_bytes is not None:
             metrics.PEAK_DEVICE_MEMORY.labels(spec.name).set(run.peak_memory_bytes)
-        if run.gpu_utilization is not None:
-            metrics.GPU_UTILIZATION.set(run.gpu_utilization)
         offset = 0
         for item in items:
             count = item.job.request.num_images
@@ -288,7 +287,7 @@ class Executor:
             return
         item.delivery.ack()
         item.outcome = Outcome.SUCCEEDED
-        metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "succeeded", "").inc()
+        metrics.job_finished(done.request.model, done.lane, "succeeded", "", done.attempts)
         log.info("job succeeded", extra={"outputs": len(outputs), "batch_size": run.batch_size})
 
     def _upload(self, job: Job, spec: ModelSpec, index: int, image: RenderedImage) -> Output:
@@ -378,7 +377,7 @@ class Executor:
             current = self.store.get(job.id)
             return Outcome.SKIPPED if current is None or current.state.terminal else Outcome.REQUEUED
         delivery.ack()
-        metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "cancelled", "cancelled").inc()
+        metrics.job_finished(done.request.model, done.lane, "cancelled", "cancelled", done.attempts)
         log.info("job cancelled")
         return Outcome.CANCELLED
 
@@ -412,7 +411,7 @@ class Executor:
             delivery.dead_letter(code.value)
         else:
             delivery.ack()
-        metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "failed", code.value).inc()
+        metrics.job_finished(done.request.model, done.lane, "failed", code.value, done.attempts)
         log.warning("job failed", extra={"code": code.value, "reason": message})
         return Outcome.FAILED
 
@@ -492,8 +491,10 @@ class _LeaseKeeper:
                 except (IllegalTransition, NotFound):
                     held = False
                 except Exception:
+                    metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "error").inc()
                     log.warning("lease renewal failed; will retry", exc_info=True)
                     continue
                 if not held:
+                    metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "lost").inc()
                     log.warning("lease lost; the job stops at the next step", extra={"job_id": item.job.id})
                     item.stop = _Stop.LOST

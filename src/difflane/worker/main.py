@@ -18,7 +18,7 @@ from difflane.jobs import is_job_id
 from difflane.lanes import Lane
 from difflane.settings import Settings
 from difflane.telemetry import logging as log_setup
-from difflane.telemetry import tracing
+from difflane.telemetry import metrics, tracing
 from difflane.telemetry.probes import ProbeServer
 from difflane.worker import device as device_mod
 from difflane.worker.batching import Batcher
@@ -133,12 +133,15 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    metrics.worker_state(names, "starting")
+    metrics.GpuSampler().start()  # no GPU: nothing to sample, not an error
     try:
         if isinstance(runtime, IsolatedRuntime):
             runtime.start()
         if settings.preload:
             warm_up(runtime, [m for m in parts.catalog if m.lane in names], {lane.name: lane for lane in lanes})
         ready.set()
+        metrics.worker_state(names, "ready")
         log.info("worker ready", extra={"lanes": names, "device": device.describe()})
         worker.run(max_jobs=max_jobs)
     finally:

@@ -20,6 +20,7 @@ from difflane.api.routes.render import base_url, job_json
 from difflane.api.schemas import Problem
 from difflane.errors import DifflaneError
 from difflane.jobs import Job
+from difflane.telemetry import metrics
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": Problem}})
 
@@ -77,6 +78,12 @@ async def job_events(
 
 
 async def _stream(ctx: ApiContext, request: Request, job_id: str, after: int, base: str) -> AsyncIterator[bytes]:
+    with metrics.EVENT_STREAMS.track_inprogress():
+        async for chunk in _stream_events(ctx, request, job_id, after, base):
+            yield chunk
+
+
+async def _stream_events(ctx: ApiContext, request: Request, job_id: str, after: int, base: str) -> AsyncIterator[bytes]:
     previous: Job | None = None
     if after:
         earlier = await ctx.call(ctx.store.history, job_id, after - 1)

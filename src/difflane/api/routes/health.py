@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Annotated
 
-from fastapi import APIRouter, Depends
+from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from starlette.responses import JSONResponse, Response
 
@@ -47,7 +47,8 @@ async def readyz(ctx: Ctx) -> JSONResponse:
 @router.get(
     "/metrics", response_class=Response, summary="Prometheus metrics", responses={200: {"content": {"text/plain": {}}}}
 )
-async def prometheus(ctx: Ctx) -> Response:
+async def prometheus(ctx: Ctx, request: Request) -> Response:
     depth = metrics.QueueDepthCollector(ctx.catalog.lanes, ctx.dispatcher.backlog)
-    body = await run_in_threadpool(metrics.exposition, depth)
-    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+    openmetrics = metrics.OPENMETRICS in request.headers.get("accept", "")  # the format with exemplars
+    body = await run_in_threadpool(metrics.exposition, depth, openmetrics=openmetrics)
+    return Response(body, media_type=metrics.content_type(openmetrics))
