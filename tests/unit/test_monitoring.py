@@ -160,3 +160,16 @@ def test_dcgm_wiring_renders_with_kustomize() -> None:
     assert config["data"]["counters.csv"] == (MONITORING / "dcgm" / "counters.csv").read_text()
     volumes = {v["name"]: v for v in docs["DaemonSet"]["spec"]["template"]["spec"]["volumes"]}
     assert volumes["counters"]["configMap"]["name"] == config["metadata"]["name"]  # the hashed name
+
+
+def test_the_slo_rules_bucket_matcher_matches_the_bound_our_exposition_writes() -> None:
+    # prometheus_client writes bucket bounds as floats (le="60.0"): a rule matching le="60" would
+    # never see a sample. Found by the real-Prometheus test; kept here where it is cheap.
+    metrics.QUEUE_WAIT.labels("slo-test").observe(1.0)
+    text = metrics.exposition().decode()
+    bounds = set(re.findall(r'difflane_job_queue_wait_seconds_bucket\{[^}]*le="([^"]+)"', text))
+    matcher = re.search(r'le=~"([^"]+)"', RULES.read_text())
+    assert bounds and matcher is not None
+    pattern = matcher.group(1).replace("\\\\", "\\")  # the YAML holds PromQL's escaped backslash
+    matched = {b for b in bounds if re.fullmatch(pattern, b)}
+    assert matched == {b for b in bounds if b != "+Inf" and float(b) == 60} and len(matched) == 1
