@@ -106,3 +106,31 @@ def test_kubernetes_job_pod_continues_the_trace_in_run_job(
     final = parts.store.get(job.id)
     assert final is not None and final.state is JobState.SUCCEEDED
     parts.close()
+
+
+# --- libraries' own spans are children of ours ------------------------------------------------------
+
+
+def test_outgoing_http_is_a_child_span(spans: InMemorySpanExporter) -> None:
+    import httpx
+
+    from tests.webhook_receiver import Receiver
+
+    with Receiver() as receiver, tracing.span("webhook.deliver") as parent, httpx.Client() as client:
+        assert client.post(receiver.url(), content=b"{}").status_code == 204
+        headers, _ = receiver.received[0]
+    child = next(s for s in spans.get_finished_spans() if s.name == "POST")
+    assert child.parent is not None and child.parent.span_id == parent.get_span_context().span_id
+    assert headers["traceparent"].split("-")[1] == format(parent.get_span_context().trace_id, "032x")
+
+
+def test_azure_sdk_calls_are_child_spans(spans: InMemorySpanExporter) -> None:
+    from tests import azurite
+
+    blobs = azurite.blob_store()
+    with tracing.span("upload") as parent:
+        blobs.put("outputs/trace-test/0.png", b"png", "image/png")
+    trace_id = parent.get_span_context().trace_id
+    children = [s for s in spans.get_finished_spans() if s.name != "upload" and s.context.trace_id == trace_id]
+    assert children, [s.name for s in spans.get_finished_spans()]
+    assert any(s.parent is not None and s.parent.span_id == parent.get_span_context().span_id for s in children)

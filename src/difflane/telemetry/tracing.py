@@ -172,10 +172,11 @@ def _install_globals() -> None:
         pass
     try:
         from azure.core.settings import settings
-
-        settings.tracing_implementation = "opentelemetry"  # azure-core-tracing-opentelemetry
+        from azure.core.tracing.ext.opentelemetry_span import OpenTelemetrySpan  # azure-core-tracing-opentelemetry
     except ImportError:
         pass
+    else:
+        settings.tracing_implementation = OpenTelemetrySpan
 
 
 def _forwarding_provider() -> Any:
