@@ -3,6 +3,7 @@ links and attributes; propagation carriers; log correlation; tracing off costs n
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import logging
@@ -25,8 +26,9 @@ from difflane.lanes import Lane
 from difflane.settings import Settings
 from difflane.telemetry import tracing
 from difflane.telemetry.logging import JsonFormatter
-from difflane.testing import FakeRuntime
+from difflane.testing import FakeRuntime, MemoryBlobStore, MemoryJobStore
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
+from tests.conftest import make_job
 
 PROMPT = "a secret prompt about a red fox"
 
@@ -235,3 +237,37 @@ def test_a_batch_links_every_job_and_each_job_keeps_its_own_trace(
         finals = [s for s in by_name(exported, "store.final_state") if s.context.trace_id == trace_id]
         uploads = [s for s in by_name(exported, "upload") if s.context.trace_id == trace_id]
         assert len(finals) == 1 and len(uploads) == 1
+
+
+@dataclasses.dataclass
+class PlainDelivery:
+    """A Delivery that is a dataclass: unhashable, like a user's own WorkSource may give."""
+
+    job_id: str
+    lane: str
+    attempt: int
+    settled: list[str] = dataclasses.field(default_factory=list)
+
+    def ack(self) -> None:
+        self.settled.append("ack")
+
+    def retry(self, delay: float = 0.0) -> None:
+        self.settled.append("retry")
+
+    def dead_letter(self, reason: str) -> None:
+        self.settled.append("dead_letter")
+
+    def renew(self, seconds: float) -> bool:
+        return True
+
+
+def test_any_delivery_object_gets_its_job_spans(spans: InMemorySpanExporter) -> None:
+    store = MemoryJobStore()
+    job, _ = store.create(make_job())
+    config = WorkerConfig("w1", lease_seconds=5, retry_backoff_seconds=0.0)
+    executor = Executor(store, MemoryBlobStore(), catalog.builtin(), FakeRuntime(), config)
+    delivery = PlainDelivery(job.id, "fast", 1)
+    assert executor.execute(delivery) is Outcome.SUCCEEDED and delivery.settled == ["ack"]
+    exported = spans.get_finished_spans()
+    received = one(exported, "worker.receive")
+    assert one(exported, "store.final_state").parent.span_id == received.context.span_id  # type: ignore[union-attr]

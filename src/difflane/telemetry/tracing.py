@@ -19,7 +19,7 @@ import hashlib
 import logging
 import os
 import threading
-import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -53,8 +53,10 @@ _state: _State | None = None
 _setup_lock = threading.Lock()
 _instrumented = False
 # The context of each delivery's job span in this worker, so later steps of that job (upload,
-# final write) are children of it. Weak: a settled delivery takes its entry with it.
-_job_contexts: weakref.WeakKeyDictionary[object, Any] = weakref.WeakKeyDictionary()
+# final write) are children of it. Keyed by id() with the job id beside it (a Delivery need not
+# be hashable or weak-referenceable), bounded so settled deliveries fall out.
+_job_contexts: OrderedDict[int, tuple[str, dict[str, str]]] = OrderedDict()
+_JOB_CONTEXTS_KEPT = 4096
 
 
 def enabled() -> bool:
@@ -366,7 +368,10 @@ def received(delivery: Any) -> Iterator[Any]:
         "difflane.attempt": delivery.attempt,
     }
     with span("worker.receive", attributes, parent=delivery_carrier(delivery) or None, kind="consumer") as current:
-        _job_contexts[delivery] = inject()
+        with _setup_lock:
+            _job_contexts[id(delivery)] = (delivery.job_id, inject())
+            while len(_job_contexts) > _JOB_CONTEXTS_KEPT:
+                _job_contexts.popitem(last=False)
         yield current
 
 
@@ -378,8 +383,10 @@ def describe_job(job: Job, attempt: int | None = None) -> None:
 
 def job_carrier(delivery: object) -> dict[str, str]:
     """The context of the delivery's worker span (or what it brought, before that span)."""
-    found = _job_contexts.get(delivery) if _state is not None else None
-    return dict(found) if found else delivery_carrier(delivery)
+    found = _job_contexts.get(id(delivery)) if _state is not None else None
+    if found is not None and found[0] == getattr(delivery, "job_id", None):
+        return dict(found[1])
+    return delivery_carrier(delivery)
 
 
 @contextlib.contextmanager
