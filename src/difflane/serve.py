@@ -148,6 +148,9 @@ class WorkerSupervisor:
                     self._failures[i] = 0  # it ran well for a while: this is a new failure, not a loop
                 delay = RESTART_BACKOFF_S[min(self._failures[i], len(RESTART_BACKOFF_S) - 1)]
                 log.warning("worker %d exited with %s; restarting in %ss", proc.pid, proc.returncode, delay)
+                from difflane.telemetry import metrics  # not at the top: PROMETHEUS_MULTIPROC_DIR comes first
+
+                metrics.process_gone(proc.pid)
                 self._failures[i] += 1
                 if self._stop.wait(delay):
                     return

@@ -3,7 +3,11 @@ in the OpenMetrics exposition; GPU samples only where there is a GPU."""
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from prometheus_client import REGISTRY
@@ -98,3 +102,25 @@ def test_worker_state_counts_a_process_once_per_lane() -> None:
     metrics.worker_state(["lane-a"], "ready")
     assert REGISTRY.get_sample_value("difflane_workers", {"lane": "lane-a", "state": "ready"}) == 1
     assert REGISTRY.get_sample_value("difflane_workers", {"lane": "lane-a", "state": "starting"}) == 0
+
+
+def test_a_dead_workers_live_gauges_stop_counting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    script = (
+        "import os; from difflane.telemetry import metrics; metrics.worker_state(['x'], 'ready'); print(os.getpid())"
+    )
+    pid = int(
+        subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True).stdout
+    )
+
+    def ready() -> float | None:
+        registry = CollectorRegistry()
+        multiprocess.MultiProcessCollector(registry, path=str(tmp_path))  # type: ignore[no-untyped-call]
+        return registry.get_sample_value("difflane_workers", {"lane": "x", "state": "ready"})
+
+    assert ready() == 1  # the process is gone, its file is not: it still counts
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    metrics.process_gone(pid)
+    assert ready() is None

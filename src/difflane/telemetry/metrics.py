@@ -179,6 +179,15 @@ class _Joined(Collector):
             yield from self._extra.collect()
 
 
+def process_gone(pid: int) -> None:
+    """Drop a dead process's live gauges (``difflane_workers``, open streams) in multiprocess
+    mode; otherwise a crashed worker would count as starting or ready until the next restart."""
+    if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)  # type: ignore[no-untyped-call]
+
+
 def exemplar() -> dict[str, str] | None:
     """The current trace as an exemplar, linking a latency bucket to a trace."""
     ids = tracing.current_ids()
