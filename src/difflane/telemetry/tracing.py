@@ -47,6 +47,7 @@ class _State:
         self.provider = provider
         self.tracer = tracer
         self.exporters = exporters
+        self.tracers: dict[tuple[str, str | None], Any] = {}  # the forwarding provider's, by scope
 
 
 _state: _State | None = None
@@ -193,7 +194,12 @@ def _forwarding_provider() -> Any:
             state = _state
             if state is None:
                 return trace.NoOpTracer()
-            return state.provider.get_tracer(self._name, self._version)
+            # The SDK builds a new tracer per get_tracer call (~60 µs): keep one per provider.
+            key = (self._name, self._version)
+            found = state.tracers.get(key)
+            if found is None:
+                found = state.tracers[key] = state.provider.get_tracer(self._name, self._version)
+            return found
 
         def start_span(self, *args: Any, **kwargs: Any) -> Any:
             return self._target().start_span(*args, **kwargs)
