@@ -4,18 +4,24 @@ Prints jobs accepted per second, the latency percentiles wrk saw, and checks tha
 left a job in the store. Target on a 2-core machine: >= 1,000 jobs/s with p99 <= 50 ms.
 Needs `wrk` (Debian package `wrk`).
 
-    .venv/bin/python -m bench.admission [--seconds 10] [--connections 16]
+    .venv/bin/python -m bench.admission [--seconds 10] [--connections 16] [--tracing]
+
+``--tracing`` exports every request's spans over OTLP to a local sink (which only answers 200),
+so the figure is the cost of tracing in the API processes, not of a collector.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import shutil
 import sqlite3
 import subprocess
 import tempfile
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from bench.harness import platform
@@ -43,7 +49,10 @@ def main() -> None:
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--tracing", action="store_true", help="export spans over OTLP to a local sink")
     args = parser.parse_args()
+    if args.tracing:
+        os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = _otlp_sink()  # the platform's processes inherit it
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     with (
@@ -80,6 +89,7 @@ def main() -> None:
         "seconds": args.seconds,
         "connections": args.connections,
         "api_workers": args.api_workers,
+        "tracing": args.tracing,
         "requests": requests,
         "non_2xx": int(figures["STATUS_NON2XX"]),
         "jobs_stored": stored,
@@ -89,6 +99,24 @@ def main() -> None:
         "p99_ms": int(figures["P99_US"]) / 1000,
     }
     print(json.dumps(result, indent=2))
+
+
+def _otlp_sink() -> str:
+    """An OTLP/HTTP endpoint on loopback that accepts and drops every export."""
+
+    class Sink(BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            self.send_response(200)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, format: str, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{server.server_address[1]}"
 
 
 def _count(data_dir: Path) -> int:

@@ -22,6 +22,7 @@ from typing import Any
 from difflane import catalog as catalog_mod
 from difflane.settings import Settings
 from difflane.telemetry import logging as log_setup
+from difflane.telemetry import tracing
 
 log = logging.getLogger("difflane.serve")
 
@@ -71,6 +72,7 @@ def _serve_api(settings: Settings) -> None:
     if settings.api_workers == 1:
         from difflane.api.app import create_app
 
+        tracing.setup("difflane-api")
         uvicorn.Server(uvicorn.Config(create_app(settings), lifespan="on", **options)).run()
     else:
         # Several event loops: uvicorn starts each process and calls the factory there.
@@ -161,6 +163,9 @@ class WorkerSupervisor:
                     self._failures[i] = 0  # it ran well for a while: this is a new failure, not a loop
                 delay = RESTART_BACKOFF_S[min(self._failures[i], len(RESTART_BACKOFF_S) - 1)]
                 log.warning("worker %d exited with %s; restarting in %ss", proc.pid, proc.returncode, delay)
+                from difflane.telemetry import metrics  # not at the top: PROMETHEUS_MULTIPROC_DIR comes first
+
+                metrics.process_gone(proc.pid)
                 self._failures[i] += 1
                 if self._stop.wait(delay):
                     return

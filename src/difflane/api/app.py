@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
@@ -110,6 +111,9 @@ def create_app_from_env() -> FastAPI:
 
     settings = settings_mod.load()
     log_setup.setup(settings.log_level, settings.log_format)
+    from difflane.telemetry import tracing
+
+    tracing.setup("difflane-api")  # FastAPI's own telemetry makes the request spans
     return create_app(settings)
 
 
@@ -124,6 +128,7 @@ class RequestCounter:
             await self.app(scope, receive, send)
             return
         status = 500
+        started = time.perf_counter()
 
         async def capture(message: Message) -> None:
             nonlocal status
@@ -136,3 +141,5 @@ class RequestCounter:
         finally:
             template = getattr(scope.get("route"), "path", "unmatched")
             metrics.HTTP_REQUESTS.labels(scope["method"], template, str(status)).inc()
+            latency = metrics.HTTP_LATENCY.labels(scope["method"], template, str(status))
+            metrics.observe(latency, time.perf_counter() - started)  # the request's trace as exemplar

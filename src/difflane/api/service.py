@@ -9,7 +9,7 @@ import logging
 import secrets
 from typing import Any
 
-from difflane.api.limits import Admission
+from difflane.api.limits import Admission, TooManyRequests
 from difflane.auth.caller import Caller
 from difflane.catalog import Catalog, ModelSpec
 from difflane.dispatch.base import Dispatcher
@@ -17,7 +17,7 @@ from difflane.errors import Conflict, DifflaneError, IllegalTransition, InvalidI
 from difflane.jobs import MAX_SEED, GenerationRequest, Job, JobState, Webhook, is_job_id, new_job
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import IdempotencyKey, JobStore, mutate
-from difflane.telemetry import metrics
+from difflane.telemetry import metrics, tracing
 from difflane.webhooks.intake import WebhookIntake
 
 log = logging.getLogger(__name__)
@@ -68,11 +68,22 @@ class JobService:
                 self.webhooks.replayed(replayed)
             return replayed, False  # a retry gets its job, whatever the limits say now
         # Over a limit: 429 before anything is written.
-        with self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext():
-            job, created = self._create(new_job(owner, request, lane, webhook=webhook), key)
+        try:
+            with (
+                tracing.span("admission", {"difflane.lane": lane, "difflane.model": spec.name}),
+                self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext(),
+                tracing.span("store.create"),
+            ):
+                job, created = self._create(new_job(owner, request, lane, webhook=webhook), key)
+        except TooManyRequests as exc:
+            metrics.refused(lane, exc.code)
+            raise
+        tracing.set_attributes(tracing.job_attributes(job))
         if created:
-            self._dispatch(job)
+            with tracing.span("dispatch", {"difflane.lane": lane}, kind="producer"):
+                self._dispatch(job)
             metrics.JOBS_SUBMITTED.labels(spec.name, lane).inc()
+            metrics.admitted(lane)
             log.info("job accepted", extra={"job_id": job.id, "model": spec.name, "lane": lane})
         return job, created
 

@@ -7,6 +7,7 @@ Waiting workers sleep on a doorbell until a dispatch rings it or the next row co
 
 from __future__ import annotations
 
+import json
 import secrets
 import sqlite3
 import threading
@@ -17,6 +18,7 @@ from pathlib import Path
 from difflane.dispatch import doorbell
 from difflane.jobs import Job
 from difflane.store.sqlite import Database
+from difflane.telemetry import tracing
 
 # Upper bound on a worker's sleep even without a ring: guards against a lost ring.
 FALLBACK_POLL_S = 1.0
@@ -46,10 +48,11 @@ class EmbeddedQueue:
         # Idempotent for the same lane; a job moved to another lane (e.g. after running out of
         # memory) takes its entry along, and the old holder's lease token stops matching.
         conn.execute(
-            "INSERT INTO queue (job_id, lane, available_at, enqueued_at) VALUES (?, ?, ?, ?) "
+            "INSERT INTO queue (job_id, lane, available_at, enqueued_at, trace_context) VALUES (?, ?, ?, ?, ?) "
             "ON CONFLICT (job_id) DO UPDATE SET lane = excluded.lane, available_at = excluded.available_at, "
-            "lease_token = NULL, lease_expires_at = NULL WHERE queue.lane != excluded.lane",
-            (job.id, job.lane, now, now),
+            "lease_token = NULL, lease_expires_at = NULL, trace_context = excluded.trace_context "
+            "WHERE queue.lane != excluded.lane",
+            (job.id, job.lane, now, now, _trace_column()),
         )
 
     def dispatch(self, job: Job) -> None:
@@ -121,19 +124,19 @@ class EmbeddedQueue:
         token = secrets.token_hex(8)
         with self.db.write() as conn:
             row = conn.execute(
-                f"SELECT job_id, lane, deliveries FROM queue WHERE lane IN ({marks}) AND available_at <= ? "
-                "ORDER BY available_at LIMIT 1",
+                f"SELECT job_id, lane, deliveries, trace_context FROM queue WHERE lane IN ({marks}) "
+                "AND available_at <= ? ORDER BY available_at LIMIT 1",
                 (*lanes, now),
             ).fetchone()
             if row is None:
                 return None
-            job_id, lane, deliveries = row
+            job_id, lane, deliveries, trace = row
             conn.execute(
                 "UPDATE queue SET lease_token = ?, available_at = ?, lease_expires_at = ?, "
                 "deliveries = deliveries + 1 WHERE job_id = ?",
                 (token, now + self.lease_seconds, now + self.lease_seconds, job_id),
             )
-        return EmbeddedDelivery(self, job_id, lane, deliveries + 1, token)
+        return EmbeddedDelivery(self, job_id, lane, deliveries + 1, token, json.loads(trace) if trace else {})
 
     def _until_next_due(self, lanes: Sequence[str]) -> float:
         marks = ",".join("?" * len(lanes))
@@ -145,12 +148,21 @@ class EmbeddedQueue:
 
 
 class EmbeddedDelivery:
-    def __init__(self, queue: EmbeddedQueue, job_id: str, lane: str, attempt: int, token: str) -> None:
+    def __init__(
+        self,
+        queue: EmbeddedQueue,
+        job_id: str,
+        lane: str,
+        attempt: int,
+        token: str,
+        trace_context: dict[str, str] | None = None,
+    ) -> None:
         self._queue = queue
         self.job_id = job_id
         self.lane = lane
         self.attempt = attempt
         self._token = token
+        self.trace_context = trace_context or {}  # the queuing request's, for the worker's spans
 
     def ack(self) -> None:
         with self._queue.db.write() as conn:
@@ -183,3 +195,8 @@ class EmbeddedDelivery:
                 (until, until, self.job_id, self._token),
             )
         return cur.rowcount == 1
+
+
+def _trace_column() -> str | None:
+    carrier = tracing.inject()
+    return json.dumps(carrier, separators=(",", ":")) if carrier else None

@@ -17,6 +17,7 @@ from difflane.dispatch import kubernetes_spec as spec
 from difflane.dispatch.kubernetes_api import Conflict, KubeApi, connect
 from difflane.errors import ConfigError
 from difflane.jobs import Job
+from difflane.telemetry import tracing
 
 if TYPE_CHECKING:
     from difflane.settings import Settings
@@ -56,7 +57,7 @@ class KubernetesDispatcher:
     def dispatch(self, job: Job) -> None:
         """Create the job's Job; an existing one (a repeated dispatch) is left as it is."""
         try:
-            self.api.create_job(self.manifest(job))
+            self.api.create_job(tracing.stamp_manifest(self.manifest(job)))  # the pod joins the trace
         except Conflict:
             log.info("Job already exists; dispatch is a no-op", extra={"job_id": job.id})
             return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
 from typing import Any
@@ -80,3 +81,36 @@ def _mig_slices(nvml: Any, handle: Any) -> list[dict[str, Any]]:
 
 def _text(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def available() -> bool:
+    """Whether NVML answers here (a GPU and its driver library)."""
+    return _nvml() is not None
+
+
+@dataclasses.dataclass(frozen=True)
+class Sample:
+    gpu: str  # the device's index (MIG slices are seen through their parent)
+    utilization: float | None  # 0..1; None where NVML has none (a MIG slice)
+    memory_used_bytes: int
+    memory_total_bytes: int
+
+
+def samples() -> list[Sample]:
+    """One sample per visible device; empty without a GPU."""
+    nvml = _nvml()
+    if nvml is None:
+        return []
+    found: list[Sample] = []
+    try:
+        count = nvml.nvmlDeviceGetCount()
+    except Exception:  # noqa: BLE001
+        return []
+    for i in range(count):
+        try:
+            handle = nvml.nvmlDeviceGetHandleByIndex(i)
+            memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+        except Exception:  # noqa: BLE001 - a device that went away between two calls
+            continue
+        found.append(Sample(str(i), utilization(i), int(memory.used), int(memory.total)))
+    return found

@@ -11,6 +11,8 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from difflane.telemetry import tracing
+
 job_id_var: contextvars.ContextVar[str | None] = contextvars.ContextVar("job_id", default=None)
 
 
@@ -61,6 +63,7 @@ class TextFormatter(logging.Formatter):
 def setup(level: str = "info", fmt: str = "json") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.addFilter(tracing.LogCorrelation())  # trace_id / span_id inside a span
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -26,6 +26,7 @@ from pathlib import Path
 from difflane.dispatch import doorbell
 from difflane.errors import DifflaneError
 from difflane.store.base import JobStore
+from difflane.telemetry import metrics, tracing
 from difflane.webhooks import events
 from difflane.webhooks.fairness import DEFAULT_CAPS, Caps
 from difflane.webhooks.outbox import NewDelivery, Outbox, Pending, Watch
@@ -92,7 +93,11 @@ class Notifier:
                 return
 
     def attempt(self, pending: Pending) -> Outcome:
-        outcome = self.sender.send(pending.id, pending.url, pending.body)
+        attributes = {"difflane.job.id": pending.job_id, "difflane.webhook.event": pending.event}
+        started = time.perf_counter()
+        with tracing.span("webhook.deliver", attributes, kind="client"):
+            outcome = self.sender.send(pending.id, pending.url, pending.body)
+        metrics.webhook_attempted(pending.event, outcome.delivered, outcome.retry, time.perf_counter() - started)
         now, attempts = self.clock(), pending.attempts + 1
         extra = {"job_id": pending.job_id, "webhook_id": pending.id, "event": pending.event, "attempt": attempts}
         if outcome.delivered:

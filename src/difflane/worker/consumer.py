@@ -6,6 +6,7 @@ import logging
 import threading
 import time
 
+from difflane.telemetry import metrics
 from difflane.worker.batching import Batcher
 from difflane.worker.executor import Executor, Outcome
 
@@ -41,7 +42,9 @@ class Worker:
                 batch = self.batcher.next_batch(RECEIVE_TIMEOUT_S)
                 if not batch:
                     continue
+                busy_since = time.monotonic()
                 outcomes = self.executor.execute_batch(batch)
+                metrics.WORKER_BUSY.labels(batch[0].lane).inc(time.monotonic() - busy_since)
                 self.batches += 1
                 for outcome in outcomes:
                     self.processed[outcome] += 1

@@ -21,6 +21,7 @@ from typing import Any
 
 from difflane.catalog import TINY_REPO, ModelSpec
 from difflane.errors import DifflaneError, MissingExtra
+from difflane.telemetry import metrics
 from difflane.worker.runtime import (
     Interrupted,
     ModelUnavailable,
@@ -137,7 +138,9 @@ class DiffusersRuntime:
         if self._budget is None:
             return
         while len(self._pipelines) > 1 and sum(p.bytes for p in self._pipelines.values()) > self._budget:
-            del self._pipelines[next(iter(self._pipelines))]
+            evicted = next(iter(self._pipelines))
+            del self._pipelines[evicted]
+            metrics.MODEL_EVICTIONS.labels(evicted).inc()
             self._free()
 
     def _load_pipeline(self, model: ModelSpec) -> Any:

@@ -33,7 +33,7 @@ from difflane.errors import DifflaneError, IllegalTransition, InvalidInput, NotF
 from difflane.jobs import ErrorCode, Job, JobState, Output, RunMetrics
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import JobStore, mutate
-from difflane.telemetry import gpu, metrics
+from difflane.telemetry import gpu, metrics, tracing
 from difflane.telemetry.logging import job_context
 from difflane.worker.batching import batch_key
 from difflane.worker.runtime import (
@@ -126,14 +126,15 @@ class Executor:
                 outcomes[i] = Outcome.DEFERRED
                 continue
             seen.add(delivery.job_id)
-            with job_context(delivery.job_id):
+            with job_context(delivery.job_id), tracing.received(delivery):
                 result = self._admit(delivery)
             if isinstance(result, Outcome):
                 outcomes[i] = result
             else:
                 claimed.append((i, result))
         for group in _groups(claimed):
-            self._run([item for _, item in group])
+            with tracing.batch([item.delivery for _, item in group], _batch_attributes(group)):
+                self._run([item for _, item in group])
             for i, item in group:
                 outcomes[i] = item.outcome or Outcome.SKIPPED
         return [outcomes[i] for i in range(len(deliveries))]
@@ -179,8 +180,9 @@ class Executor:
         except IllegalTransition:
             return self._not_claimed(job, delivery)
         wait = max(time.time() - claimed.created_at.timestamp(), 0.0)
+        tracing.describe_job(claimed, delivery.attempt)
         metrics.JOBS_STARTED.labels(claimed.request.model, claimed.lane).inc()
-        metrics.QUEUE_WAIT.labels(claimed.lane).observe(wait)
+        metrics.observe(metrics.QUEUE_WAIT.labels(claimed.lane), wait)
         log.info("job started", extra={"job_id": job.id, "attempt": claimed.attempts, "delivery": delivery.attempt})
         return _Item(delivery, claimed, wait)
 
@@ -226,10 +228,12 @@ class Executor:
         load_s = 0.0
         keeper.start()
         try:
-            load_s = self.runtime.load(spec)
-            images = self.runtime.render(
-                task, lambda step, total: self._on_step(items, keeper, step, total), timeout=lane.timeout_s
-            )
+            with tracing.span("model.load", {"difflane.model": spec.name}):
+                load_s = self.runtime.load(spec)
+            with tracing.span("render", {"difflane.model": spec.name, "difflane.batch.size": len(task.seeds)}):
+                images = self.runtime.render(
+                    task, lambda step, total: self._on_step(items, keeper, step, total), timeout=lane.timeout_s
+                )
         except Interrupted:
             self._after_interrupt(items)
             return
@@ -251,9 +255,10 @@ class Executor:
         elapsed = time.perf_counter() - started
         stats = self.runtime.last_stats
         execution_s = stats.seconds if stats else elapsed - load_s
-        metrics.EXECUTION.labels(spec.name, lane.name).observe(execution_s)
+        metrics.observe(metrics.EXECUTION.labels(spec.name, lane.name), execution_s)
         metrics.MODEL_LOAD.labels(spec.name).observe(load_s)
         metrics.BATCH_SIZE.labels(spec.name, lane.name).observe(len(task.seeds))
+        metrics.batch_ran(spec.name, lane.name, len(task.seeds), task.steps, execution_s, load_s)
         run = RunMetrics(
             load_s=round(load_s, 4),
             execution_s=round(execution_s, 4),
@@ -264,8 +269,6 @@ class Executor:
         )
         if run.peak_memory_bytes is not None:
             metrics.PEAK_DEVICE_MEMORY.labels(spec.name).set(run.peak_memory_bytes)
-        if run.gpu_utilization is not None:
-            metrics.GPU_UTILIZATION.set(run.gpu_utilization)
         offset = 0
         for item in items:
             count = item.job.request.num_images
@@ -280,6 +283,7 @@ class Executor:
                     item.outcome = self._after_upload_error(item, exc)
 
     def _on_step(self, items: list[_Item], keeper: _LeaseKeeper, step: int, total: int) -> bool:
+        tracing.event("step", {"step": step, "total": total})
         if self.should_give_back():
             for item in items:
                 item.stop = item.stop or _Stop.SHUTDOWN
@@ -307,9 +311,13 @@ class Executor:
         job = item.job
         outputs: list[Output] = []
         try:
-            for i, image in enumerate(images):
-                outputs.append(self._upload(job, spec, i, image))
-            done = mutate(self.store, job.id, lambda j: j.succeed(self.config.worker_id, tuple(outputs), metrics=run))
+            with tracing.in_job(item.delivery, "upload", {"difflane.images": len(images)}):
+                for i, image in enumerate(images):
+                    outputs.append(self._upload(job, spec, i, image))
+            with tracing.in_job(item.delivery, "store.final_state", {"difflane.state": "succeeded"}):
+                done = mutate(
+                    self.store, job.id, lambda j: j.succeed(self.config.worker_id, tuple(outputs), metrics=run)
+                )
         except IllegalTransition:
             self._delete(o.key for o in outputs)  # not ours to keep: the job is someone else's now
             current = self.store.get(job.id)
@@ -324,7 +332,7 @@ class Executor:
         item.delivery.ack()
         item.outcome = Outcome.SUCCEEDED
         self._discard_outputs(done, keep={o.key for o in done.outputs})
-        metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "succeeded", "").inc()
+        metrics.job_finished(done.request.model, done.lane, "succeeded", "", done.attempts)
         log.info("job succeeded", extra={"outputs": len(outputs), "batch_size": run.batch_size})
 
     def _after_upload_error(self, item: _Item, exc: Exception) -> Outcome:
@@ -456,7 +464,7 @@ class Executor:
             return Outcome.REQUEUED
         self._discard_outputs(done)
         delivery.ack()
-        metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "cancelled", "cancelled").inc()
+        metrics.job_finished(done.request.model, done.lane, "cancelled", "cancelled", done.attempts)
         log.info("job cancelled")
         return Outcome.CANCELLED
 
@@ -505,7 +513,10 @@ class Executor:
         dead_letter: bool,
     ) -> Outcome:
         try:
-            done = mutate(self.store, job.id, change)
+            with tracing.in_job(
+                delivery, "store.final_state", {"difflane.state": "failed", "difflane.code": code.value}
+            ):
+                done = mutate(self.store, job.id, change)
         except IllegalTransition:
             current = self.store.get(job.id)
             if current is None or current.state.terminal:
@@ -516,7 +527,7 @@ class Executor:
             delivery.dead_letter(code.value)
         else:
             delivery.ack()
-        metrics.JOBS_FINISHED.labels(done.request.model, done.lane, "failed", code.value).inc()
+        metrics.job_finished(done.request.model, done.lane, "failed", code.value, done.attempts)
         log.warning("job failed", extra={"code": code.value, "reason": message})
         return Outcome.FAILED
 
@@ -537,6 +548,11 @@ class Executor:
                 self.blobs.delete(key)
             except Exception:  # a leftover file is tidied by the next ending, never fatal
                 log.warning("could not delete blob %s", key, exc_info=True)
+
+
+def _batch_attributes(group: list[tuple[int, _Item]]) -> dict[str, str | int]:
+    first = group[0][1].job
+    return {"difflane.model": first.request.model, "difflane.lane": first.lane}
 
 
 def _held_elsewhere(job: Job, worker: str) -> bool:
@@ -619,10 +635,12 @@ class _LeaseKeeper:
         except (IllegalTransition, NotFound):
             pass  # someone else holds the job now
         except Exception:  # retried until our lease runs out
+            metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "error").inc()
             lease = item.job.lease
             if lease is not None and time.time() < lease.expires_at:
                 log.warning("record lease renewal failed; will retry", exc_info=True, extra={"job_id": item.job.id})
                 return
         # Past this point another worker may have taken the job: never write to it again.
+        metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "lost").inc()
         log.warning("lease lost; the job stops at the next step", extra={"job_id": item.job.id})
         item.stop = _Stop.LOST

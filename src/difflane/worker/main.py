@@ -20,6 +20,7 @@ from difflane.jobs import ErrorCode, JobState, is_job_id
 from difflane.lanes import Lane
 from difflane.settings import Settings
 from difflane.telemetry import logging as log_setup
+from difflane.telemetry import metrics, tracing
 from difflane.telemetry.probes import ProbeServer
 from difflane.worker import device as device_mod
 from difflane.worker.batching import Batcher
@@ -107,6 +108,7 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
     if _orphaned():
         log.warning("the `difflane serve` that started this worker is gone: not starting")
         return
+    tracing.setup("difflane-worker")
     parts = wiring.build(settings)
     if parts.source is None:
         raise InvalidInput("this dispatch backend hands jobs to `difflane run-job`; there is no queue to serve")
@@ -137,12 +139,15 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     _stop_when_orphaned(worker)
+    metrics.worker_state(names, "starting")
+    metrics.GpuSampler().start()  # no GPU: nothing to sample, not an error
     try:
         if isinstance(runtime, IsolatedRuntime):
             runtime.start()
         if settings.preload:
             warm_up(runtime, [m for m in parts.catalog if m.lane in names], {lane.name: lane for lane in lanes})
         ready.set()
+        metrics.worker_state(names, "ready")
         log.info("worker ready", extra={"lanes": names, "device": device.describe()})
         worker.run(max_jobs=max_jobs)
     finally:
@@ -187,6 +192,7 @@ class _OneShotDelivery:
         self.job_id, self.lane, self.attempt = job_id, lane, attempt
         self.settled: str | None = None
         self.retry_in = 0.0
+        self.trace_context = tracing.from_env()  # the Job's pod carries the dispatching request's
 
     def ack(self) -> None:
         self.settled = "ack"
@@ -211,6 +217,7 @@ def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) 
     at once without spending an attempt; a duplicate pod waits out the live lease of the pod
     that holds the job instead of failing (which would spend the Job's backoffLimit)."""
     log_setup.setup(settings.log_level, settings.log_format)
+    tracing.setup("difflane-worker")
     if not is_job_id(job_id):
         log.error("not a job id: %r", job_id)
         return RunJobExit.NEVER

@@ -27,6 +27,7 @@ from difflane.api.schemas import Problem
 from difflane.api.streams import Slot
 from difflane.errors import DifflaneError
 from difflane.jobs import Job
+from difflane.telemetry import metrics
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": Problem}})
 
@@ -88,8 +89,9 @@ async def job_events(
 
 async def _held(slot: Slot, events: AsyncIterator[bytes]) -> AsyncIterator[bytes]:
     try:
-        async for chunk in events:
-            yield chunk
+        with metrics.EVENT_STREAMS.track_inprogress():
+            async for chunk in events:
+                yield chunk
     finally:
         slot.release()
 

@@ -50,5 +50,6 @@ async def readyz(ctx: Ctx) -> JSONResponse:
 async def prometheus(request: Request) -> Response:
     # Queue depth comes from the app's BacklogRefresher (api/backlog.py): a scrape never calls
     # the dispatcher, however often it comes.
-    body = await run_in_threadpool(metrics.exposition, request.app.state.backlog)
-    return Response(body, media_type="text/plain; version=0.0.4; charset=utf-8")
+    openmetrics = metrics.OPENMETRICS in request.headers.get("accept", "")  # the format with exemplars
+    body = await run_in_threadpool(metrics.exposition, request.app.state.backlog, openmetrics=openmetrics)
+    return Response(body, media_type=metrics.content_type(openmetrics))
