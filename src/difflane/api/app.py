@@ -16,6 +16,7 @@ from difflane.api.deps import current_caller
 from difflane.api.routes import events, health, jobs, models
 from difflane.api.schemas import Problem
 from difflane.api.watch import API_ROLE, ChangeSignal
+from difflane.capacity import live
 from difflane.dispatch.doorbell import Doorbell
 from difflane.settings import Settings
 from difflane.telemetry import metrics
@@ -48,6 +49,7 @@ def create_app(
             lanes=parts.lanes,
             admission=limits.from_settings(settings, parts.store, parts.dispatcher),
             webhooks=hooks.intake if hooks else None,
+            forecast=live.from_settings(settings, parts.store, parts.lanes),
         )
     except BaseException:
         if owned:  # a configuration error must not leave connections and files open
@@ -77,6 +79,7 @@ def create_app(
         app.include_router(module.router, dependencies=[Depends(current_caller)], responses=refusals)
     app.include_router(health.router)
     app.add_middleware(RequestCounter)
+    app.add_middleware(live.Scope, forecaster=ctx.forecast)  # job_json's queue and ETA fields
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
     return app
 
