@@ -142,3 +142,13 @@ def test_the_event_stream_sends_queue_updates_and_ends_with_the_job(client: Test
     positions = [d["queue"]["position"] for k, d in seen if k == "queue"]
     assert positions == [2, 1]
     assert kinds[-1] == "state" and seen[-1][1]["state"] == "cancelled" and seen[-1][1]["queue"] is None
+
+
+def test_a_job_created_after_the_cached_listing_waits_behind_it() -> None:
+    store, now = MemoryJobStore(), [T0]
+    lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 1}\n")
+    f = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=60.0, clock=lambda: now[0])
+    first = store.create(job(T0 - 1))[0]
+    assert f.annotate(first)["queue"]["position"] == 1  # the listing is now cached for a minute
+    second = store.create(job(T0))[0]
+    assert f.annotate(second)["queue"] == {"position": 2, "eta_start_s": 1.0, "eta_finish_s": 2.0}

@@ -28,7 +28,7 @@ from difflane.jobs import Job, JobState
 from difflane.lanes import Lanes
 
 DEFAULT_TTL_S = 0.5
-DEFAULT_LIMIT = 2000
+DEFAULT_LIMIT = 1000
 
 
 class UnfinishedJobs(Protocol):
@@ -135,6 +135,12 @@ class LiveForecaster:
                 waiting = [j for j in snap.queued + snap.recent if j.lane == job.lane]
                 etas = snap.etas[job.lane] = self._plan(snap, waiting)
             eta = etas.get(job.id)
+            if eta is None and job.id not in {j.id for j in snap.queued + snap.recent}:
+                # Created after the listing (this very submit's answer): it waits behind all of it.
+                snap.recent.append(job)
+                waiting = [j for j in snap.queued + snap.recent if j.lane == job.lane]
+                etas = snap.etas[job.lane] = self._plan(snap, waiting)
+                eta = etas.get(job.id)
             if eta is None:
                 return None
             ahead = sum(1 for j in snap.queued + snap.recent if j.lane == job.lane and j.id < job.id)
