@@ -1,7 +1,7 @@
 """Measure a cost file (docs/capacity.md) for the tiny model on this machine.
 
-One platform, one worker, four lanes that differ only in max_batch (1, 2, 4, 8), each with its
-own catalog entry for the same tiny model. A saturating burst per lane gives, per batch size,
+Per batch size (1, 2, 4, 8) a platform with one worker and lane ``fast`` at that max_batch.
+A saturating burst gives, per batch size,
 the pipeline time per step per image (the jobs' ``execution_s``) and the whole cycle from one
 batch's start to the next; the cycle minus the pipeline time is the overhead, fitted as
 ``batch_overhead_s + images * image_overhead_s`` by least squares.
@@ -20,30 +20,19 @@ import statistics
 import tempfile
 import time
 from pathlib import Path
-from typing import Any
 
 import httpx
 
 from bench.capacity_harness import batch_starts, collect, lanes_yaml, replay
 from bench.harness import platform
-from difflane.catalog import TINY_REPO, TINY_REVISION
 
 SIZES = (1, 2, 4, 8)
-
-
-def catalog_yaml() -> str:
-    entries = "".join(
-        f"  tiny-b{b}:\n    source: {TINY_REPO}\n    revision: {TINY_REVISION}\n    lane: b{b}\n"
-        "    defaults: {width: 64, height: 64, steps: 4}\n"
-        for b in SIZES
-    )
-    return "models:\n" + entries
 
 
 def measure(url: str, b: int, steps: int, prompt: str) -> dict[str, float]:
     jobs = 6 * b + 1
     with httpx.Client(base_url=url, timeout=60) as http:
-        sent = replay(http, [0.0] * jobs, steps, prompt=prompt, model=f"tiny-b{b}")
+        sent = replay(http, [0.0] * jobs, steps, prompt=prompt)
         records = collect(http, [j["id"] for _, j in sent])
     starts = batch_starts(records)[1:]  # the first batch may be short (it starts with one job)
     cycles = [later - earlier for earlier, later in itertools.pairwise(starts)]
@@ -92,14 +81,14 @@ def main() -> None:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     prompt = "[slow] cost" if args.runtime == "fake" else "a red fox"
+    points = []
     with tempfile.TemporaryDirectory() as tmp:
-        lanes, catalog = Path(tmp) / "lanes.yaml", Path(tmp) / "catalog.yaml"
-        specs = {f"b{b}": f"{{capacity: cpu, max_batch: {b}, max_wait_ms: 50, timeout_s: 600}}" for b in SIZES}
-        lanes.write_text(lanes_yaml(**specs), encoding="utf-8")
-        catalog.write_text(catalog_yaml(), encoding="utf-8")
-        settings: dict[str, Any] = {"lanes": str(lanes), "catalog": str(catalog), "runtime": args.runtime}
-        with platform(workers=1, **settings) as (url, _):
-            points = [measure(url, b, args.steps, prompt) for b in SIZES]
+        for b in SIZES:  # one platform per batch size: lane `fast` of the built-in catalog
+            lanes = Path(tmp) / f"lanes-{b}.yaml"
+            lanes.write_text(lanes_yaml(fast=f"{{capacity: cpu, max_batch: {b}, max_wait_ms: 50, timeout_s: 600}}"))
+            with platform(workers=1, lanes=str(lanes), runtime=args.runtime) as (url, _):
+                points.append(measure(url, b, args.steps, prompt))
+            print(points[-1], flush=True)
     for p in points:
         print({k: round(v, 4) for k, v in p.items()})
     text = to_yaml(points, args.runtime, args.steps)

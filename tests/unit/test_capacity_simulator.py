@@ -121,5 +121,5 @@ def test_bursty_traces_are_seeded_and_burst() -> None:
     shape = trace.Shape("m", 64, 64, 4)
     a = trace.bursty(1.0, 1000, shape, seed=3, burst_factor=10, burst_period=100, burst_length=10)
     assert a == trace.bursty(1.0, 1000, shape, seed=3, burst_factor=10, burst_period=100, burst_length=10)
-    in_burst = sum(1 for x in a if x.at % 100 < 10)
+    in_burst = sum(1 for x in a if x.at % 100 >= 90)
     assert in_burst == pytest.approx(1000, rel=0.15) and len(a) - in_burst == pytest.approx(900, rel=0.15)

@@ -76,6 +76,7 @@ class LaneSimulation:
         self.peak_workers = 0
         self.timeline: list[Sample] = []
         self.arrived = 0
+        self._load: float | None = None
         self.retired_ready_s = 0.0
         self.retired_busy_s = 0.0
         self.last_done = 0.0
@@ -89,6 +90,8 @@ class LaneSimulation:
             for _ in range(self.s.workers):
                 self._add_worker(0.0, preloaded=True)
         elif self.s.mode is Mode.KEDA:
+            for _ in range(self.s.min_replicas):  # a deployment that was running before the trace
+                self._add_worker(0.0, preloaded=True)
             self._at(0.0, "poll", None)
         else:
             self._at(0.0, "sweep", None)
@@ -228,7 +231,9 @@ class LaneSimulation:
         node = self.pool.place(t)
         if node is None:
             return False
-        ready = 0.0 if preloaded else max(node.ready_at, t) + self.s.pod_startup_s + self._load_s()
+        if preloaded:  # running before the trace began: its node is up, its model loaded
+            node.ready_at = min(node.ready_at, t)
+        ready = t if preloaded else max(node.ready_at, t) + self.s.pod_startup_s + self._load_s()
         w = _Worker(node, ready)
         self.workers.append(w)
         self.peak_workers = max(self.peak_workers, sum(1 for w in self.workers if w.state != "gone"))
@@ -246,8 +251,10 @@ class LaneSimulation:
         self.retired_busy_s += w.busy_s
 
     def _load_s(self) -> float:
-        models = {a.model for a in self.arrivals}
-        return sum(self.costs.model(m).load_s for m in models)
+        """A new worker preloads every model of the lane before it takes work."""
+        if self._load is None:
+            self._load = sum(self.costs.model(m).load_s for m in {a.model for a in self.arrivals})
+        return self._load
 
     # --- KEDA --------------------------------------------------------------------------------
 
