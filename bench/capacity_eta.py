@@ -41,7 +41,9 @@ def main() -> None:
         lanes.write_text(lanes_yaml(fast=spec))
         settings = {"runtime": "fake", "lanes": str(lanes), "costs": str(COSTS)}
         with platform(workers=args.workers, **settings) as (url, _), httpx.Client(base_url=url, timeout=60) as http:
-            replay(http, [0.0] * args.workers, args.steps)  # warm: every worker has run a batch
+            # Warm-up, waited for: each worker's child process starts on its first batch (~1 s here).
+            warm = replay(http, [0.0] * (4 * args.workers * args.max_batch), args.steps)
+            collect(http, [j["id"] for _, j in warm])
             sent = replay(http, [0.0] * args.jobs, args.steps)
             records = collect(http, [j["id"] for _, j in sent])
     errors, relative, waits = [], [], []
@@ -60,6 +62,11 @@ def main() -> None:
                 "workers": args.workers,
                 "max_batch": args.max_batch,
                 "last_start_s": round(max(waits), 2),
+                "mean_batch_size": round(statistics.fmean(r["metrics"]["batch_size"] for r in records), 2),
+                "error_by_tenth_s": [
+                    round(statistics.fmean(errors[i : i + max(len(errors) // 10, 1)]), 2)
+                    for i in range(0, len(errors), max(len(errors) // 10, 1))
+                ],
                 "mean_abs_error_s": round(statistics.fmean(absolute), 3),
                 "p90_abs_error_s": round(percentile(absolute, 90), 3),
                 "mean_error_s": round(statistics.fmean(errors), 3),
