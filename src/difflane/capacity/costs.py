@@ -107,18 +107,19 @@ def load(path: str | Path) -> CostModel:
 
 
 def builtin() -> CostModel:
-    """The tiny model on a 2-core CPU (measured by bench/capacity_costs.py; see docs/capacity.md).
-
-    Used when no cost file is configured, so queue ETAs exist out of the box on the embedded
-    platform; any other hardware needs its own measured file."""
+    """The tiny model on a 2-core CPU, used when no cost file is configured, so that queue ETAs
+    exist out of the box on the embedded platform. Pipeline figures from the CPU timings in the
+    project's environment notes (64x64, 4 steps: ~0.18 s per image alone, ~0.145 s at batch 8;
+    loading ~0.1 s); overheads as bench/capacity_costs.py measured them with the fake runtime
+    (bench/capacity_costs_fake.yaml). Any other hardware needs its own measured file."""
     return CostModel(
         models={
             "tiny": ModelCost(
                 reference=Size(width=64, height=64),
-                seconds_per_step_per_image={1: 0.045, 8: 0.03},
-                batch_overhead_s=0.03,
-                image_overhead_s=0.005,
-                load_s=0.5,
+                seconds_per_step_per_image={1: 0.045, 8: 0.036},
+                batch_overhead_s=0.01,
+                image_overhead_s=0.028,
+                load_s=0.1,
             )
         }
     )
