@@ -203,6 +203,66 @@ def config_show() -> None:
     click.echo(json.dumps(_settings().redacted(), indent=2, default=str))
 
 
+# --- capacity (issue 15) ----------------------------------------------------------------------
+
+
+@main.command()
+@click.option("--trace", "trace_file", type=click.Path(path_type=Path, dir_okay=False), help="CSV of arrivals.")
+@click.option("--poisson", type=float, help="Generate Poisson arrivals at RATE per second (with --duration).")
+@click.option("--duration", type=float, help="Seconds of generated traffic.")
+@click.option("--burst-factor", type=float, default=1.0, show_default=True, help="Rate multiplier during bursts.")
+@click.option("--burst-period", type=float, default=0.0, show_default=True, help="A burst starts every S seconds.")
+@click.option("--burst-length", type=float, default=0.0, show_default=True, help="Each burst lasts S seconds.")
+@click.option("--model", help="Model of generated jobs (default: the catalog's first).")
+@click.option("--width", type=int)
+@click.option("--height", type=int)
+@click.option("--steps", type=int)
+@click.option("--images", type=int, default=1, show_default=True)
+@click.option("--seed", type=int, default=1, show_default=True)
+@click.option("--lanes", "lanes_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--catalog", "catalog_file", type=click.Path(path_type=Path, dir_okay=False))
+@click.option("--costs", "costs_file", type=click.Path(path_type=Path, dir_okay=False), help="Cost model YAML.")
+@click.option("--autoscale", type=click.Choice(["fixed", "keda", "kueue"]), default="fixed", show_default=True)
+@click.option("--workers", type=int, default=1, show_default=True, help="fixed: workers per lane.")
+@click.option("--min-replicas", type=int, default=0, show_default=True)
+@click.option("--max-replicas", type=int, default=10, show_default=True)
+@click.option("--polling-s", type=float, default=30.0, show_default=True, help="KEDA pollingInterval.")
+@click.option("--target-messages", type=float, default=5.0, show_default=True, help="KEDA messageCount per replica.")
+@click.option("--activation-messages", type=float, default=0.0, show_default=True)
+@click.option("--cooldown-s", type=float, default=300.0, show_default=True, help="KEDA cooldownPeriod.")
+@click.option("--scale-down-window-s", type=float, default=300.0, show_default=True, help="HPA stabilisation.")
+@click.option("--quota", type=int, default=4, show_default=True, help="kueue: jobs running at once per lane.")
+@click.option("--pod-startup-s", type=float, default=0.0, show_default=True)
+@click.option("--node-startup-s", type=float, default=0.0, show_default=True)
+@click.option("--pods-per-node", type=int, default=1, show_default=True)
+@click.option("--max-nodes", type=int, default=1000, show_default=True)
+@click.option("--node-idle-s", type=float, default=600.0, show_default=True, help="Idle node removed after this.")
+@click.option("--queued-cap", type=int, default=0, show_default=True, help="Admission: waiting jobs per lane.")
+@click.option("--max-queue-wait-s", type=float, help="Admission by prediction (overrides the lanes file).")
+@click.option("--json", "json_out", type=click.Path(path_type=Path, dir_okay=False), help="Write results as JSON.")
+@click.option("--chart", type=click.Path(path_type=Path, dir_okay=False), help="Write a PNG (needs Pillow).")
+def simulate(**opts: Any) -> None:
+    """Simulate lanes, batching and autoscaling on a traffic trace; print wait, cost and load."""
+    from difflane.capacity import command
+
+    try:
+        traffic = command.Traffic(**{f: opts.pop(f) for f in command.Traffic.__dataclass_fields__})
+        paths = {k: opts.pop(k) for k in ("lanes_file", "catalog_file", "costs_file")}
+        admission = {k: opts.pop(k) for k in ("queued_cap", "max_queue_wait_s")}
+        json_out, chart = opts.pop("json_out"), opts.pop("chart")
+        scaling = command.Scaling(mode=opts.pop("autoscale"), **opts)
+    except (ValueError, TypeError) as exc:  # pydantic's ValidationError is a ValueError
+        _fail(f"invalid simulation settings: {exc}")
+    results = command.run(traffic, scaling=scaling, **paths, **admission)
+    click.echo(command.table(results))
+    if json_out:
+        command.write_json(results, scaling, json_out)
+    if chart:
+        from difflane.capacity import chart as chart_mod
+
+        chart_mod.write_png(results, chart)
+
+
 @main.command()
 def openapi() -> None:
     """Print the OpenAPI document of the HTTP API."""

@@ -41,6 +41,8 @@ class Lane(BaseModel):
     on_oom: str | None = None  # move an out-of-memory job to this lane instead of failing it
     compile: bool = False  # torch.compile the UNet; compiled during warm-up, before ready
     warmup_batches: tuple[int, ...] = ()  # batch shapes to warm; default (1, max_batch)
+    # Admission by prediction (difflane.capacity): a submit predicted to wait longer gets 429 queue_full.
+    max_queue_wait_s: Annotated[float | None, Field(gt=0)] = None
 
     @field_validator("name")
     @classmethod

@@ -166,6 +166,10 @@ class Settings(BaseSettings):
     preload: bool = True  # load and warm every served model before reporting ready
     health_port: int | None = Field(None, ge=0, le=65535)  # worker's /livez /readyz /metrics
 
+    # --- capacity (issue 15): queue position, ETA, admission by prediction ------------------
+    costs: Path | None = None  # cost model YAML (docs/capacity.md); default: the tiny model on a CPU
+    forecast_workers: int | None = Field(None, ge=0, le=1024)  # workers the ETA assumes; default: workers
+
     # client side (`difflane generate`)
     api_url: str = "http://127.0.0.1:8000"
     client_token: SecretStr | None = None

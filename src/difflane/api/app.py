@@ -20,6 +20,7 @@ from difflane.api.routes import docs, events, health, jobs, models
 from difflane.api.schemas import Problem
 from difflane.api.streams import StreamSlots
 from difflane.api.watch import API_ROLE, ChangeSignal
+from difflane.capacity import live
 from difflane.dispatch.doorbell import Doorbell
 from difflane.settings import Settings
 from difflane.telemetry import metrics
@@ -52,6 +53,7 @@ def create_app(
             lanes=parts.lanes,
             admission=limits.from_settings(settings, parts.store, parts.dispatcher),
             webhooks=hooks.intake if hooks else None,
+            forecast=live.from_settings(settings, parts.store, parts.lanes),
         )
     except BaseException:
         if owned:  # a configuration error must not leave connections and files open
@@ -97,6 +99,7 @@ def create_app(
     app.include_router(health.router)
     docs.install(app)
     app.add_middleware(RequestCounter)
+    app.add_middleware(live.Scope, forecaster=ctx.forecast)  # job_json's queue and ETA fields
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(HeaderLimit, limit=settings.http_max_header_bytes)
     # Outermost: every answer, refusals by the limits above included, carries these headers.

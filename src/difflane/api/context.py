@@ -14,6 +14,7 @@ from difflane.api.limits import Admission
 from difflane.api.service import JobService
 from difflane.api.watch import ChangeSignal
 from difflane.blobs.base import BlobStore
+from difflane.capacity.live import LiveForecaster
 from difflane.catalog import Catalog
 from difflane.dispatch.base import Dispatcher
 from difflane.lanes import Lanes
@@ -34,6 +35,7 @@ class ApiContext:
     lanes: Lanes | None = None
     admission: Admission | None = None  # limits; None: off
     webhooks: WebhookIntake | None = None  # None: webhooks off
+    forecast: LiveForecaster | None = None  # queue ETAs and admission by prediction; None: off
     # True when store calls are local and short (SQLite): run them on the event loop. A hop to
     # a worker thread costs more than the call itself on a busy 2-core machine (GIL hand-offs),
     # and it capped admission at a third of the inline rate. Remote stores use the threadpool.
@@ -42,7 +44,13 @@ class ApiContext:
 
     def __post_init__(self) -> None:
         self.service = JobService(
-            self.store, self.dispatcher, self.catalog, self.lanes, admission=self.admission, webhooks=self.webhooks
+            self.store,
+            self.dispatcher,
+            self.catalog,
+            self.lanes,
+            admission=self.admission,
+            webhooks=self.webhooks,
+            forecast=self.forecast,
         )
 
     async def call(self, fn: Callable[P, R], *args: P.args, **kwargs: P.kwargs) -> R:

@@ -114,6 +114,12 @@ class JobLinks(BaseModel):
     cancel: str
 
 
+class QueueOut(BaseModel):
+    position: int = Field(description="1 = the next job of its lane to start")
+    eta_start_s: float = Field(description="Predicted seconds until it starts (cost model + live lane state)")
+    eta_finish_s: float = Field(description="Predicted seconds until it finishes")
+
+
 class JobOut(BaseModel):
     id: str
     state: JobState
@@ -138,6 +144,8 @@ class JobOut(BaseModel):
     metrics: RunMetricsOut | None
     webhook: WebhookOut | None
     links: JobLinks
+    queue: QueueOut | None = Field(None, description="While queued: position and predicted times; else null")
+    eta_finish_s: float | None = Field(None, description="While queued or running: predicted seconds to finish")
 
 
 class JobPage(BaseModel):

@@ -11,6 +11,7 @@ from typing import Any
 
 from difflane.api.limits import Admission, TooManyRequests
 from difflane.auth.caller import Caller
+from difflane.capacity.live import LiveForecaster
 from difflane.catalog import Catalog, ModelSpec
 from difflane.dispatch.base import Dispatcher
 from difflane.errors import Conflict, DifflaneError, IllegalTransition, InvalidInput, NotFound
@@ -35,6 +36,7 @@ class JobService:
         *,
         admission: Admission | None = None,
         webhooks: WebhookIntake | None = None,
+        forecast: LiveForecaster | None = None,
     ) -> None:
         self.store = store
         self.dispatcher = dispatcher
@@ -42,6 +44,7 @@ class JobService:
         self.lanes = lanes
         self.admission = admission  # None: no limits (development)
         self.webhooks = webhooks  # None: webhooks are off
+        self.forecast = forecast  # admission by prediction (a lane's max_queue_wait_s); None: off
 
     def submit(self, caller: Caller, body: dict[str, Any], idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Validate against the model's limits, admit, then write record + queue entry. (job, created)."""
@@ -74,7 +77,10 @@ class JobService:
                 self.admission.admit(owner, lane) if self.admission else contextlib.nullcontext(),
                 tracing.span("store.create"),
             ):
-                job, created = self._create(new_job(owner, request, lane, webhook=webhook), key)
+                job = new_job(owner, request, lane, webhook=webhook)
+                if self.forecast is not None:
+                    self.forecast.admit(job)  # 429 queue_full: predicted to wait past the lane's max_queue_wait_s
+                job, created = self._create(job, key)
         except TooManyRequests as exc:
             metrics.refused(lane, exc.code)
             raise

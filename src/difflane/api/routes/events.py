@@ -25,6 +25,7 @@ from difflane.api.deps import Reader
 from difflane.api.routes.render import base_url, job_json
 from difflane.api.schemas import Problem
 from difflane.api.streams import Slot
+from difflane.capacity import live
 from difflane.errors import DifflaneError
 from difflane.jobs import Job
 from difflane.telemetry import metrics
@@ -58,7 +59,8 @@ def sse(event: str, data: dict[str, object], event_id: int | None = None) -> byt
     responses={
         200: {
             "content": {"text/event-stream": {}},
-            "description": "Events `state` (the whole job) and `progress` ({id, step, total}); "
+            "description": "Events `state` (the whole job), `progress` ({id, step, total}) and `queue` "
+            "({id, state, queue, eta_finish_s} when the position or a predicted time moves by 1 s or more); "
             "the stream ends after the job's final state.",
         },
         404: {"model": Problem},
@@ -104,6 +106,7 @@ async def _stream(
         earlier = await ctx.call(ctx.store.history, job_id, after - 1)
         previous = earlier[0] if earlier and earlier[0].version == after else None
     last_sent = time.monotonic()
+    queue_marker = None  # the last `queue` event (position and ETAs) sent
     while True:
         try:
             versions = await ctx.call(ctx.store.history, job_id, after)
@@ -123,6 +126,10 @@ async def _stream(
                 last_sent = time.monotonic()
         if previous is not None and previous.state.terminal:
             return
+        if previous is not None and (update := await ctx.call(live.queue_update, previous, queue_marker)):
+            queue_marker, data = update
+            yield sse("queue", data)
+            last_sent = time.monotonic()
         if await request.is_disconnected():
             return
         if expires_at is not None and time.time() >= expires_at:

@@ -8,6 +8,7 @@ from typing import Any
 from starlette.requests import HTTPConnection
 
 from difflane.blobs.base import BlobStore
+from difflane.capacity import live
 from difflane.jobs import Job
 
 SIGNED_URL_TTL_SECONDS = 300
@@ -64,4 +65,5 @@ def job_json(job: Job, base: str, blobs: BlobStore | None = None) -> dict[str, A
         "metrics": vars(job.metrics).copy() if job.metrics else None,
         "webhook": {"url": job.webhook.url, "events": list(job.webhook.events)} if job.webhook else None,
         "links": {"self": path, "events": f"{path}/events", "cancel": f"{path}/cancel"},
+        **live.job_fields(job),  # queue position and ETAs (difflane.capacity), None where unknown
     }

@@ -1,0 +1,154 @@
+"""Queue position, ETA and admission by prediction: the forecaster on a memory store with a
+fixed clock, and the API's 429 queue_full, JSON fields and SSE queue events."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fastapi.testclient import TestClient
+
+from difflane import lanes as lanes_mod
+from difflane import wiring
+from difflane.api.app import create_app
+from difflane.api.limits import TooManyRequests
+from difflane.capacity import costs, live
+from difflane.jobs import GenerationRequest, Job, Principal, new_job
+from difflane.settings import Settings
+from difflane.testing import MemoryJobStore
+
+T0 = 1_000_000.0
+# tiny at 64x64, 4 steps: 1 s per image alone, a batch of 2 costs 1.5 s.
+TINY_COST = costs.ModelCost(reference=costs.Size(width=64, height=64), seconds_per_step_per_image={1: 0.25, 2: 0.1875})
+COSTS = costs.CostModel(models={"tiny": TINY_COST})
+COSTS_YAML = """models:
+  tiny:
+    reference: {width: 64, height: 64}
+    seconds_per_step_per_image: {1: 0.25, 2: 0.1875}
+"""
+OWNER = Principal("t", "s")
+
+
+def job(at: float, steps: int = 4) -> Job:
+    return new_job(OWNER, GenerationRequest("tiny", "p", "", 64, 64, steps, 7.5, 1, 1), "fast", now=at)
+
+
+def forecaster(store: MemoryJobStore, lane: str, workers: int, now: list[float]) -> live.LiveForecaster:
+    lanes = lanes_mod.parse(f"lanes:\n  fast: {lane}\n")
+    return live.LiveForecaster(store, lanes, COSTS, workers, ttl_s=0.0, clock=lambda: now[0])
+
+
+def test_queued_jobs_get_positions_and_etas_behind_the_running_batch() -> None:
+    store, now = MemoryJobStore(), [T0]
+    running = store.create(job(T0 - 5))[0]
+    store.update(running.start("w1", 30, now=T0 - 0.25), running.version)  # ends at T0 + 0.75
+    queued = [store.create(job(T0 - 4 + i))[0] for i in range(3)]
+    f = forecaster(store, "{max_batch: 1}", 1, now)
+    got = [f.annotate(j)["queue"] for j in queued]
+    assert [q["position"] for q in got] == [1, 2, 3]
+    assert [q["eta_start_s"] for q in got] == [0.75, 1.75, 2.75]
+    assert [q["eta_finish_s"] for q in got] == [1.75, 2.75, 3.75]
+    assert f.annotate(store.get(running.id))["eta_finish_s"] == 0.75  # type: ignore[arg-type]
+
+
+def test_compatible_jobs_share_a_batch_and_idle_workers_start_now() -> None:
+    store, now = MemoryJobStore(), [T0]
+    queued = [store.create(job(T0 - 3 + i, steps=s))[0] for i, s in enumerate([4, 8, 4])]
+    f = forecaster(store, "{max_batch: 2, max_wait_ms: 100}", 2, now)
+    q = [f.annotate(j)["queue"] for j in queued]
+    # jobs 0 and 2 fill a batch at once on worker 1 (1.5 s); job 1 alone waits 0.1 s for company.
+    assert (q[0]["eta_start_s"], q[2]["eta_start_s"], q[0]["eta_finish_s"]) == (0.0, 0.0, 1.5)
+    assert (q[1]["eta_start_s"], q[1]["eta_finish_s"]) == (0.1, 2.1)
+    assert [x["position"] for x in q] == [1, 2, 3]  # queue order, whatever the batches
+
+
+def test_admission_refuses_a_submit_predicted_past_the_lanes_limit() -> None:
+    store, now = MemoryJobStore(), [T0]
+    f = forecaster(store, "{max_batch: 1, max_queue_wait_s: 2.5}", 1, now)
+    admitted = []
+    for i in range(5):
+        j = job(T0 + i * 0.001)
+        try:
+            f.admit(j)
+        except TooManyRequests as exc:
+            assert exc.code == "queue_full" and i == 3  # predicted to start at 3 s > 2.5 s
+            assert exc.headers["Retry-After"] == "1"  # 3 - 2.5, at least a second
+            break
+        store.create(j)
+        admitted.append(j)
+    assert len(admitted) == 3
+
+
+def test_a_job_without_a_cost_entry_gets_no_eta() -> None:
+    store, now = MemoryJobStore(), [T0]
+    other = dataclasses.replace(job(T0), request=dataclasses.replace(job(T0).request, model="unknown"))
+    store.create(other)
+    assert forecaster(store, "{}", 1, now).annotate(other) == {"queue": None, "eta_finish_s": None}
+
+
+# --- through the API ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def client(tmp_path: Path) -> Iterator[TestClient]:
+    (tmp_path / "lanes.yaml").write_text(
+        "lanes:\n  fast: {capacity: cpu, max_batch: 1, max_queue_wait_s: 2.5}\n", encoding="utf-8"
+    )
+    (tmp_path / "costs.yaml").write_text(COSTS_YAML, encoding="utf-8")
+    settings = Settings(
+        store="memory", dispatch="memory", lanes=tmp_path / "lanes.yaml", costs=tmp_path / "costs.yaml", workers=1
+    )
+    parts = wiring.build(settings)
+    with TestClient(create_app(settings, components=parts)) as c:  # no worker: jobs stay queued
+        yield c
+
+
+BODY = {"model": "tiny", "prompt": "a fox", "steps": 4}
+
+
+def test_submit_carries_the_queue_and_a_full_lane_answers_429_without_a_job(client: TestClient) -> None:
+    jobs = [client.post("/v1/jobs", json=BODY).json() for _ in range(3)]
+    assert [j["queue"]["position"] for j in jobs] == [1, 2, 3]
+    assert jobs[2]["queue"]["eta_start_s"] == pytest.approx(2.0, abs=0.1)
+    assert jobs[2]["eta_finish_s"] == pytest.approx(3.0, abs=0.1)
+    r = client.post("/v1/jobs", json=BODY)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "queue_full"
+    assert int(r.headers["Retry-After"]) >= 1
+    assert len(client.get("/v1/jobs").json()["jobs"]) == 3  # nothing was created
+    read = client.get(jobs[0]["links"]["self"]).json()
+    assert read["queue"]["position"] == 1
+
+
+def test_the_event_stream_sends_queue_updates_and_ends_with_the_job(client: TestClient) -> None:
+    first, second = (client.post("/v1/jobs", json=BODY).json() for _ in range(2))
+    seen: list[tuple[str, dict[str, Any]]] = []
+    with client.stream("GET", f"/v1/jobs/{second['id']}/events") as r:
+        lines = r.iter_lines()
+        for line in lines:
+            if not line.startswith("event: "):
+                continue
+            kind, data = line.removeprefix("event: "), json.loads(next(lines).removeprefix("data: "))
+            seen.append((kind, data))
+            if kind == "queue" and data["queue"]["position"] == 2:
+                client.post(f"/v1/jobs/{first['id']}/cancel")  # the job ahead leaves
+            elif kind == "queue" and data["queue"]["position"] == 1:
+                client.post(f"/v1/jobs/{second['id']}/cancel")  # ends the stream
+    kinds = [k for k, _ in seen]
+    assert kinds[0] == "state" and seen[0][1]["queue"]["position"] == 2  # the whole job carries it too
+    positions = [d["queue"]["position"] for k, d in seen if k == "queue"]
+    assert positions == [2, 1]
+    assert kinds[-1] == "state" and seen[-1][1]["state"] == "cancelled" and seen[-1][1]["queue"] is None
+
+
+def test_a_job_created_after_the_cached_listing_waits_behind_it() -> None:
+    store, now = MemoryJobStore(), [T0]
+    lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 1}\n")
+    f = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=60.0, clock=lambda: now[0])
+    first = store.create(job(T0 - 1))[0]
+    assert f.annotate(first)["queue"]["position"] == 1  # the listing is now cached for a minute
+    second = store.create(job(T0))[0]
+    assert f.annotate(second)["queue"] == {"position": 2, "eta_start_s": 1.0, "eta_finish_s": 2.0}
