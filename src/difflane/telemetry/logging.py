@@ -1,4 +1,4 @@
-"""Structured logs: one JSON object per line, with the job id of the work in hand."""
+"""Logs with the job id of the work in hand: JSON lines for collectors, plain lines on a terminal."""
 
 from __future__ import annotations
 
@@ -47,20 +47,35 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One short line for a person: time, level, message, then the structured fields as key=value."""
+
     def format(self, record: logging.LogRecord) -> str:
         job_id = job_id_var.get()
-        prefix = f"[{job_id[:8]}] " if job_id else ""
-        line = (
-            f"{self.formatTime(record, '%H:%M:%S')} {record.levelname:<7} {record.name}: {prefix}{record.getMessage()}"
-        )
+        fields = {k: v for k, v in vars(record).items() if k not in _RESERVED and not k.startswith("_")}
+        if job_id and "job_id" not in fields:
+            fields["job_id"] = job_id
+        level = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        source = "" if record.name.startswith("difflane") else f"{record.name}: "  # ours need no label
+        line = f"{self.formatTime(record, '%H:%M:%S')} {level}{source}{record.getMessage()}"
+        if fields:
+            line += "  " + " ".join(f"{k}={v}" for k, v in fields.items())
         if record.exc_info:
             line += "\n" + self.formatException(record.exc_info)
         return line
 
 
-def setup(level: str = "info", fmt: str = "json") -> None:
+def resolve_format(fmt: str, stream: Any = None) -> str:
+    """``auto``: readable lines for a person at a terminal, JSON for log collectors and pipes."""
+    if fmt != "auto":
+        return fmt
+    stream = sys.stderr if stream is None else stream
+    isatty = getattr(stream, "isatty", None)
+    return "text" if isatty is not None and isatty() else "json"
+
+
+def setup(level: str = "info", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
+    handler.setFormatter(JsonFormatter() if resolve_format(fmt, sys.stderr) == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
