@@ -77,3 +77,29 @@ def test_text_lines_carry_the_structured_fields() -> None:
         entry = json.loads(log_setup.JsonFormatter().format(record))
     assert "job accepted" in line and "model=tiny" in line and "job_id=0190aaaa" in line
     assert entry["model"] == "tiny" and entry["job_id"].startswith("0190aaaa")
+
+
+class Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__()
+        self.messages: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.messages.append(record.getMessage())
+
+
+def test_the_torchvision_fallback_warning_is_dropped_and_nothing_else() -> None:
+    log_setup.quiet_third_party(interactive=True)
+    log_setup.quiet_third_party(interactive=True)  # idempotent: one filter
+    logger = logging.getLogger(log_setup.TORCHVISION_FALLBACK_LOGGER)
+    assert sum(isinstance(f, log_setup.DropTorchvisionFallback) for f in logger.filters) == 1
+    collect = Collect()
+    logger.addHandler(collect)
+    try:
+        logger.warning(
+            "`CLIPImageProcessor` requires torchvision (not installed); falling back to `CLIPImageProcessorPil`"
+        )
+        logger.warning("Could not import module 'Foo'")
+    finally:
+        logger.removeHandler(collect)
+    assert collect.messages == ["Could not import module 'Foo'"]

@@ -6,6 +6,7 @@ import contextlib
 import contextvars
 import json
 import logging
+import os
 import sys
 import time
 from collections.abc import Iterator
@@ -24,7 +25,8 @@ def job_context(job_id: str) -> Iterator[None]:
         job_id_var.reset(token)
 
 
-_RESERVED = set(vars(logging.makeLogRecord({})))
+# LogRecord's own attributes, and uvicorn's ANSI-coloured copy of its message.
+_RESERVED = set(vars(logging.makeLogRecord({}))) | {"color_message"}
 
 
 class JsonFormatter(logging.Formatter):
@@ -73,6 +75,31 @@ def resolve_format(fmt: str, stream: Any = None) -> str:
     return "text" if isatty is not None and isatty() else "json"
 
 
+class DropTorchvisionFallback(logging.Filter):
+    """transformers 5 warns, once per process, that its image processors fall back to PIL without
+    torchvision. difflane never runs them (text-to-image only: no safety checker, no feature
+    extractor), and torchvision would add a second CUDA-pinned wheel to keep in step with torch,
+    so the fallback is intended and the warning is noise on every worker start."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not ("requires torchvision (not installed)" in message and "falling back to" in message)
+
+
+# The logger transformers emits that warning from (transformers.utils.import_utils).
+TORCHVISION_FALLBACK_LOGGER = "transformers.utils.import_utils"
+
+
+def quiet_third_party(interactive: bool = False) -> None:
+    """Drop the third-party output that says nothing to difflane's users; idempotent. Call before
+    diffusers is imported: progress bars are switched off at import (unless a person watches)."""
+    if not interactive:  # a bar drawn into a log file is only noise ("Writing model shards")
+        os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    target = logging.getLogger(TORCHVISION_FALLBACK_LOGGER)
+    if not any(isinstance(f, DropTorchvisionFallback) for f in target.filters):
+        target.addFilter(DropTorchvisionFallback())
+
+
 def setup(level: str = "info", fmt: str = "auto") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if resolve_format(fmt, sys.stderr) == "json" else TextFormatter())
@@ -82,3 +109,4 @@ def setup(level: str = "info", fmt: str = "auto") -> None:
     # Libraries' chatter at INFO (HTTP access lines, model loading) stays out of our stream.
     for noisy in ("uvicorn.access", "httpx", "urllib3", "diffusers", "transformers"):
         logging.getLogger(noisy).setLevel(max(logging.WARNING, root.level))
+    quiet_third_party(interactive=sys.stderr.isatty())
