@@ -302,6 +302,13 @@ def models() -> None:
     """Inspect and prepare the model catalog."""
 
 
+def _quiet() -> None:
+    """Before diffusers loads: no third-party warnings, progress bars only for a person."""
+    from difflane.telemetry import logging as log_setup
+
+    log_setup.quiet_third_party(interactive=sys.stderr.isatty())
+
+
 @models.command("list")
 def models_list() -> None:
     """The catalog, and whether each model is in the local cache."""
@@ -324,6 +331,7 @@ def models_list() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if present.")
 def models_create_tiny(force: bool) -> None:
     """Build the tiny Stable Diffusion pipeline into the Hugging Face cache (no download)."""
+    _quiet()
     from difflane.worker import tiny_model
 
     settings = _settings()
@@ -335,6 +343,7 @@ def models_create_tiny(force: bool) -> None:
 @click.argument("name")
 def models_pull(name: str) -> None:
     """Download a catalog model at its pinned revision into the cache."""
+    _quiet()
     from difflane import catalog
     from difflane.worker import hub
 

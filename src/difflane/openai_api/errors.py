@@ -65,16 +65,17 @@ def from_difflane(exc: DifflaneError) -> JSONResponse:
 
 
 def from_validation(errors: list[Any]) -> JSONResponse:
+    """A body that breaks the schema: 400 naming the parameter, with difflane's /v1 codes."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid request"}
     loc = [str(p) for p in first.get("loc", ()) if p != "body"]
     field = loc[0] if loc else None
     param = PARAMS.get(field, field) if field else None
-    message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
+    message, code = (f"{param}: {first.get('msg')}" if param else str(first.get("msg"))), "invalid_input"
     if first.get("type") == "extra_forbidden":
-        message = f"unrecognized request argument: {param}"
+        message, code = f"unrecognized request argument: {param}", "unknown_parameter"
     elif first.get("type") == "json_invalid":
-        message, param = "the request body is not valid JSON", None
-    return response(400, message, "invalid_request", param)
+        message, code, param = "the request body is not valid JSON", "malformed_json", None
+    return response(400, message, code, param)
 
 
 class OpenAIRoute(APIRoute):
