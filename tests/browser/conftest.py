@@ -35,7 +35,7 @@ def playground(tmp_path_factory: pytest.TempPathFactory, tiny_hf_home: Path) -> 
 
 
 @pytest.fixture
-def page(browser: Any, playground: Platform) -> Iterator[Any]:
+def page(browser: Any) -> Iterator[Any]:
     context = browser.new_context(viewport={"width": 1280, "height": 900})
     page = context.new_page()
     page.set_default_timeout(120_000)  # generous: CI machines are shared and slow

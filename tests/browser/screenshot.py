@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import sys
 import tempfile
+import time
 from pathlib import Path
 
-from difflane.worker.tiny_model import create_tiny
+from difflane.telemetry import logging as log_setup
+from tests.acceptance.conftest import Platform
 from tests.browser import chromium
 
 PRINCIPAL = "contoso/alice"
@@ -17,6 +19,9 @@ PROMPTS = ["a red fox in the snow", "a lighthouse at dusk", "a bowl of ramen", "
 
 
 def main(target: Path) -> None:
+    log_setup.quiet_third_party()
+    from difflane.worker.tiny_model import create_tiny
+
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         create_tiny(root / "hf")
@@ -26,8 +31,10 @@ def main(target: Path) -> None:
             for i, prompt in enumerate(PROMPTS):
                 body = {"model": "tiny", "prompt": prompt, "seed": 100 + i, "num_images": 1 + i % 2}
                 assert platform.http.post("/v1/jobs", json=body, headers=headers).status_code == 202
+            wait_until_done(platform, headers, len(PROMPTS))
             with chromium.browser() as browser:
                 page = browser.new_page(viewport={"width": 1280, "height": 860}, device_scale_factor=1)
+                page.set_default_timeout(180_000)
                 page.add_init_script(f"localStorage.setItem('difflane.principal', {PRINCIPAL!r})")
                 page.goto(f"{platform.url}/ui/")
                 page.wait_for_selector("body[data-ready='1']", state="attached")
@@ -48,6 +55,17 @@ def main(target: Path) -> None:
         finally:
             platform.close()
     print(f"wrote {target}", file=sys.stderr)
+
+
+def wait_until_done(platform: Platform, headers: dict[str, str], count: int) -> None:
+    """The jobs submitted over the API have finished (the worker is warm for the page's job)."""
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        page = platform.http.get("/v1/jobs", params={"state": "succeeded"}, headers=headers).json()
+        if len(page["jobs"]) >= count:
+            return
+        time.sleep(0.5)
+    raise SystemExit("the jobs did not finish in 10 minutes")
 
 
 if __name__ == "__main__":

@@ -38,6 +38,7 @@ def active_card(page: Any, state: str) -> Any:
 def test_submit_shows_live_progress_then_the_image_and_its_parameters(page: Any, playground: Platform) -> None:
     open_ui(page, playground, "contoso/submitter")
     assert page.input_value("#model") == "tiny"
+    assert page.is_visible("#principal") and page.is_hidden("#token")  # DIFFLANE_AUTH=none: no token
     assert "256×256" in page.text_content("#model-limits")  # the model's limits, shown
     assert page.get_attribute("#steps", "max") == "100"  # ... and enforced by the inputs
     page.evaluate(WATCH_PROGRESS)
