@@ -114,26 +114,182 @@ def controller() -> None:
 # --- client -----------------------------------------------------------------------------------
 
 
+def _api_client(api_url: str | None):  # type: ignore[no-untyped-def]
+    from difflane.client import Client
+
+    settings = _settings(api_url=api_url)
+    token = settings.client_token.get_secret_value() if settings.client_token else None
+    return Client(settings.api_url, token=token)
+
+
+def _run_client(action: Any) -> None:
+    """Run a client action; API and connection errors become a clean message and exit code 3."""
+    from difflane import console
+    from difflane.client import ClientError
+
+    try:
+        code = action()
+    except ClientError as exc:
+        console.err(f"difflane: {exc}")
+        code = console.EXIT_API_ERROR
+    sys.exit(code or 0)
+
+
+_API_URL = click.option("--api-url", help="Default: $DIFFLANE_API_URL or http://127.0.0.1:8000")
+_JSON = click.option("--json", "as_json", is_flag=True, help="Print JSON instead of text.")
+
+
 @main.command()
 @click.argument("prompt")
-@click.option("-o", "--output", type=click.Path(path_type=Path), default=Path("out.png"), show_default=True)
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Image file (default: <job id>-<n>.png).")
+@click.option("--output-dir", type=click.Path(path_type=Path), help="Folder for the image(s).")
 @click.option("--model", default="tiny", show_default=True)
-@click.option("--negative-prompt")
+@click.option("--negative", "--negative-prompt", "negative_prompt", help="What the image should not show.")
 @click.option("--width", type=int)
 @click.option("--height", type=int)
 @click.option("--steps", type=int)
 @click.option("--guidance-scale", type=float)
 @click.option("--seed", type=int)
 @click.option("--num-images", type=int, default=1, show_default=True)
-@click.option("--api-url", help="Default: $DIFFLANE_API_URL or http://127.0.0.1:8000")
-def generate(prompt: str, output: Path, api_url: str | None, **params: Any) -> None:
-    """Submit a job, show its progress, and write the image(s)."""
-    from difflane.client import generate as run_generate
+@_JSON
+@_API_URL
+def generate(
+    prompt: str, output: Path | None, output_dir: Path | None, as_json: bool, api_url: str | None, **params: Any
+) -> None:
+    """Submit a job, show its queue position and progress, and write the image(s)."""
+    from difflane import console
 
-    settings = _settings(api_url=api_url)
-    token = settings.client_token.get_secret_value() if settings.client_token else None
     body = {"prompt": prompt, **{k: v for k, v in params.items() if v is not None}}
-    sys.exit(run_generate(settings.api_url, body, output, token=token))
+
+    def action() -> int:
+        with _api_client(api_url) as client:
+            job = client.submit(body)
+            console.err(console.summary(job).replace(" queued ", " accepted ", 1))
+            try:
+                job = console.follow(client, job)
+            except KeyboardInterrupt:
+                client.cancel(job["id"])
+                console.err("\ncancel requested")
+                return console.EXIT_INTERRUPTED
+            code = console.finished(job)
+            paths = console.download(client, job, output, output_dir) if code == console.EXIT_OK else []
+            if as_json:
+                console.dump({**job, "files": [str(p) for p in paths]})
+            return code
+
+    _run_client(action)
+
+
+@main.group()
+def jobs() -> None:
+    """Your jobs on the API: list, show, watch, cancel, download."""
+
+
+@jobs.command("list")
+@click.option(
+    "--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"]), help="Only this state."
+)
+@click.option("--limit", type=click.IntRange(1, 100), default=20, show_default=True)
+@click.option("--cursor", help="next_cursor of the previous page.")
+@_JSON
+@_API_URL
+def jobs_list(state: str | None, limit: int, cursor: str | None, as_json: bool, api_url: str | None) -> None:
+    """Your jobs, newest first."""
+    from difflane import console
+
+    def action() -> int:
+        with _api_client(api_url) as client:
+            page = client.list(state, cursor, limit)
+        if as_json:
+            console.dump(page)
+        else:
+            console.table(page["jobs"])
+            if page["next_cursor"]:
+                console.err(f"more: difflane jobs list --cursor {page['next_cursor']}")
+        return 0
+
+    _run_client(action)
+
+
+@jobs.command("show")
+@click.argument("job_id")
+@_JSON
+@_API_URL
+def jobs_show(job_id: str, as_json: bool, api_url: str | None) -> None:
+    """One job: parameters, state, timings, outputs."""
+    from difflane import console
+
+    def action() -> int:
+        with _api_client(api_url) as client:
+            job = client.get(job_id)
+        console.dump(job) if as_json else console.details(job)
+        return 0
+
+    _run_client(action)
+
+
+@jobs.command("watch")
+@click.argument("job_id")
+@_JSON
+@_API_URL
+def jobs_watch(job_id: str, as_json: bool, api_url: str | None) -> None:
+    """Follow a job to its end (--json: one line per event). Exit 0 succeeded, 1 failed or cancelled."""
+    from difflane import console
+
+    def action() -> int:
+        with _api_client(api_url) as client:
+            job = console.follow(client, client.get(job_id), json_events=as_json)
+        if not as_json:
+            console.err(console.summary(job))
+        return console.finished(job)
+
+    _run_client(action)
+
+
+@jobs.command("cancel")
+@click.argument("job_id")
+@_JSON
+@_API_URL
+def jobs_cancel(job_id: str, as_json: bool, api_url: str | None) -> None:
+    """Cancel a job (a running job stops within one step)."""
+    from difflane import console
+
+    def action() -> int:
+        with _api_client(api_url) as client:
+            job = client.cancel(job_id)
+        console.dump(job) if as_json else console.err(console.summary(job))
+        return 0
+
+    _run_client(action)
+
+
+@jobs.command("download")
+@click.argument("job_id")
+@click.option("-o", "--output-dir", type=click.Path(path_type=Path), default=Path(), help="Default: here.")
+@_JSON
+@_API_URL
+def jobs_download(job_id: str, output_dir: Path, as_json: bool, api_url: str | None) -> None:
+    """Write a finished job's images as DIR/<job id>-<n>.png."""
+    from difflane import console
+
+    def action() -> int:
+        with _api_client(api_url) as client:
+            job = client.get(job_id)
+            if job["state"] != "succeeded":
+                return console.finished(job) if job["state"] in ("failed", "cancelled") else _not_yet(job)
+            paths = console.download(client, job, None, output_dir)
+        if as_json:
+            console.dump({"id": job["id"], "files": [str(p) for p in paths]})
+        return 0
+
+    _run_client(action)
+
+
+def _not_yet(job: dict[str, Any]) -> int:
+    from difflane import console
+
+    console.err(f"job {job['id']} is {job['state']}: nothing to download yet (difflane jobs watch {job['id']})")
+    return console.EXIT_JOB_FAILED
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -142,6 +298,13 @@ def generate(prompt: str, output: Path, api_url: str | None, **params: Any) -> N
 @main.group()
 def models() -> None:
     """Inspect and prepare the model catalog."""
+
+
+def _quiet() -> None:
+    """Before diffusers loads: no third-party warnings, progress bars only for a person."""
+    from difflane.telemetry import logging as log_setup
+
+    log_setup.quiet_third_party(interactive=sys.stderr.isatty())
 
 
 @models.command("list")
@@ -166,6 +329,7 @@ def models_list() -> None:
 @click.option("--force", is_flag=True, help="Rebuild even if present.")
 def models_create_tiny(force: bool) -> None:
     """Build the tiny Stable Diffusion pipeline into the Hugging Face cache (no download)."""
+    _quiet()
     from difflane.worker import tiny_model
 
     settings = _settings()
@@ -177,6 +341,7 @@ def models_create_tiny(force: bool) -> None:
 @click.argument("name")
 def models_pull(name: str) -> None:
     """Download a catalog model at its pinned revision into the cache."""
+    _quiet()
     from difflane import catalog
     from difflane.worker import hub
 

@@ -54,7 +54,7 @@ class Settings(BaseSettings):
 
     # logging
     log_level: Literal["debug", "info", "warning", "error"] = "info"
-    log_format: Literal["json", "text"] = "json"
+    log_format: Literal["auto", "json", "text"] = "auto"  # auto: text on a terminal, JSON otherwise
 
     # --- identity, tenancy, limits, webhooks (issue 3) -------------------------------------
     # `none` trusts the X-Difflane-Principal header: refused off loopback unless this is set.
@@ -173,6 +173,9 @@ class Settings(BaseSettings):
     # client side (`difflane generate`)
     api_url: str = "http://127.0.0.1:8000"
     client_token: SecretStr | None = None
+
+    # --- surfaces: /ui and the OpenAI Images API (issue 14) ----------------------------------
+    openai_wait_seconds: float = Field(300.0, gt=0, le=3600)  # /openai/v1 waits this long for a job
 
     @field_validator("worker_lanes", mode="before")
     @classmethod

@@ -14,6 +14,7 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
+from difflane.testing_servicebus import FakeServiceBusQueue
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from difflane import catalog, wiring
@@ -25,7 +26,6 @@ from difflane.lanes import Lane
 from difflane.settings import Settings
 from difflane.telemetry import tracing
 from difflane.testing import FakeRuntime, MemoryBlobStore, MemoryJobStore
-from difflane.testing_servicebus import FakeServiceBusQueue
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
 from tests.conftest import make_job
 from tests.fakes.k8s_api import FakeKubernetes

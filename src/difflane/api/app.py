@@ -9,7 +9,7 @@ from collections.abc import AsyncIterator
 from fastapi import Depends, FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from difflane import __version__, wiring
+from difflane import __version__, openai_api, ui, wiring
 from difflane.api import auth, limits, problems
 from difflane.api.auth import Authenticator
 from difflane.api.backlog import BacklogRefresher
@@ -98,6 +98,8 @@ def create_app(
         app.include_router(module.router, dependencies=[Depends(current_caller)], responses=refusals)
     app.include_router(health.router)
     docs.install(app)
+    app.include_router(openai_api.router)  # authenticates per route, answers in OpenAI's error shape
+    app.include_router(ui.router)  # static files; the page calls /v1 with the caller's credentials
     app.add_middleware(RequestCounter)
     app.add_middleware(live.Scope, forecaster=ctx.forecast)  # job_json's queue and ETA fields
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)

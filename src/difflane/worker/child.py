@@ -73,6 +73,9 @@ def build_runtime(config: RuntimeConfig) -> Runtime:
         return FakeRuntime(step_seconds=config.fake_step_seconds)
     from pathlib import Path
 
+    from difflane.telemetry import logging as log_setup
+
+    log_setup.quiet_third_party(interactive=sys.stderr.isatty())  # before diffusers/transformers load
     from difflane.worker.diffusers_runtime import DiffusersRuntime
 
     return DiffusersRuntime(
