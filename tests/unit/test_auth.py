@@ -41,6 +41,9 @@ def entra(**overrides: Any) -> Settings:
 # --- every /v1 route requires a token ---------------------------------------------------------
 
 
+PROTECTED = ("/v1/", "/openai/")  # every route that reads or writes jobs
+
+
 def _operations(document: Mapping[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
     return [(m.upper(), p, op) for p, ops in document["paths"].items() for m, op in ops.items()]
 
@@ -63,7 +66,7 @@ def test_every_v1_operation_in_the_openapi_document_requires_a_token(token: str 
     checked = 0
     with TestClient(app) as client:
         for method, path, op in _operations(document):
-            if not path.startswith("/v1/"):
+            if not path.startswith(PROTECTED):
                 continue
             assert op.get("security") == [{"bearer": []}], (method, path)
             assert "401" in op["responses"] and "403" in op["responses"], (method, path)
@@ -79,7 +82,7 @@ def test_health_and_metrics_are_open_and_declare_no_security() -> None:
     app = create_app(entra())
     with TestClient(app) as client:
         for method, path, op in _operations(app.openapi()):
-            if path.startswith("/v1/"):
+            if path.startswith(PROTECTED):
                 continue
             assert "security" not in op
             assert client.request(method, path).status_code in (200, 503), path
