@@ -104,6 +104,8 @@ class Smoke:
             raise SmokeFailure(f"{name}: {type(exc).__name__}: {exc}") from exc
         except SmokeFailure as exc:
             raise SmokeFailure(f"{name}: {exc}") from exc
+        except (KeyError, TypeError, ValueError) as exc:  # an answer not shaped like difflane's
+            raise SmokeFailure(f"{name}: unexpected answer ({type(exc).__name__}: {exc})") from exc
         self.say(f"{name:<9} {time.monotonic() - started:8.2f} s")
         return result
 

@@ -197,3 +197,30 @@ def test_an_image_that_is_not_what_the_job_says_fails() -> None:
         smoke.check_png(png, width=64, height=64)
     with pytest.raises(smoke.SmokeFailure, match="not a PNG"):
         smoke.check_png(b"GIF89a" + png[6:], width=64, height=32)
+
+
+def test_an_answer_not_shaped_like_difflane_fails_at_its_step() -> None:
+    """Something else answering at the URL (a default backend, a proxy's page): exit 1, not a traceback."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = b'{"status": "ok"}' if self.path == "/readyz" else b'{"models": [{"name": "x"}]}'
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    lines: list[str] = []
+    try:
+        code = smoke.run(smoke.Options(url=f"http://127.0.0.1:{server.server_address[1]}"), say=lines.append)
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert code == 1
+    assert lines[-1] == "smoke: FAILED at catalog: unexpected answer (KeyError: 'defaults')"

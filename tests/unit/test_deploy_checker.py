@@ -29,6 +29,7 @@ def check(tmp_path: Path, edits: list[tuple[str, str]]) -> subprocess.CompletedP
     return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
+SCALED_OBJECT_META = "kind: ScaledObject\nmetadata:\n  name: difflane-worker-fast\n  namespace: difflane\n  "
 # (edit, what the checker must say). The renders themselves pass (scripts/check-deploy).
 TYPOS = [
     # KEDA TriggerAuthentication: the identity KEDA would silently not use.
@@ -39,6 +40,11 @@ TYPOS = [
     ),
     # KEDA ScaledObject: the British spelling of the HPA's behavior.
     (("behavior:", "behaviour:"), "Additional properties are not allowed ('behaviour' was unexpected)"),
+    # Metadata is ObjectMeta whatever the CRD says: a misspelt field there is pruned too.
+    (
+        (SCALED_OBJECT_META + "labels:", SCALED_OBJECT_META + "lables:"),
+        "ScaledObject/difflane-worker-fast: metadata: Additional properties are not allowed ('lables' was unexpected)",
+    ),
     # Kueue v1beta2 renamed the ClusterQueue's cohort.
     (("cohortName:", "cohort:"), "spec: Additional properties are not allowed ('cohort' was unexpected)"),
     # A PriorityClass that lets kube-scheduler evict other teams' pods.
