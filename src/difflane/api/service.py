@@ -76,7 +76,7 @@ class JobService:
         except TooManyRequests as exc:
             metrics.refused(lane, exc.code)
             raise
-        tracing.set_attributes(tracing.job_attributes(job))
+        tracing.describe_job(job)
         if created:
             # Idempotent on every backend; with the embedded store the queue row already
             # committed with the record, and this only wakes the workers.
