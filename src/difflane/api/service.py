@@ -84,7 +84,7 @@ class JobService:
         except TooManyRequests as exc:
             metrics.refused(lane, exc.code)
             raise
-        tracing.set_attributes(tracing.job_attributes(job))
+        tracing.describe_job(job)
         if created:
             with tracing.span("dispatch", {"difflane.lane": lane}, kind="producer"):
                 self._dispatch(job)
