@@ -14,7 +14,6 @@ import pytest
 
 pytest.importorskip("opentelemetry.sdk")
 
-from difflane.testing_servicebus import FakeServiceBusQueue
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from difflane import catalog, wiring
@@ -29,6 +28,7 @@ from difflane.testing import FakeRuntime, MemoryBlobStore, MemoryJobStore
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
 from tests.conftest import make_job
 from tests.fakes.k8s_api import FakeKubernetes
+from tests.fakes.servicebus import FakeServiceBusQueue
 from tests.otlp_receiver import OtlpReceiver
 
 pytestmark = pytest.mark.integration
