@@ -238,7 +238,7 @@ function runAgain(job, seed) {
 function newCard(job) {
   const card = $("#job-card").content.firstElementChild.cloneNode(true);
   card.dataset.jobId = job.id;
-  $(".job-id", card).textContent = job.id.slice(0, 8);
+  $(".job-id", card).textContent = `…${job.id.slice(-8)}`; // a UUIDv7 starts with its timestamp: the end tells jobs apart
   $(".job-id", card).title = job.id;
   $(".cancel", card).addEventListener("click", () => cancelJob(card, job.id));
   renderJob(card, job);
