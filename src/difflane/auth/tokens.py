@@ -13,7 +13,7 @@ The rules, in the order they are applied:
   issuer's ``tid`` is kept exactly (case included: "Acme" and "acme" are two tenants); a token
   without one is refused unless DIFFLANE_AUTH_DEFAULT_TENANT names a tenant for them, and a
   malformed one (not a string, too long, a space or "/") is always refused, never mapped to a
-  shared tenant. See docs/architecture/0012-hostile-input-and-tenants.md.
+  shared tenant. See docs/architecture/0010-hostile-input-and-tenants.md.
 """
 
 from __future__ import annotations

@@ -2,7 +2,7 @@
 
 Two implementations: ``outbox_sqlite.SqliteOutbox`` (a file beside the embedded database) and
 ``outbox_blob.BlobOutbox`` (blobs in the job store's container, for ``DIFFLANE_STORE=azure``,
-where API pods have no disk that outlives them; see docs/architecture/0011-webhook-state-in-the-store.md).
+where API pods have no disk that outlives them; see docs/architecture/0009-webhook-state-in-the-store.md).
 Both keep the same contract (tests/contract/test_webhook_outbox.py):
 
 - ``watch`` is idempotent; ``advance`` moves a watch's cursor with compare-and-set and records

@@ -44,7 +44,7 @@ def secret_from_settings(settings: Settings) -> Secret | None:
 def outbox_for(settings: Settings, store: JobStore) -> Outbox:
     """Where watches and pending deliveries live: beside the job records. Records in Azure Blob
     Storage mean API pods with no lasting disk, so the webhook state goes into the same
-    container (docs/architecture/0011-webhook-state-in-the-store.md)."""
+    container (docs/architecture/0009-webhook-state-in-the-store.md)."""
     if settings.store == "azure":
         from difflane.store.azure_blob import AzureBlobJobStore
 
