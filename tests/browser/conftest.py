@@ -15,7 +15,7 @@ from tests.browser import chromium
 pytestmark = pytest.mark.browser
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")  # Playwright keeps an event loop running in this thread while it lives
 def browser() -> Iterator[Any]:
     pytest.importorskip("playwright")
     if chromium.chromium_path() is None:
@@ -27,7 +27,7 @@ def browser() -> Iterator[Any]:
         yield b
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def playground(tmp_path_factory: pytest.TempPathFactory, tiny_hf_home: Path) -> Iterator[Platform]:
     p = chromium.playground(tmp_path_factory.mktemp("ui"), tiny_hf_home)
     yield p
