@@ -138,15 +138,27 @@ def test_a_graceful_give_back_spends_no_attempt() -> None:
     assert rig.get(job.id).attempts == 1
 
 
-def test_a_lost_queue_lock_neither_stops_the_job_nor_spends_an_attempt() -> None:
+def test_a_lost_queue_lock_stops_the_job_without_extending_its_record_lease() -> None:
     rig = Rig(lease_seconds=0.3)
     job = rig.submit(steps=8)
     rig.runtime.step_seconds = 0.1  # a render longer than the lease: the keeper must renew
     delivery = rig.deliver()
     delivery.renew = lambda seconds: False  # type: ignore[method-assign]  # the queue lock is gone
-    assert rig.executor.execute(delivery) is Outcome.SUCCEEDED
-    done = rig.get(job.id)
-    assert done.attempts == 1 and len(done.outputs) == 1
+    claimed_until = None
+
+    def note_lease(step: int) -> None:
+        nonlocal claimed_until
+        if step == 1:
+            claimed_until = rig.get(job.id).lease.expires_at  # type: ignore[union-attr]
+
+    rig.during_render(note_lease)
+    assert rig.executor.execute(delivery) is Outcome.SKIPPED  # stopped, wrote nothing
+    left = rig.get(job.id)
+    assert left.state is JobState.RUNNING and left.lease.expires_at == claimed_until  # type: ignore[union-attr]
+    time.sleep(0.35)  # its lease runs out; the queue's redelivery takes it over
+    rig.queue._entries[job.id].available_at = 0  # type: ignore[attr-defined]
+    assert rig.executor.execute(rig.deliver()) is Outcome.SUCCEEDED
+    assert rig.get(job.id).attempts == 2  # two real runs, no delivery counted on its own
 
 
 # --- 3. no write by a worker that no longer holds the job -----------------------------------------

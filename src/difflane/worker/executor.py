@@ -620,27 +620,35 @@ class _LeaseKeeper:
     def _renew(self, item: _Item) -> None:
         config = self._executor.config
         try:
-            if not item.delivery.renew(config.lease_seconds):
-                # The queue's lock is gone (a redelivery may follow), but the record decides who
-                # runs the job: a duplicate finds our live lease and waits. Go on.
-                log.info("queue lease lost; the record lease still holds the job", extra={"job_id": item.job.id})
-        except Exception:  # same: the record lease below is what counts
+            queue_held: bool | None = item.delivery.renew(config.lease_seconds)
+        except Exception:  # the queue did not answer: try again next round, while our lease lasts
             log.warning("queue lease renewal failed", exc_info=True, extra={"job_id": item.job.id})
-        try:
-            with self.lock:
-                item.job = mutate(
-                    self._executor.store, item.job.id, lambda j: j.renew(config.worker_id, config.lease_seconds)
-                )
+            queue_held = None
+        if queue_held is False:
+            # The queue gave the delivery to someone else (or will): stop at the next step and
+            # let the record lease run out, so the next holder need not wait for a worker that
+            # may be stuck. Never extend the record after the queue said no.
+            self._lost(item, "queue lease lost")
             return
-        except (IllegalTransition, NotFound):
-            pass  # someone else holds the job now
-        except Exception:  # retried until our lease runs out
-            metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "error").inc()
-            lease = item.job.lease
-            if lease is not None and time.time() < lease.expires_at:
-                log.warning("record lease renewal failed; will retry", exc_info=True, extra={"job_id": item.job.id})
+        if queue_held:
+            try:
+                with self.lock:
+                    item.job = mutate(
+                        self._executor.store, item.job.id, lambda j: j.renew(config.worker_id, config.lease_seconds)
+                    )
                 return
-        # Past this point another worker may have taken the job: never write to it again.
+            except (IllegalTransition, NotFound):
+                self._lost(item, "someone else holds the job")
+                return
+            except Exception:  # retried next round, while our lease lasts
+                log.warning("record lease renewal failed", exc_info=True, extra={"job_id": item.job.id})
+        metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "error").inc()
+        lease = item.job.lease
+        if lease is None or time.time() >= lease.expires_at:
+            # Past this point another worker may have taken the job: never write to it again.
+            self._lost(item, "renewals failed until the lease ran out")
+
+    def _lost(self, item: _Item, why: str) -> None:
         metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "lost").inc()
-        log.warning("lease lost; the job stops at the next step", extra={"job_id": item.job.id})
+        log.warning("lease lost (%s); the job stops at the next step", why, extra={"job_id": item.job.id})
         item.stop = _Stop.LOST
