@@ -49,6 +49,14 @@ def test_service_bus_message_carries_the_trace_to_the_worker(spans: InMemorySpan
         queue.dispatch(job)
     delivery = queue.receive(["fast"], 0.5)
     assert delivery is not None
+    # The context rides in the application properties too, where Service Bus tools look for it.
+    properties = {
+        (k.decode() if isinstance(k, bytes) else k): v
+        for k, v in (delivery._message.application_properties or {}).items()  # type: ignore[attr-defined]
+    }
+    sent = properties["traceparent"]
+    sent = sent.decode() if isinstance(sent, bytes) else sent
+    assert sent.split("-")[1] == format(dispatched.get_span_context().trace_id, "032x")
     config = WorkerConfig("w1", lease_seconds=5, retry_backoff_seconds=0.0)
     executor = Executor(store, MemoryBlobStore(), catalog.builtin(), FakeRuntime(), config)
     assert executor.execute(delivery) is Outcome.SUCCEEDED

@@ -51,6 +51,7 @@ import json
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
@@ -174,8 +175,13 @@ class ServiceBusDispatcher:
         self._last_failure: float | None = None
 
     def dispatch(self, job: Job) -> None:
+        trace = self.trace()
         message = ServiceBusMessage(
-            encode(job.id, job.lane, self.trace()), message_id=message_id(job), content_type="application/json"
+            encode(job.id, job.lane, trace),
+            message_id=message_id(job),
+            content_type="application/json",
+            # Also where other Service Bus consumers and tools look for the W3C context.
+            application_properties=_properties(trace) or None,
         )
         lock, sender = self._sender(job.lane)
         try:
@@ -292,7 +298,7 @@ class ServiceBusWorkSource:
             return None
         prior = _prior_deliveries(message)
         attempt = prior + int(message.delivery_count or 0) + 1
-        trace = {k: str(body[k]) for k in ("traceparent", "tracestate") if k in body}
+        trace = _trace_properties(message) or {k: str(body[k]) for k in TRACE_KEYS if k in body}
         delivery = ServiceBusDelivery(self, receiver, message, job_id, lane, attempt, trace)
         if message.delivery_count and attempt <= REFRESH_LIMIT and delivery.refresh():
             return None  # its fresh copy is in the queue now
@@ -387,7 +393,7 @@ class ServiceBusDelivery:
             _body_bytes(self._message),
             message_id=copy_id,
             content_type="application/json",
-            application_properties={PRIOR_DELIVERIES: prior},
+            application_properties={**_properties(_trace_properties(self._message)), PRIOR_DELIVERIES: prior},
         )
         sender = self._source._sender(self.lane)
         try:
@@ -464,6 +470,23 @@ def _body_bytes(message: Any) -> bytes:
     if isinstance(body, bytes | str):
         return body.encode() if isinstance(body, str) else body
     return b"".join(bytes(part) for part in body)
+
+
+TRACE_KEYS = ("traceparent", "tracestate")
+
+
+def _properties(values: dict[str, str]) -> dict[str | bytes, int | float | bytes | bool | str | uuid.UUID]:
+    return dict(values.items())
+
+
+def _trace_properties(message: Any) -> dict[str, str]:
+    """The W3C trace context among the message's application properties (keys may be bytes)."""
+    found: dict[str, str] = {}
+    for key, value in (message.application_properties or {}).items():
+        name = key.decode() if isinstance(key, bytes) else str(key)
+        if name in TRACE_KEYS:
+            found[name] = value.decode() if isinstance(value, bytes) else str(value)
+    return found
 
 
 def _prior_deliveries(message: Any) -> int:
