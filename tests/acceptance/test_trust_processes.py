@@ -1,5 +1,9 @@
 """Issue 9 with real processes: signals, kill -9 and cancels against `difflane serve`, `worker`
-and `run-job`. Each test failed before its fix (see docs/reliability.md)."""
+and `run-job`. Each test failed before its fix (see docs/reliability.md).
+
+The processes are real; the model is the fake runtime (its ``[slow]`` prompt marker makes each
+step take 0.2 s), since what is under test is the processes' lifecycle, not the pipeline.
+"""
 
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ import pytest
 from tests.acceptance.conftest import Platform, Proc
 
 pytestmark = pytest.mark.acceptance
+SLOW = "[slow] a red fox in the snow"
 
 
 def children_of(pid: int) -> list[int]:
@@ -37,7 +42,7 @@ def gone(pid: int, timeout: float) -> bool:
 
 def test_sigterm_to_serve_alone_stops_its_workers(make_platform: Any) -> None:
     """Item 11: systemd or a script signals the serve process, not its whole group."""
-    p: Platform = make_platform(shutdown_grace_seconds="2")
+    p: Platform = make_platform(shutdown_grace_seconds="2", runtime="fake")
     api = p.serve(workers=1)
     (worker,) = children_of(api.popen.pid)
     os.kill(api.popen.pid, signal.SIGTERM)
@@ -47,7 +52,7 @@ def test_sigterm_to_serve_alone_stops_its_workers(make_platform: Any) -> None:
 
 def test_a_worker_stops_by_itself_when_serve_is_killed(make_platform: Any) -> None:
     """Item 11: even SIGKILL of the supervisor must not leave a worker consuming the queue."""
-    p: Platform = make_platform(shutdown_grace_seconds="2")
+    p: Platform = make_platform(shutdown_grace_seconds="2", runtime="fake")
     api = p.serve(workers=1)
     (worker,) = children_of(api.popen.pid)
     os.kill(api.popen.pid, signal.SIGKILL)
@@ -57,9 +62,9 @@ def test_a_worker_stops_by_itself_when_serve_is_killed(make_platform: Any) -> No
 
 def test_run_job_gives_the_job_back_at_once_on_sigterm(make_platform: Any) -> None:
     """Item 10: eviction, drain and preemption send SIGTERM; the record must not sit running."""
-    p: Platform = make_platform(lease_seconds="60")
+    p: Platform = make_platform(lease_seconds="60", runtime="fake")
     p.serve(workers=0)
-    job = p.submit(steps=40)
+    job = p.submit(steps=20, prompt=SLOW)
     run = Proc(["run-job", job["id"]], p.env(), p.root / "run-job.log")
     p.procs.append(run)  # closed with the platform
     p.wait(job["id"], lambda j: j["progress"]["step"] >= 2)
@@ -76,10 +81,10 @@ def test_run_job_gives_the_job_back_at_once_on_sigterm(make_platform: Any) -> No
 
 def test_cancel_then_sigterm_with_no_grace_ends_cancelled(make_platform: Any) -> None:
     """Item 1: the give-back used to requeue the job with its cancel pending, for ever."""
-    p: Platform = make_platform(shutdown_grace_seconds="0", lease_seconds="30")
+    p: Platform = make_platform(shutdown_grace_seconds="0", lease_seconds="30", runtime="fake")
     p.serve(workers=0)
     worker = p.worker()
-    job = p.submit(steps=100, num_images=2)
+    job = p.submit(steps=50, num_images=2, prompt=SLOW)
     p.wait(job["id"], lambda j: j["progress"]["step"] >= 2)
     worker.popen.send_signal(signal.SIGSTOP)  # hold it between steps, so the cancel and the signal meet
     assert p.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
@@ -92,10 +97,10 @@ def test_cancel_then_sigterm_with_no_grace_ends_cancelled(make_platform: Any) ->
 
 def test_worker_killed_mid_job_then_cancelled_keeps_no_files(make_platform: Any) -> None:
     """Item 5: kill -9 leaves the record running (and maybe files); the cancel must clean up."""
-    p: Platform = make_platform(lease_seconds="2")
+    p: Platform = make_platform(lease_seconds="2", runtime="fake")
     p.serve(workers=0)
     first = p.worker()
-    job = p.submit(steps=100, num_images=2)
+    job = p.submit(steps=50, num_images=2, prompt=SLOW)
     p.wait(job["id"], lambda j: j["progress"]["step"] >= 3)
     first.kill9()
     assert p.http.post(f"/v1/jobs/{job['id']}/cancel").status_code == 202
