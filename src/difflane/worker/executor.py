@@ -405,10 +405,8 @@ class Executor:
             back = mutate(self.store, job.id, lambda j: j.requeue(self.config.worker_id, refund=True))
         except (IllegalTransition, NotFound):
             return Outcome.SKIPPED  # no longer ours; its holder decides
-        if back.state.terminal:
-            self._discard_outputs(back)
-            delivery.ack()
-            return Outcome.CANCELLED
+        if back.state.terminal:  # a pending cancel ended it
+            return self._cancelled_on_give_back(back, delivery)
         delivery.retry(0.0)
         return Outcome.REQUEUED
 
@@ -438,9 +436,7 @@ class Executor:
         except (IllegalTransition, NotFound):
             return Outcome.SKIPPED
         if moved.state.terminal:  # a pending cancel: nothing to move
-            self._discard_outputs(moved)
-            item.delivery.ack()
-            return Outcome.CANCELLED
+            return self._cancelled_on_give_back(moved, item.delivery)
         try:
             # Embedded: the record's write already moved the queue entry. Elsewhere, if this
             # fails, the old lane's delivery comes back and is re-routed (see _reroute).
@@ -482,10 +478,8 @@ class Executor:
             back = mutate(self.store, job.id, lambda j: j.requeue(self.config.worker_id))
         except (IllegalTransition, NotFound):
             return Outcome.SKIPPED  # no longer ours; its holder decides
-        if back.state.terminal:  # a pending cancel
-            self._discard_outputs(back)
-            delivery.ack()
-            return Outcome.CANCELLED
+        if back.state.terminal:  # a pending cancel ended it
+            return self._cancelled_on_give_back(back, delivery)
         delivery.retry(self.config.retry_backoff_seconds * 2 ** max(job.attempts - 1, 0))
         return Outcome.REQUEUED
 
@@ -530,6 +524,12 @@ class Executor:
         metrics.job_finished(done.request.model, done.lane, "failed", code.value, done.attempts)
         log.warning("job failed", extra={"code": code.value, "reason": message})
         return Outcome.FAILED
+
+    def _cancelled_on_give_back(self, job: Job, delivery: Delivery) -> Outcome:
+        """A requeue or move that met a pending cancel ended the job (see Job.requeue)."""
+        self._discard_outputs(job)
+        delivery.ack()
+        return Outcome.CANCELLED
 
     # --- files ---------------------------------------------------------------------------------
 
