@@ -31,6 +31,7 @@ from tests.webhook_receiver import Receiver
 pytestmark = pytest.mark.acceptance
 
 API_SPANS = {"POST /v1/jobs", "admission", "store.create", "dispatch"}
+WEBHOOK_SPANS = {"webhook.watch", "webhook.deliver"}  # the API process's too: its notifier delivers
 WORKER_SPANS = {"worker.receive", "batch", "model.load", "render", "upload", "store.final_state"}
 FLOOD = {"X-Difflane-Principal": "contoso/flood"}  # a principal over its submit rate
 
@@ -80,21 +81,35 @@ def trace_of(spans: list[ReceivedSpan], job_id: str) -> list[ReceivedSpan]:
 
 def test_api_and_worker_processes_share_one_trace_per_job(observed: Observed) -> None:
     p = observed.platform
-    job = p.submit(steps=3)
+    token = "q-s3cr3t"  # a receiver's token in the webhook URL's query: never in a span
+    job = p.submit(steps=3, webhook={"url": observed.hooks.url(f"/hook?token={token}"), "events": ["completed"]})
     assert p.wait(job["id"], ("succeeded", "failed"))["state"] == "succeeded"
 
     def complete(spans: list[ReceivedSpan]) -> bool:
-        return {s.name for s in trace_of(spans, job["id"])} >= API_SPANS | WORKER_SPANS
+        return {s.name for s in trace_of(spans, job["id"])} >= API_SPANS | WORKER_SPANS | WEBHOOK_SPANS
 
     trace = trace_of(observed.spans.wait_for(complete), job["id"])
     assert len({s.trace_id for s in trace}) == 1
     services = {s.name: s.service for s in trace}
-    assert {services[n] for n in API_SPANS} == {"difflane-api"}
+    assert {services[n] for n in API_SPANS | WEBHOOK_SPANS} == {"difflane-api"}
     assert {services[n] for n in WORKER_SPANS} == {"difflane-worker"}
+
+    # The delivery, long after the request and in the notifier's thread, is a child of the
+    # submit's webhook.watch span, and says which attempt it was and how it went.
+    watch = next(s for s in trace if s.name == "webhook.watch")
+    deliver = next(s for s in trace if s.name == "webhook.deliver")
+    assert deliver.parent_span_id == watch.span_id
+    assert deliver.attributes["difflane.job.id"] == job["id"] and deliver.attributes["difflane.lane"] == "fast"
+    assert deliver.attributes["difflane.webhook.attempt"] == 1
+    assert deliver.attributes["difflane.webhook.outcome"] == "delivered"
+    assert deliver.attributes["http.response.status_code"] == 204
+    assert all(token not in json.dumps(s.attributes) for s in trace)
+    assert all("traceparent" not in headers for headers, _ in observed.hooks.received)  # the trace is ours
 
     received = next(s for s in trace if s.name == "worker.receive")
     assert received.attributes["difflane.lane"] == "fast" and received.attributes["difflane.model"] == "tiny"
     assert received.attributes["difflane.attempt"] == 1 and len(received.attributes["difflane.owner_hash"]) == 16
+    assert deliver.attributes["difflane.owner_hash"] == received.attributes["difflane.owner_hash"]
     render = next(s for s in trace if s.name == "render")
     assert render.events.count("step") == 3
     assert all("a red fox" not in json.dumps(s.attributes) for s in trace)  # never the prompt

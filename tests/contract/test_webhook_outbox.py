@@ -3,6 +3,7 @@ store the job records live in (issue 9: the cloud shapes keep webhook state in t
 
 from __future__ import annotations
 
+import dataclasses
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -132,3 +133,25 @@ def test_two_claimers_never_take_the_same_delivery(outbox: Outbox) -> None:
     for t in threads:
         t.join()
     assert sorted(taken) == sorted(set(taken)) and len(taken) == 6
+
+
+TRACE = {
+    "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+    "tracestate": "congo=t61rcWkgMzE, rojo=00f067aa0ba902b7",  # spaces and '=': kept as they were
+}
+
+
+def test_a_watch_keeps_its_trace_context_and_its_deliveries_carry_it(outbox: Outbox) -> None:
+    outbox.watch(JOB_A, NOW, TRACE)
+    outbox.watch(JOB_A, NOW + 5, {"traceparent": "00-" + "1" * 32 + "-" + "2" * 16 + "-01"})  # idempotent
+    outbox.watch(JOB_B, NOW)  # no context (tracing off, or an older API)
+    assert {w.job_id: dict(w.trace_context) for w in outbox.watches()} == {JOB_A: TRACE, JOB_B: {}}
+    (watch,) = [w for w in outbox.watches() if w.job_id == JOB_A]
+    started = dataclasses.replace(delivery(JOB_A, 2, "started"), lane="fast", trace_context=watch.trace_context)
+    assert outbox.advance(JOB_A, 0, 2, [started], False, NOW)
+    assert [dict(w.trace_context) for w in outbox.watches() if w.job_id == JOB_A] == [TRACE]  # kept as it moves
+    outbox.advance(JOB_B, 0, 2, [delivery(JOB_B, 2)], True, NOW)
+    claimed = {p.job_id: p for p in outbox.claim_due(NOW, 10, LEASE, WIDE)}
+    assert dict(claimed[JOB_A].trace_context) == TRACE
+    assert (claimed[JOB_A].lane, claimed[JOB_A].owner) == ("fast", "t/alice")
+    assert dict(claimed[JOB_B].trace_context) == {} and claimed[JOB_B].lane == ""

@@ -262,6 +262,15 @@ def set_attributes(attributes: Attributes) -> None:
     trace.get_current_span().set_attributes(dict(attributes))
 
 
+def set_error(description: str) -> None:
+    """Mark the current span as failed without an exception (a webhook answered 500, say)."""
+    if _state is None:
+        return
+    from opentelemetry import trace
+
+    trace.get_current_span().set_status(trace.Status(trace.StatusCode.ERROR, description))
+
+
 def _kinds() -> dict[str, Any]:
     try:
         from opentelemetry.trace import SpanKind

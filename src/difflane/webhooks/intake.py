@@ -10,6 +10,7 @@ from typing import Any
 from difflane.errors import DifflaneError, InvalidInput, Unavailable
 from difflane.jobs import WEBHOOK_EVENTS, Job, Webhook
 from difflane.store.base import JobStore
+from difflane.telemetry import tracing
 from difflane.webhooks.guard import Guard, Refused
 from difflane.webhooks.outbox import Outbox
 
@@ -39,7 +40,7 @@ class WebhookIntake:
 
     def watch(self, job_id: str) -> None:
         """Before the job is written: a job that exists with a webhook is always watched."""
-        self.outbox.watch(job_id, self.clock())
+        self._watch(job_id)
 
     def unwatch(self, job_id: str) -> None:
         self.outbox.unwatch(job_id)
@@ -65,7 +66,14 @@ class WebhookIntake:
         """An idempotent replay: a job still running must be watched (its first answer may have been
         lost with its watch). A finished job is not re-watched: its events were already made."""
         if job.webhook is not None and not job.state.terminal:
-            self.outbox.watch(job.id, self.clock())
+            self._watch(job.id)  # a lost watch comes back in the replaying request's trace
+
+    def _watch(self, job_id: str) -> None:
+        """The watch keeps the submitting request's trace context: the notifier's delivery spans,
+        in whichever API process and however much later, are children of this span, so the
+        job's one trace runs from the HTTP request to the webhook delivery."""
+        with tracing.span("webhook.watch", {"difflane.job.id": job_id}, kind="producer"):
+            self.outbox.watch(job_id, self.clock(), tracing.inject())
 
     def _quietly_unwatch(self, job_id: str) -> None:
         with contextlib.suppress(DifflaneError):  # an orphan watch is dropped by the notifier later

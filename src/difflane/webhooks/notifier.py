@@ -93,23 +93,35 @@ class Notifier:
                 return
 
     def attempt(self, pending: Pending) -> Outcome:
-        attributes = {"difflane.job.id": pending.job_id, "difflane.webhook.event": pending.event}
-        started = time.perf_counter()
-        with tracing.span("webhook.deliver", attributes, kind="client"):
+        """One attempt, in the job's trace: its span's parent is the submit's ``webhook.watch``
+        (the context rode in the outbox row); a row from before that was kept has none, and its
+        attempt starts a trace of its own. The settlement and its log line are in the span too."""
+        attempts = pending.attempts + 1
+        parent = pending.trace_context or None
+        with tracing.span("webhook.deliver", span_attributes(pending, attempts), parent=parent, kind="client"):
+            started = time.perf_counter()
             outcome = self.sender.send(pending.id, pending.url, pending.body)
-        metrics.webhook_attempted(pending.event, outcome.delivered, outcome.retry, time.perf_counter() - started)
-        now, attempts = self.clock(), pending.attempts + 1
+            metrics.webhook_attempted(pending.event, outcome.delivered, outcome.retry, time.perf_counter() - started)
+            self._settle(pending, attempts, outcome)
+        return outcome
+
+    def _settle(self, pending: Pending, attempts: int, outcome: Outcome) -> None:
+        now = self.clock()
         extra = {"job_id": pending.job_id, "webhook_id": pending.id, "event": pending.event, "attempt": attempts}
+        retry = outcome.retry and attempts < self.max_attempts
+        verdict = "delivered" if outcome.delivered else "retry" if retry else "abandoned"
+        tracing.set_attributes(outcome_attributes(outcome, verdict))
         if outcome.delivered:
             self.outbox.delivered(pending.id)
             log.info("webhook delivered", extra=extra)
-        elif outcome.retry and attempts < self.max_attempts:
+            return
+        tracing.set_error(outcome.detail)
+        if retry:
             self.outbox.retry_at(pending.id, attempts, now + self.backoff(attempts), outcome.detail, now)
             log.warning("webhook attempt failed (%s); will retry", outcome.detail, extra=extra)
         else:
             self.outbox.give_up(pending.id, attempts, outcome.detail, now)
             log.error("webhook abandoned (%s)", outcome.detail, extra=extra)
-        return outcome
 
     def backoff(self, attempts: int) -> float:
         base = min(self.backoff_seconds * 4.0 ** (attempts - 1), self.backoff_max_seconds)
@@ -137,7 +149,19 @@ class Notifier:
                 continue
             body = events.body(event, job, self.base_url, now)
             message = events.message_id(job)
-            deliveries.append(NewDelivery(message, job.id, job.version, event, job.webhook.url, body, job.owner.key))
+            deliveries.append(
+                NewDelivery(
+                    message,
+                    job.id,
+                    job.version,
+                    event,
+                    job.webhook.url,
+                    body,
+                    owner=job.owner.key,
+                    lane=job.lane,
+                    trace_context=watch.trace_context,  # the submit's: each delivery joins the job's trace
+                )
+            )
         last = fresh[-1]
         self.outbox.advance(watch.job_id, watch.last_version, last.version, deliveries, last.state.terminal, now)
 
@@ -197,3 +221,25 @@ class Notifier:
                 self._in_flight -= 1
             if self._bell_path is not None:
                 doorbell.ring_one(self._bell_path)  # the job's next delivery may go now
+
+
+def span_attributes(pending: Pending, attempt: int) -> dict[str, str | int]:
+    """What the delivery span says: never the URL (its query may hold a token), never the body."""
+    found: dict[str, str | int] = {
+        "difflane.job.id": pending.job_id,
+        "difflane.webhook.id": pending.id,
+        "difflane.webhook.event": pending.event,
+        "difflane.webhook.attempt": attempt,
+    }
+    if pending.lane:
+        found["difflane.lane"] = pending.lane
+    if pending.owner:
+        found["difflane.owner_hash"] = tracing.owner_hash(pending.owner)
+    return found
+
+
+def outcome_attributes(outcome: Outcome, verdict: str) -> dict[str, str | int]:
+    found: dict[str, str | int] = {"difflane.webhook.outcome": verdict}
+    if outcome.status is not None:
+        found["http.response.status_code"] = outcome.status
+    return found

@@ -10,15 +10,20 @@ Both keep the same contract (tests/contract/test_webhook_outbox.py):
 - message ids are unique, so a replayed version never makes a second delivery;
 - deliveries are claimed with a lease before they are sent, at most one per job at a time (a
   job's events go out in version order), fairly across receiver hosts and owners;
-- a newer progress step replaces an older one never attempted.
+- a newer progress step replaces an older one never attempted;
+- a watch keeps the submitting request's trace context (W3C ``traceparent``/``tracestate``) and
+  each of its deliveries carries it, so the delivery's span joins the job's trace; a row written
+  before the context was kept has none and its delivery starts a trace of its own.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import json
+from collections.abc import Mapping, Sequence
 from typing import Protocol
 
+from difflane.telemetry import tracing
 from difflane.webhooks.fairness import Caps
 
 
@@ -27,6 +32,7 @@ class Watch:
     job_id: str
     last_version: int
     created_at: float
+    trace_context: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the submit's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,6 +44,8 @@ class NewDelivery:
     url: str
     body: bytes
     owner: str = ""  # the job owner's key: attempts in flight per owner are capped
+    lane: str = ""
+    trace_context: Mapping[str, str] = dataclasses.field(default_factory=dict)  # the watch's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,10 +56,13 @@ class Pending:
     url: str
     body: bytes
     attempts: int  # attempts made before this one
+    owner: str = ""
+    lane: str = ""  # empty on rows from before lanes were kept
+    trace_context: Mapping[str, str] = dataclasses.field(default_factory=dict)  # empty: a new trace
 
 
 class Outbox(Protocol):
-    def watch(self, job_id: str, now: float) -> None: ...
+    def watch(self, job_id: str, now: float, trace_context: Mapping[str, str] | None = None) -> None: ...
 
     def unwatch(self, job_id: str) -> None: ...
 
@@ -74,3 +85,30 @@ class Outbox(Protocol):
     def deliveries(self, job_id: str | None = None) -> list[dict[str, object]]: ...
 
     def close(self) -> None: ...
+
+
+# --- the trace context as stored text (SQLite columns, blob content) ----------------------------
+
+
+def context_text(carrier: Mapping[str, str] | None) -> str | None:
+    """JSON for a column or a document; None when there is no context to keep."""
+    kept = context_of(carrier)
+    return json.dumps(kept, separators=(",", ":")) if kept else None
+
+
+def context_from_text(text: str | bytes | None) -> dict[str, str]:
+    """Whatever a row holds (absent, empty, damaged) reads as a context or as none: a delivery
+    never fails over its trace."""
+    if not text:
+        return {}
+    try:
+        return context_of(json.loads(text))
+    except ValueError:
+        return {}
+
+
+def context_of(value: object) -> dict[str, str]:
+    """Only the W3C keys, only strings: nothing else rides along to the span."""
+    if not isinstance(value, Mapping):
+        return {}
+    return {k: v for k in tracing.CARRIER_KEYS if isinstance(v := value.get(k), str) and v}

@@ -1,8 +1,8 @@
 """The webhook outbox as blobs in the job store's container (``DIFFLANE_STORE=azure``).
 
 ```
-webhooks/watches/<job id>        empty; metadata: lastversion, createdat
-webhooks/deliveries/<message id> {"url", "body"}; metadata: jobid, version, event, state,
+webhooks/watches/<job id>        empty; metadata: lastversion, createdat, traceparent, tracestate
+webhooks/deliveries/<message id> {"url", "body", "lane", "trace"}; metadata: jobid, version, event, state,
                                  attempts, nextat, claimeduntil, updatedat, host, owner, lasterror
 ```
 
@@ -20,12 +20,12 @@ import base64
 import contextlib
 import json
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from urllib.parse import quote, unquote
 
 from difflane.azure_io import WRITE_ID, Blob, BlobIO, Exists, Listed, Modified
 from difflane.webhooks import fairness
-from difflane.webhooks.outbox import NewDelivery, Pending, Watch
+from difflane.webhooks.outbox import NewDelivery, Pending, Watch, context_of
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +40,8 @@ class BlobOutbox:
 
     # --- submit side ---------------------------------------------------------------------------
 
-    def watch(self, job_id: str, now: float) -> None:
-        meta = {"lastversion": "0", "createdat": repr(now)}
+    def watch(self, job_id: str, now: float, trace_context: Mapping[str, str] | None = None) -> None:
+        meta = {"lastversion": "0", "createdat": repr(now), **_context_meta(trace_context)}
         with contextlib.suppress(Exists):  # already watched: idempotent
             self.io.put(WATCHES + job_id, b"", metadata=meta, create_only=True)
 
@@ -52,7 +52,12 @@ class BlobOutbox:
 
     def watches(self) -> list[Watch]:
         return [
-            Watch(item.name[len(WATCHES) :], int(item.metadata["lastversion"]), float(item.metadata["createdat"]))
+            Watch(
+                item.name[len(WATCHES) :],
+                int(item.metadata["lastversion"]),
+                float(item.metadata["createdat"]),
+                _stored_context(item.metadata),
+            )
             for item in self.io.list(WATCHES, metadata=True)
         ]
 
@@ -74,6 +79,7 @@ class BlobOutbox:
             self.io.delete(WATCHES + job_id)
             return True
         meta = {"lastversion": str(version), "createdat": current.metadata["createdat"]}
+        meta.update(_context_meta(_stored_context(current.metadata)))
         try:
             self.io.put(WATCHES + job_id, b"", metadata=meta, if_match=current.etag)
         except Modified:
@@ -156,7 +162,8 @@ class BlobOutbox:
     # --- helpers -------------------------------------------------------------------------------
 
     def _create(self, d: NewDelivery, now: float) -> None:
-        content = json.dumps({"url": d.url, "body": base64.b64encode(d.body).decode()}).encode()
+        body, trace = base64.b64encode(d.body).decode(), context_of(d.trace_context)
+        content = json.dumps({"url": d.url, "body": body, "lane": d.lane, "trace": trace}).encode()
         meta = {
             "jobid": d.job_id,
             "version": str(d.version),
@@ -199,6 +206,9 @@ class BlobOutbox:
             content["url"],
             base64.b64decode(content["body"]),
             int(blob.metadata["attempts"]),
+            unquote(blob.metadata.get("owner", "")),
+            str(content.get("lane") or ""),  # absent in deliveries written before lanes and traces were kept
+            context_of(content.get("trace")),
         )
 
     def _settle(
@@ -232,6 +242,15 @@ def _with(blob: Blob, **changes: str) -> dict[str, str]:
 def _present(meta: dict[str, str]) -> dict[str, str]:
     """Blob Storage keeps no empty metadata values: an absent key reads as empty."""
     return {k: v for k, v in meta.items() if v}
+
+
+def _context_meta(carrier: Mapping[str, str] | None) -> dict[str, str]:
+    """The W3C keys as metadata (ASCII, quoted: a tracestate may hold spaces Blob Storage trims)."""
+    return {k: quote(v, safe="") for k, v in context_of(carrier).items()}
+
+
+def _stored_context(meta: Mapping[str, str]) -> dict[str, str]:
+    return context_of({k: unquote(v) for k, v in meta.items()})
 
 
 def _claimed(meta: dict[str, str], now: float) -> bool:

@@ -12,12 +12,13 @@ from __future__ import annotations
 
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 from difflane.store.sqlite import Database
 from difflane.webhooks import fairness
-from difflane.webhooks.outbox import NewDelivery, Pending, Watch
+from difflane.webhooks.outbox import NewDelivery, Pending, Watch, context_from_text, context_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS watches (
@@ -48,6 +49,14 @@ FAIRNESS_KEYS = """
 ALTER TABLE deliveries ADD COLUMN host TEXT NOT NULL DEFAULT '';
 ALTER TABLE deliveries ADD COLUMN owner TEXT NOT NULL DEFAULT '';
 """
+# The submitting request's trace context (W3C, as JSON), kept with the watch and copied into each
+# delivery, so the delivery's span joins the job's trace; and the lane, for that span. Rows from
+# before this migration have NULL and '': their deliveries go out in a trace of their own.
+TRACE_CONTEXT = """
+ALTER TABLE watches ADD COLUMN trace_context TEXT;
+ALTER TABLE deliveries ADD COLUMN trace_context TEXT;
+ALTER TABLE deliveries ADD COLUMN lane TEXT NOT NULL DEFAULT '';
+"""
 
 
 class SqliteOutbox:
@@ -58,18 +67,20 @@ class SqliteOutbox:
             # locks fail at once instead of waiting (used with store=memory and in tests).
             self._scratch = tempfile.mkdtemp(prefix="difflane-webhooks-")
             path = Path(self._scratch) / "webhooks.db"
-        self._db = Database(
-            path, busy_timeout_ms=busy_timeout_ms, migrations=[SCHEMA, FAIRNESS_KEYS], name="webhook state"
-        )
+        migrations = [SCHEMA, FAIRNESS_KEYS, TRACE_CONTEXT]
+        self._db = Database(path, busy_timeout_ms=busy_timeout_ms, migrations=migrations, name="webhook state")
         self.path = self._db.path
         self._read = self._db.read
         self._write = self._db.write
 
     # --- submit side ---------------------------------------------------------------------------
 
-    def watch(self, job_id: str, now: float) -> None:
+    def watch(self, job_id: str, now: float, trace_context: Mapping[str, str] | None = None) -> None:
         with self._write() as conn:
-            conn.execute("INSERT OR IGNORE INTO watches (job_id, created_at) VALUES (?, ?)", (job_id, now))
+            conn.execute(
+                "INSERT OR IGNORE INTO watches (job_id, created_at, trace_context) VALUES (?, ?, ?)",
+                (job_id, now, context_text(trace_context)),
+            )
 
     def unwatch(self, job_id: str) -> None:
         with self._write() as conn:
@@ -79,8 +90,10 @@ class SqliteOutbox:
 
     def watches(self) -> list[Watch]:
         with self._read() as conn:
-            rows = conn.execute("SELECT job_id, last_version, created_at FROM watches ORDER BY job_id").fetchall()
-        return [Watch(*row) for row in rows]
+            rows = conn.execute(
+                "SELECT job_id, last_version, created_at, trace_context FROM watches ORDER BY job_id"
+            ).fetchall()
+        return [Watch(job, last, created, context_from_text(trace)) for job, last, created, trace in rows]
 
     def advance(
         self, job_id: str, expected: int, version: int, deliveries: Sequence[NewDelivery], finished: bool, now: float
@@ -102,9 +115,9 @@ class SqliteOutbox:
                     )
                 conn.execute(
                     "INSERT OR IGNORE INTO deliveries "
-                    "(id, job_id, version, event, url, body, next_at, updated_at, host, owner) "
-                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    (d.id, d.job_id, d.version, d.event, d.url, d.body, now, now, fairness.host_of(d.url), d.owner),
+                    "(id, job_id, version, event, url, body, next_at, updated_at, host, owner, lane, trace_context) "
+                    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    _delivery_row(d, now),
                 )
             if finished:
                 conn.execute("DELETE FROM watches WHERE job_id = ?", (job_id,))
@@ -146,9 +159,11 @@ class SqliteOutbox:
             for delivery_id in chosen:
                 conn.execute("UPDATE deliveries SET claimed_until = ? WHERE id = ?", (now + lease_seconds, delivery_id))
                 row = conn.execute(
-                    "SELECT id, job_id, event, url, body, attempts FROM deliveries WHERE id = ?", (delivery_id,)
+                    "SELECT id, job_id, event, url, body, attempts, owner, lane, trace_context FROM deliveries "
+                    "WHERE id = ?",
+                    (delivery_id,),
                 ).fetchone()
-                claimed.append(Pending(row[0], row[1], row[2], row[3], bytes(row[4]), row[5]))
+                claimed.append(_pending(row))
         return claimed
 
     def delivered(self, delivery_id: str) -> None:
@@ -191,3 +206,13 @@ class SqliteOutbox:
         self._db.close()
         if self._scratch is not None:
             shutil.rmtree(self._scratch, ignore_errors=True)
+
+
+def _delivery_row(d: NewDelivery, now: float) -> tuple[object, ...]:
+    host, trace = fairness.host_of(d.url), context_text(d.trace_context)
+    return (d.id, d.job_id, d.version, d.event, d.url, d.body, now, now, host, d.owner, d.lane, trace)
+
+
+def _pending(row: Any) -> Pending:
+    delivery_id, job_id, event, url, body, attempts, owner, lane, trace = row
+    return Pending(delivery_id, job_id, event, url, bytes(body), attempts, owner, lane, context_from_text(trace))
