@@ -30,7 +30,7 @@ from difflane.telemetry import metrics, tracing
 from difflane.webhooks import events
 from difflane.webhooks.fairness import DEFAULT_CAPS, Caps
 from difflane.webhooks.outbox import NewDelivery, Outbox, Pending, Watch
-from difflane.webhooks.sender import Outcome, Sender
+from difflane.webhooks.sender import Sender, SendResult
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Notifier:
                 log.warning("webhook tail of job %s failed: %s", watch.job_id, exc.message)
                 return
 
-    def attempt(self, pending: Pending) -> Outcome:
+    def attempt(self, pending: Pending) -> SendResult:
         attributes = {"difflane.job.id": pending.job_id, "difflane.webhook.event": pending.event}
         started = time.perf_counter()
         with tracing.span("webhook.deliver", attributes, kind="client"):
