@@ -198,6 +198,7 @@ class IsolatedRuntime:
 
 
 def _child_main(module: str, conn: multiprocessing.connection.Connection, config: RuntimeConfig) -> None:
-    """Runs in the child: its entry point is named, not imported, so the two modules share only
-    ``model_messages`` (the child imports this module's name to unpickle this function, no more)."""
+    """Runs in the child process. The entry point is named, not imported, so ``isolation`` and
+    ``child`` share only ``model_messages`` (the child process imports this module only to
+    unpickle this function; ``child.py`` never imports it)."""
     importlib.import_module(module).main(conn, config)
