@@ -1,7 +1,12 @@
-"""Errors that cross module boundaries. Each carries a machine-readable code and an HTTP status.
+"""Errors that cross module boundaries. Each has a stable machine-readable ``code`` and a message.
 
-The API turns any ``DifflaneError`` into ``{"error": {"code", "message", ...}}`` with its status;
-anything else that escapes is a bug.
+Nothing here knows HTTP: the API layer maps classes to statuses in one table
+(``api/problems.py``, ``STATUSES``) and turns any ``DifflaneError`` into
+``{"error": {"code", "message", ...}}``; anything else that escapes is a bug. The tree is shallow
+(the architecture note on errors draws it): the classes below derive from ``DifflaneError``
+directly; ``auth.tokens.InvalidToken`` refines ``Unauthorized``; ``api.auth.Forbidden`` and
+``api.limits.TooManyRequests`` are the API's own; ``worker.runtime.RuntimeFailure`` heads the
+runtime's failures.
 """
 
 from __future__ import annotations
@@ -10,8 +15,8 @@ from typing import Any
 
 
 class DifflaneError(Exception):
-    status = 500
     code = "internal"
+    retry_after: int | None = None  # seconds after which trying again may work; None: no advice
 
     def __init__(self, message: str, *, code: str | None = None, **details: Any) -> None:
         super().__init__(message)
@@ -27,35 +32,46 @@ class ConfigError(DifflaneError):
     code = "config_error"
 
 
+class MissingExtra(DifflaneError):
+    """An optional dependency group is not installed."""
+
+    code = "missing_extra"
+
+    def __init__(self, extra: str, module: str) -> None:
+        super().__init__(f"this needs the '{extra}' extra ({module} is not installed): pip install 'difflane[{extra}]'")
+
+
 class InvalidInput(DifflaneError):
-    status = 422
     code = "invalid_input"
 
 
+class PayloadTooLarge(DifflaneError):
+    code = "payload_too_large"
+
+
 class NotFound(DifflaneError):
-    status = 404
     code = "not_found"
 
 
 class Conflict(DifflaneError):
-    status = 409
+    """The request contradicts what is stored (a reused key, a job that already exists or ended)."""
+
     code = "conflict"
 
 
-class PayloadTooLarge(DifflaneError):
-    status = 413
-    code = "payload_too_large"
+class IllegalTransition(DifflaneError):
+    """A job was asked for a move its state does not allow (``jobs.Job``'s methods raise it)."""
+
+    code = "illegal_transition"
 
 
 class Unauthorized(DifflaneError):
-    status = 401
     code = "unauthorized"
 
 
 class Unavailable(DifflaneError):
     """A dependency (store, queue, blob storage) cannot be reached. Safe to retry later."""
 
-    status = 503
     code = "unavailable"
 
     def __init__(self, message: str, *, retry_after: int = 2, **details: Any) -> None:
@@ -64,17 +80,4 @@ class Unavailable(DifflaneError):
 
 
 class VersionConflict(Exception):
-    """A compare-and-set write lost a race: re-read and decide again."""
-
-
-class IllegalTransition(Conflict):
-    code = "illegal_transition"
-
-
-class MissingExtra(DifflaneError):
-    """An optional dependency group is not installed."""
-
-    code = "missing_extra"
-
-    def __init__(self, extra: str, module: str) -> None:
-        super().__init__(f"this needs the '{extra}' extra ({module} is not installed): pip install 'difflane[{extra}]'")
+    """A compare-and-set write lost a race: re-read and decide again (never leaves the store's caller)."""

@@ -26,7 +26,7 @@ from difflane.store.sqlite import Database, SqliteJobStore
 from difflane.testing import MemoryBlobStore, MemoryJobStore, MemoryQueue
 
 if TYPE_CHECKING:
-    from difflane.store.azure_blob import AzureBlobJobStore, BlobOutbox
+    from difflane.store.azure_blob import AzureBlobJobStore, BlobDispatchOutbox
 
 
 @dataclasses.dataclass
@@ -142,14 +142,14 @@ def _azure(settings: Settings, catalog: Catalog) -> Components:
     return Components(store, blobs, OutboxDispatcher(inner, outbox, sweeper), source, catalog, bell_dir=bell_dir)
 
 
-def _azure_store(settings: Settings) -> tuple[AzureBlobJobStore, BlobStore, BlobOutbox]:
+def _azure_store(settings: Settings) -> tuple[AzureBlobJobStore, BlobStore, BlobDispatchOutbox]:
     """The Blob job store, result store and outbox (reusable with any dispatch)."""
     from difflane import azure_auth
 
     azure_auth.require("azure.storage.blob")
     from difflane.azure_io import Backoff, BlobIO
     from difflane.blobs.azure import AzureBlobStore
-    from difflane.store.azure_blob import AzureBlobJobStore, BlobOutbox
+    from difflane.store.azure_blob import AzureBlobJobStore, BlobDispatchOutbox
 
     service = azure_auth.blob_service(settings)
     io = BlobIO(
@@ -159,7 +159,7 @@ def _azure_store(settings: Settings) -> tuple[AzureBlobJobStore, BlobStore, Blob
     )
     if settings.azure_create_container:
         io.ensure_container()
-    outbox = BlobOutbox(io)
+    outbox = BlobDispatchOutbox(io)
     store = AzureBlobJobStore(io, on_create=outbox.add)
     blobs = AzureBlobStore(
         io, signer=_azure_signer(settings, service), max_ttl_seconds=settings.azure_result_url_ttl_seconds

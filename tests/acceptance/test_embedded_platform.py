@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from difflane import png
+from tests import pngdecode
 from tests.acceptance.conftest import Platform
 from tests.conftest import read_sse
 
@@ -35,10 +35,10 @@ def test_job_runs_to_a_png_of_the_asked_size(shared_platform: Platform) -> None:
     for out in done["outputs"]:
         r = p.http.get(out["url"])
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-        info = png.read_info(r.content)
+        info = pngdecode.read_info(r.content)
         assert (info.width, info.height) == (128, 64)
         assert info.text["prompt"] == "a red fox in the snow" and info.text["steps"] == "3"
-        _, _, rgb = png.decode_rgb(r.content)
+        _, _, rgb = pngdecode.decode_rgb(r.content)
         assert len(set(rgb)) > 10  # a real picture, not a blank
         assert out["bytes"] == len(r.content)
 
@@ -124,7 +124,7 @@ def test_generate_command_writes_the_png(shared_platform: Platform) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "step 5/5" in result.stderr
-    info = png.read_info(out.read_bytes())
+    info = pngdecode.read_info(out.read_bytes())
     assert (info.width, info.height) == (64, 64) and info.text["seed"] == "3"
 
 

@@ -10,8 +10,8 @@ from typing import Any
 
 import pytest
 
-from difflane import png
 from difflane.catalog import TINY_REPO, TINY_REVISION
+from tests import pngdecode
 from tests.acceptance.conftest import Platform
 
 pytestmark = pytest.mark.acceptance
@@ -109,8 +109,8 @@ def test_batched_jobs_match_the_same_jobs_run_alone(make_platform: Any) -> None:
     for i, job in enumerate(together):
         alone = p.wait(p.submit(prompt=prompts[i], seed=i, steps=3)["id"], ("succeeded",))
         assert alone["metrics"]["batch_size"] == 1
-        _, _, a = png.decode_rgb(p.http.get(job["outputs"][0]["url"]).content)
-        _, _, b = png.decode_rgb(p.http.get(alone["outputs"][0]["url"]).content)
+        _, _, a = pngdecode.decode_rgb(p.http.get(job["outputs"][0]["url"]).content)
+        _, _, b = pngdecode.decode_rgb(p.http.get(alone["outputs"][0]["url"]).content)
         assert max(abs(x - y) for x, y in zip(a, b, strict=True)) <= 3
 
 

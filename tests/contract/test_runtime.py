@@ -26,7 +26,8 @@ def runtime(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Runtime]
 
         rt = DiffusersRuntime(request.getfixturevalue("tiny_hf_home"), device="cpu")
     else:
-        from difflane.worker.isolation import IsolatedRuntime, RuntimeConfig
+        from difflane.worker.isolation import IsolatedRuntime
+        from difflane.worker.model_messages import RuntimeConfig
 
         rt = IsolatedRuntime(RuntimeConfig(kind="fake", hf_home=str(tmp_path)))
     yield rt

@@ -8,7 +8,8 @@ from collections.abc import Iterator
 import pytest
 
 from difflane import catalog
-from difflane.worker.isolation import IsolatedRuntime, RuntimeConfig
+from difflane.worker.isolation import IsolatedRuntime
+from difflane.worker.model_messages import RuntimeConfig
 from difflane.worker.runtime import Interrupted, OutOfMemory, RenderTask, RenderTimeout, RuntimeCrashed
 
 pytestmark = pytest.mark.integration

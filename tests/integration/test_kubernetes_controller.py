@@ -317,9 +317,9 @@ def test_two_candidates_racing_for_a_free_lease_cannot_both_win(cluster: Cluster
     assert b.try_acquire_or_renew()
     # a writes with the resourceVersion it read before b's write: the server answers 409.
     api = cluster.api()
-    from difflane.dispatch.kubernetes_api import Conflict
+    from difflane.dispatch.kubernetes_api import ApiConflict
 
-    with pytest.raises(Conflict):
+    with pytest.raises(ApiConflict):
         api.replace_lease("lease", {**stale, "spec": {**stale["spec"], "holderIdentity": "a"}})
     assert cluster.fake.get("leases", "lease")["spec"]["holderIdentity"] == "b"  # type: ignore[index]
 

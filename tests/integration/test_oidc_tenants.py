@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from difflane.api import problems
 from difflane.auth import tokens
 from difflane.errors import ConfigError
 from difflane.settings import Settings
@@ -48,7 +49,7 @@ def token(provider: OidcProvider, tid: Any, sub: str = "user-1") -> str:
 def refusal(v: tokens.TokenValidator, raw: str) -> str:
     with pytest.raises(tokens.InvalidToken) as caught:
         asyncio.run(v.validate(raw))
-    assert caught.value.status == 401 and caught.value.headers["WWW-Authenticate"].startswith("Bearer ")
+    assert problems.status_of(caught.value) == 401 and caught.value.headers["WWW-Authenticate"].startswith("Bearer ")
     return caught.value.code
 
 

@@ -15,7 +15,8 @@ from difflane.blobs.local import LocalBlobStore
 from difflane.dispatch.embedded import EmbeddedQueue
 from difflane.errors import Unavailable
 from difflane.store.sqlite import Database, SqliteJobStore
-from difflane.worker.isolation import IsolatedRuntime, RuntimeConfig
+from difflane.worker.isolation import IsolatedRuntime
+from difflane.worker.model_messages import RuntimeConfig
 from difflane.worker.runtime import RenderTask
 from tests.conftest import make_job
 

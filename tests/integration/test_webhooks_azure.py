@@ -14,7 +14,7 @@ from difflane.api.app import create_app
 from difflane.store.base import mutate
 from difflane.webhooks.notifier import Notifier
 from difflane.webhooks.outbox_blob import BlobOutbox
-from difflane.webhooks.sender import Outcome
+from difflane.webhooks.sender import SendResult
 from tests import azurite
 
 pytestmark = pytest.mark.integration
@@ -28,9 +28,9 @@ class RecordingSender:
     timeout: float = 5.0
     sent: list[str] = dataclasses.field(default_factory=list)
 
-    def send(self, msg_id: str, url: str, body: bytes) -> Outcome:
+    def send(self, msg_id: str, url: str, body: bytes) -> SendResult:
         self.sent.append(json.loads(body)["type"])
-        return Outcome(True, False, "HTTP 204", 204)
+        return SendResult(True, False, "HTTP 204", 204)
 
 
 def test_a_replica_delivers_what_another_replica_accepted(tmp_path: Path) -> None:

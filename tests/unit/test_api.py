@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from difflane import png
+from tests import pngdecode
 from tests.conftest import read_sse
 from tests.unit.conftest import Platform
 
@@ -199,7 +199,7 @@ def test_job_runs_to_pngs_with_parameters(platform: Platform) -> None:
     for out in done["outputs"]:
         r = platform.client.get(out["url"])
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-        info = png.read_info(r.content)
+        info = pngdecode.read_info(r.content)
         assert (info.width, info.height) == (64, 64) and info.text["seed"] == str(out["seed"])
         assert info.text["prompt"] == TINY["prompt"] and len(r.content) == out["bytes"]
     assert platform.client.get(f"/v1/jobs/{job['id']}/outputs/2").status_code == 404

@@ -14,6 +14,7 @@ from fastapi.testclient import TestClient
 
 from difflane import lanes as lanes_mod
 from difflane import wiring
+from difflane.api import problems
 from difflane.api.app import create_app
 from difflane.api.limits import TooManyRequests
 from difflane.capacity import costs, live
@@ -76,7 +77,7 @@ def test_admission_refuses_a_submit_predicted_past_the_lanes_limit() -> None:
             f.admit(j)
         except TooManyRequests as exc:
             assert exc.code == "queue_full" and i == 3  # predicted to start at 3 s > 2.5 s
-            assert exc.headers["Retry-After"] == "1"  # 3 - 2.5, at least a second
+            assert problems.headers_of(exc)["Retry-After"] == "1"  # 3 - 2.5, at least a second
             break
         store.create(j)
         admitted.append(j)

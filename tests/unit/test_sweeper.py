@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 
-from difflane.dispatch.sweeper import MemoryOutbox, OutboxDispatcher, Sweeper
+from difflane.dispatch.sweeper import OutboxDispatcher, Sweeper
 from difflane.errors import Unavailable
 from difflane.jobs import Job
 from difflane.testing import MemoryJobStore, MemoryQueue
 from tests.conftest import make_job
+from tests.fakes.dispatch_outbox import MemoryOutbox
 
 
 class _Clock:

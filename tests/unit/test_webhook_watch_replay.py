@@ -21,7 +21,7 @@ from difflane.store.base import IdempotencyKey, mutate
 from difflane.testing import MemoryJobStore
 from difflane.webhooks.notifier import Notifier
 from difflane.webhooks.outbox import Outbox
-from difflane.webhooks.sender import Outcome
+from difflane.webhooks.sender import SendResult
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 BODY = {"model": "tiny", "prompt": "a red fox", "webhook": {"url": "https://hooks.example.com/in"}}
@@ -46,9 +46,9 @@ class RecordingSender:
     timeout: float = 5.0
     sent: list[str] = dataclasses.field(default_factory=list)
 
-    def send(self, msg_id: str, url: str, body: bytes) -> Outcome:
+    def send(self, msg_id: str, url: str, body: bytes) -> SendResult:
         self.sent.append(json.loads(body)["type"])
-        return Outcome(True, False, "HTTP 204", 204)
+        return SendResult(True, False, "HTTP 204", 204)
 
 
 @dataclasses.dataclass

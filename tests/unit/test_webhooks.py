@@ -23,7 +23,7 @@ from difflane.webhooks.guard import Guard, Refused, ResolveFailed
 from difflane.webhooks.notifier import ORPHAN_GRACE_S, Notifier
 from difflane.webhooks.outbox import Pending
 from difflane.webhooks.outbox_sqlite import SqliteOutbox
-from difflane.webhooks.sender import Outcome
+from difflane.webhooks.sender import SendResult
 from difflane.webhooks.signing import InvalidSignature, Secret
 from tests.conftest import make_job
 
@@ -323,17 +323,17 @@ class FakeSender:
 
     timeout: float = 5.0
     sent: list[tuple[str, str, bytes]] = dataclasses.field(default_factory=list)
-    script: list[Outcome] = dataclasses.field(default_factory=list)
+    script: list[SendResult] = dataclasses.field(default_factory=list)
 
-    def send(self, msg_id: str, url: str, body: bytes) -> Outcome:
+    def send(self, msg_id: str, url: str, body: bytes) -> SendResult:
         self.sent.append((msg_id, url, body))
-        return self.script.pop(0) if self.script else Outcome(True, False, "HTTP 204", 204)
+        return self.script.pop(0) if self.script else SendResult(True, False, "HTTP 204", 204)
 
     def types(self) -> list[str]:
         return [json.loads(b)["type"] for _, _, b in self.sent]
 
 
-FAIL = Outcome(False, True, "HTTP 500 error", 500)
+FAIL = SendResult(False, True, "HTTP 500 error", 500)
 HOOK = "https://hooks.example.com/in"
 
 
@@ -444,9 +444,9 @@ def test_failures_retry_with_growing_backoff_then_give_up(rig: Rig) -> None:
 
 
 @pytest.mark.parametrize(
-    "outcome", [Outcome(False, False, "refused: 10.0.0.1 is not public"), Outcome(False, False, "HTTP 410", 410)]
+    "outcome", [SendResult(False, False, "refused: 10.0.0.1 is not public"), SendResult(False, False, "HTTP 410", 410)]
 )
-def test_refusals_and_410_are_not_retried(rig: Rig, outcome: Outcome) -> None:
+def test_refusals_and_410_are_not_retried(rig: Rig, outcome: SendResult) -> None:
     rig.sender.script = [outcome]
     job = rig.job(("started", "completed"))
     rig.run(job, lambda j: j.start("w", 30), lambda j: j.fail(ErrorCode.OOM, "oom"))

@@ -31,7 +31,7 @@ from difflane.webhooks.intake import WebhookIntake
 from difflane.webhooks.notifier import Notifier
 from difflane.webhooks.outbox import context_from_text, context_of
 from difflane.webhooks.outbox_sqlite import FAIRNESS_KEYS, SCHEMA, SqliteOutbox
-from difflane.webhooks.sender import Outcome
+from difflane.webhooks.sender import SendResult
 from difflane.worker.executor import Executor, WorkerConfig
 from difflane.worker.executor import Outcome as Run
 from tests.conftest import make_job
@@ -148,7 +148,7 @@ def submitted(rig: Rig) -> str:
 def test_each_attempt_is_a_span_of_the_job_s_trace_with_its_number_and_outcome(
     spans: InMemorySpanExporter, rig: Rig
 ) -> None:
-    rig.sender.script = [FAIL, Outcome(False, True, "timed out")]
+    rig.sender.script = [FAIL, SendResult(False, True, "timed out")]
     submitted(rig)
     drain(rig.notifier)
     (request,) = named(spans, "POST /v1/jobs")

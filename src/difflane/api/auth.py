@@ -34,9 +34,8 @@ class Authenticator(Protocol):
 
 
 class Forbidden(DifflaneError):
-    """403: a valid token without the permission the operation needs."""
+    """A valid token without the permission the operation needs."""
 
-    status = 403
     code = "insufficient_scope"
 
     def __init__(self, needed: tuple[str, ...]) -> None:

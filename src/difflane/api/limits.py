@@ -35,13 +35,14 @@ MAX_BUCKETS = 100_000  # principals remembered; the least recently seen is forgo
 
 
 class TooManyRequests(DifflaneError):
-    status = 429
+    """Over a limit of this principal or lane; ``retry_after`` also goes into the body."""
+
     code = "rate_limited"
 
     def __init__(self, message: str, *, code: str, retry_after: float) -> None:
         seconds = max(1, math.ceil(retry_after))
         super().__init__(message, code=code, retry_after=seconds)
-        self.headers = {"Retry-After": str(seconds)}
+        self.retry_after = seconds
 
 
 @dataclasses.dataclass(frozen=True)

@@ -17,9 +17,42 @@ from starlette.responses import JSONResponse
 from starlette.routing import Match
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from difflane import errors
+from difflane.api.auth import Forbidden
+from difflane.api.limits import TooManyRequests
 from difflane.errors import DifflaneError, Unavailable
 
 log = logging.getLogger(__name__)
+
+# The one place a domain error gets its HTTP status (the OpenAI routes read it too). A class not
+# listed takes its nearest listed base's status; one with none is a 500.
+STATUSES: dict[type[DifflaneError], int] = {
+    errors.Unauthorized: 401,  # auth.tokens.InvalidToken too
+    Forbidden: 403,
+    errors.NotFound: 404,
+    errors.Conflict: 409,
+    errors.IllegalTransition: 409,
+    errors.PayloadTooLarge: 413,
+    errors.InvalidInput: 422,
+    TooManyRequests: 429,
+    errors.Unavailable: 503,
+}
+
+
+def status_of(exc: DifflaneError) -> int:
+    for kind in type(exc).__mro__:
+        if kind in STATUSES:
+            return STATUSES[kind]
+    return 500
+
+
+def headers_of(exc: DifflaneError) -> dict[str, str]:
+    """The error's own headers (a Bearer challenge) and Retry-After where it advises one."""
+    headers: dict[str, str] = dict(getattr(exc, "headers", None) or {})
+    if exc.retry_after is not None:
+        headers["Retry-After"] = str(exc.retry_after)
+    return headers
+
 
 # Validation error types with a code of their own: control characters (schemas.PlainText) and
 # text that is no Unicode string (a lone surrogate escape) are both "invalid_characters".
@@ -35,13 +68,12 @@ def problem(status: int, code: str, message: str, headers: dict[str, str] | None
 
 async def _difflane_error(request: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, DifflaneError)
-    headers: dict[str, str] | None = getattr(exc, "headers", None)  # WWW-Authenticate, Retry-After on 429
+    status = status_of(exc)
     if isinstance(exc, Unavailable):
-        headers = {"Retry-After": str(exc.retry_after)}
         log.warning("dependency unavailable: %s", exc.message)
-    elif exc.status >= 500:
+    elif status >= 500:
         log.error("request failed: %s", exc.message)
-    return problem(exc.status, exc.code, exc.message, headers, **exc.details)
+    return problem(status, exc.code, exc.message, headers_of(exc) or None, **exc.details)
 
 
 async def _validation_error(request: Request, exc: Exception) -> JSONResponse:

@@ -51,7 +51,7 @@ def challenge(error: str | None = None, description: str | None = None, scope: s
 
 
 class InvalidToken(Unauthorized):
-    """401 with a Bearer challenge; ``code`` says which rule the token broke."""
+    """Refused with a Bearer challenge (its ``headers``); ``code`` says which rule the token broke."""
 
     def __init__(self, message: str, *, code: str = "invalid_token", error: str | None = "invalid_token") -> None:
         super().__init__(message, code=code)

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from difflane.dispatch.kubernetes_api import Conflict, KubeApi, Obj
+from difflane.dispatch.kubernetes_api import ApiConflict, KubeApi, Obj
 from difflane.errors import Unavailable
 
 log = logging.getLogger(__name__)
@@ -68,7 +68,7 @@ class LeaderElector:
             spec.update(holderIdentity=None, leaseDurationSeconds=1, renewTime=_micro_time())
             self.api.replace_lease(self.name, {**lease, "spec": spec})
             log.info("leader election: released %s", self.name)
-        except (Conflict, Unavailable) as exc:
+        except (ApiConflict, Unavailable) as exc:
             log.warning("leader election: could not release the lease: %s", exc)
 
     # --- one round -----------------------------------------------------------------------------
@@ -123,7 +123,7 @@ class LeaderElector:
             else:
                 # The read resourceVersion travels in metadata: a concurrent writer makes this 409.
                 written = self.api.replace_lease(self.name, {**lease, "spec": spec})
-        except Conflict:
+        except ApiConflict:
             self._renewed_at = None
             return False
         self._observed = (str((written.get("metadata") or {}).get("resourceVersion", "")), now)

@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from difflane.dispatch import kubernetes_spec as spec
-from difflane.dispatch.kubernetes_api import Conflict, KubeApi, connect
+from difflane.dispatch.kubernetes_api import ApiConflict, KubeApi, connect
 from difflane.errors import ConfigError
 from difflane.jobs import Job
 from difflane.telemetry import tracing
@@ -58,7 +58,7 @@ class KubernetesDispatcher:
         """Create the job's Job; an existing one (a repeated dispatch) is left as it is."""
         try:
             self.api.create_job(tracing.stamp_manifest(self.manifest(job)))  # the pod joins the trace
-        except Conflict:
+        except ApiConflict:
             log.info("Job already exists; dispatch is a no-op", extra={"job_id": job.id})
             return
         log.info("Job created", extra={"job_id": job.id, "lane": job.lane})

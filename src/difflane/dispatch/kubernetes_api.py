@@ -22,8 +22,10 @@ log = logging.getLogger(__name__)
 Obj = dict[str, Any]
 
 
-class Conflict(Exception):
-    """409 from the API server: AlreadyExists on create, a stale resourceVersion on replace."""
+class ApiConflict(Exception):
+    """409 from the API server: AlreadyExists on create, a stale resourceVersion on replace.
+
+    Kubernetes-side only: never what a difflane client gets (that is ``errors.Conflict``)."""
 
 
 def connect(api_url: str | None = None) -> Any:
@@ -61,7 +63,7 @@ class KubeApi:
     # --- jobs ------------------------------------------------------------------------------------
 
     def create_job(self, body: Obj) -> Obj:
-        """The created Job; Conflict when one of that name exists."""
+        """The created Job; ApiConflict when one of that name exists."""
         return self._call("create job", self._batch.create_namespaced_job, self.namespace, body)
 
     def get_job(self, name: str) -> Obj | None:
@@ -99,7 +101,7 @@ class KubeApi:
         return self._call("create lease", self._coordination.create_namespaced_lease, self.namespace, body)
 
     def replace_lease(self, name: str, body: Obj) -> Obj:
-        """Conflict when ``body``'s resourceVersion is not the stored one: someone wrote first."""
+        """ApiConflict when ``body``'s resourceVersion is not the stored one: someone wrote first."""
         return self._call("replace lease", self._coordination.replace_namespaced_lease, name, self.namespace, body)
 
     # --- plumbing --------------------------------------------------------------------------------
@@ -116,7 +118,7 @@ class KubeApi:
             data = response.data
         except ApiException as exc:
             if exc.status == 409:
-                raise Conflict(f"{what}: {_reason(exc)}") from exc
+                raise ApiConflict(f"{what}: {_reason(exc)}") from exc
             if exc.status == 404:
                 raise _NotFound from exc
             raise Unavailable(f"Kubernetes API: {what} failed with {exc.status}: {_reason(exc)}") from exc

@@ -4,7 +4,7 @@ With a store that cannot share a transaction with the queue (Azure Blob with Ser
 with the embedded SQLite queue), a crash or a failed send between "record written" and "message
 sent" would strand the job. So:
 
-1. the store's ``create`` writes an outbox entry *before* the record (``Outbox.add``);
+1. the store's ``create`` writes an outbox entry *before* the record (``DispatchOutbox.add``);
 2. ``OutboxDispatcher.dispatch`` sends, then removes the entry. A failed send is logged and left
    to the sweeper: the job is accepted (record + outbox entry are durable), the client gets 202;
 3. the ``Sweeper`` lists entries older than ``grace_s`` (or flagged by a failed send), and for
@@ -31,7 +31,9 @@ from difflane.store.base import JobStore
 log = logging.getLogger(__name__)
 
 
-class Outbox(Protocol):
+class DispatchOutbox(Protocol):
+    """Jobs accepted but maybe not yet sent (not the webhooks' outbox: ``webhooks.outbox``)."""
+
     def add(self, job: Job) -> None: ...
 
     def remove(self, job_id: str) -> None: ...
@@ -41,30 +43,11 @@ class Outbox(Protocol):
         ...
 
 
-class MemoryOutbox:
-    def __init__(self, clock: Callable[[], float] = time.time) -> None:
-        self.entries: dict[str, float] = {}
-        self._lock = threading.Lock()
-        self._clock = clock
-
-    def add(self, job: Job) -> None:
-        with self._lock:
-            self.entries[job.id] = self._clock()
-
-    def remove(self, job_id: str) -> None:
-        with self._lock:
-            self.entries.pop(job_id, None)
-
-    def pending(self) -> list[tuple[str, float]]:
-        with self._lock:
-            return list(self.entries.items())
-
-
 class Sweeper:
     def __init__(
         self,
         store: JobStore,
-        outbox: Outbox,
+        outbox: DispatchOutbox,
         send: Callable[[Job], None],
         *,
         interval_s: float = 15.0,
@@ -159,7 +142,7 @@ class Sweeper:
 class OutboxDispatcher:
     """A Dispatcher that removes the outbox entry after a send, and lets the sweeper finish failures."""
 
-    def __init__(self, inner: Dispatcher, outbox: Outbox, sweeper: Sweeper) -> None:
+    def __init__(self, inner: Dispatcher, outbox: DispatchOutbox, sweeper: Sweeper) -> None:
         self.inner = inner
         self.outbox = outbox
         self.sweeper = sweeper

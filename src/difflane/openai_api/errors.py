@@ -15,7 +15,8 @@ from pydantic import ValidationError
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
-from difflane.errors import DifflaneError, Unavailable
+from difflane.api import problems
+from difflane.errors import DifflaneError
 
 # difflane's request field → the OpenAI parameter a client sent.
 PARAMS = {"num_images": "n", "width": "size", "height": "size"}
@@ -53,10 +54,8 @@ def response(
 def from_difflane(exc: DifflaneError) -> JSONResponse:
     field = exc.details.get("field")
     param = PARAMS.get(field, field) if isinstance(field, str) else None
-    headers: dict[str, str] = dict(getattr(exc, "headers", None) or {})
-    if isinstance(exc, Unavailable):
-        headers["Retry-After"] = str(exc.retry_after)
-    status = exc.status
+    headers = problems.headers_of(exc)
+    status = problems.status_of(exc)  # difflane's status, then OpenAI's dialect of it below
     if exc.code == "unknown_model":
         return response(404, exc.message, "model_not_found", "model")  # what OpenAI answers
     if status == 422:

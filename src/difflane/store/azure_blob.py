@@ -352,7 +352,7 @@ def _metadata(job: Job) -> dict[str, str]:
     return {"state": job.state.value, "version": str(job.version), "lane": job.lane}
 
 
-class BlobOutbox:
+class BlobDispatchOutbox:
     """Accepted jobs not yet known to be dispatched, as ``outbox/<id>`` blobs (see dispatch.sweeper)."""
 
     def __init__(self, io: BlobIO, clock: Callable[[], float] = time.time) -> None:

@@ -30,7 +30,7 @@ from difflane.telemetry import metrics, tracing
 from difflane.webhooks import events
 from difflane.webhooks.fairness import DEFAULT_CAPS, Caps
 from difflane.webhooks.outbox import NewDelivery, Outbox, Pending, Watch
-from difflane.webhooks.sender import Outcome, Sender
+from difflane.webhooks.sender import Sender, SendResult
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ class Notifier:
                 log.warning("webhook tail of job %s failed: %s", watch.job_id, exc.message)
                 return
 
-    def attempt(self, pending: Pending) -> Outcome:
+    def attempt(self, pending: Pending) -> SendResult:
         """One attempt, in the job's trace: its span's parent is the submit's ``webhook.watch``
         (the context rode in the outbox row); a row from before that was kept has none, and its
         attempt starts a trace of its own. The settlement and its log line are in the span too."""
@@ -105,7 +105,7 @@ class Notifier:
             self._settle(pending, attempts, outcome)
         return outcome
 
-    def _settle(self, pending: Pending, attempts: int, outcome: Outcome) -> None:
+    def _settle(self, pending: Pending, attempts: int, outcome: SendResult) -> None:
         now = self.clock()
         extra = {"job_id": pending.job_id, "webhook_id": pending.id, "event": pending.event, "attempt": attempts}
         retry = outcome.retry and attempts < self.max_attempts
@@ -238,7 +238,7 @@ def span_attributes(pending: Pending, attempt: int) -> dict[str, str | int]:
     return found
 
 
-def outcome_attributes(outcome: Outcome, verdict: str) -> dict[str, str | int]:
+def outcome_attributes(outcome: SendResult, verdict: str) -> dict[str, str | int]:
     found: dict[str, str | int] = {"difflane.webhook.outcome": verdict}
     if outcome.status is not None:
         found["http.response.status_code"] = outcome.status

@@ -30,7 +30,9 @@ USER_AGENT = f"difflane-webhooks/{__version__}"
 
 
 @dataclasses.dataclass(frozen=True)
-class Outcome:
+class SendResult:
+    """What one attempt to deliver an event came to."""
+
     delivered: bool
     retry: bool  # worth another attempt later
     detail: str  # for logs and the delivery record
@@ -52,14 +54,14 @@ class Sender:
         # Built once: loading the CA bundle per attempt would cost more than the request.
         self.ssl_context = verify if isinstance(verify, ssl.SSLContext) else httpx.create_ssl_context(verify=verify)
 
-    def send(self, msg_id: str, url: str, body: bytes) -> Outcome:
+    def send(self, msg_id: str, url: str, body: bytes) -> SendResult:
         try:
             target = self.guard.check_url(url)
             address = self.guard.resolve(target)[0]
         except Refused as exc:
-            return Outcome(False, False, f"refused: {exc.message}")
+            return SendResult(False, False, f"refused: {exc.message}")
         except ResolveFailed as exc:
-            return Outcome(False, True, str(exc))
+            return SendResult(False, True, str(exc))
         headers = {
             "Host": target.host_header,
             "Content-Type": "application/json",
@@ -68,7 +70,7 @@ class Sender:
         }
         return self._post(target, str(address), headers, body)
 
-    def _post(self, target: Target, address: str, headers: dict[str, str], body: bytes) -> Outcome:
+    def _post(self, target: Target, address: str, headers: dict[str, str], body: bytes) -> SendResult:
         # raw target, not a joined URL: a path such as "//other.host/x" must stay a path.
         url = httpcore.URL(scheme=target.scheme, host=address, port=target.port, target=target.path)
         extensions: dict[str, object] = {}
@@ -87,16 +89,16 @@ class Sender:
             ):
                 status = response.status
         except httpcore.TimeoutException:
-            return Outcome(False, True, "timed out")
+            return SendResult(False, True, "timed out")
         except (httpcore.NetworkError, httpcore.ProtocolError, httpcore.UnsupportedProtocol, OSError) as exc:
-            return Outcome(False, True, f"{type(exc).__name__}: {exc}")
+            return SendResult(False, True, f"{type(exc).__name__}: {exc}")
         return _judge(status)
 
 
-def _judge(status: int) -> Outcome:
+def _judge(status: int) -> SendResult:
     if 200 <= status < 300:
-        return Outcome(True, False, f"HTTP {status}", status)
+        return SendResult(True, False, f"HTTP {status}", status)
     if status == 410:  # Gone: the receiver asks us to stop
-        return Outcome(False, False, "HTTP 410 Gone: the receiver asked to stop", status)
+        return SendResult(False, False, "HTTP 410 Gone: the receiver asked to stop", status)
     kind = "redirect (not followed)" if 300 <= status < 400 else "error"
-    return Outcome(False, True, f"HTTP {status} {kind}", status)
+    return SendResult(False, True, f"HTTP {status} {kind}", status)

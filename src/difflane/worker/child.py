@@ -15,7 +15,8 @@ import signal
 import sys
 from typing import Any
 
-from difflane.worker.isolation import (
+from difflane.worker.model_messages import (
+    UNCLASSIFIED,
     Done,
     Failed,
     GoOn,
@@ -27,7 +28,7 @@ from difflane.worker.isolation import (
     Step,
     Stop,
 )
-from difflane.worker.runtime import Interrupted, ModelUnavailable, OutOfMemory, Runtime
+from difflane.worker.runtime import Interrupted, OutOfMemory, Runtime, RuntimeFailure
 
 log = logging.getLogger("difflane.worker.child")
 
@@ -42,7 +43,7 @@ def main(conn: multiprocessing.connection.Connection, config: RuntimeConfig) -> 
     try:
         runtime = build_runtime(config)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails loudly
-        conn.send(Failed("error", f"cannot start the model runtime: {type(exc).__name__}: {exc}"))
+        conn.send(Failed(UNCLASSIFIED, f"cannot start the model runtime: {type(exc).__name__}: {exc}"))
         return
     conn.send(Ready(runtime.device))
     while True:
@@ -93,20 +94,24 @@ def _handle(runtime: Runtime, conn: multiprocessing.connection.Connection, messa
         if isinstance(message, Render):
             images = runtime.render(message.task, lambda step, total: _ask(conn, step, total))
             return Done(images, runtime.last_stats)
-        return Failed("error", f"unknown request {type(message).__name__}")
-    except Interrupted as exc:
-        return Failed("interrupted", str(exc) or "stopped")
-    except ModelUnavailable as exc:
-        return Failed("model_unavailable", exc.message)
-    except (OutOfMemory, MemoryError) as exc:
-        gc.collect()  # the failed batch's tensors are garbage now; give their memory back
-        return Failed("oom", str(exc) or "out of memory")
+        return Failed(UNCLASSIFIED, f"unknown request {type(message).__name__}")
+    except RuntimeFailure as exc:
+        if isinstance(exc, OutOfMemory):
+            gc.collect()  # the failed batch's tensors are garbage now; give their memory back
+        return Failed.of(exc, _EMPTY_MESSAGES.get(exc.code, ""))
+    except MemoryError as exc:
+        gc.collect()
+        return Failed.of(OutOfMemory(str(exc)), "out of memory")
     except Exception as exc:
         if type(exc).__name__ == "OutOfMemoryError":  # torch.cuda.OutOfMemoryError, raised outside render
             gc.collect()
-            return Failed("oom", str(exc).splitlines()[0] if str(exc) else "CUDA out of memory")
+            return Failed.of(OutOfMemory(str(exc).splitlines()[0] if str(exc) else "CUDA out of memory"))
         log.exception("render failed")
-        return Failed("error", f"{type(exc).__name__}: {exc}")
+        return Failed(UNCLASSIFIED, f"{type(exc).__name__}: {exc}")
+
+
+# What the parent reads when a failure came without a message (the fake runtime's bare Interrupted()).
+_EMPTY_MESSAGES = {Interrupted.code: "stopped", OutOfMemory.code: "out of memory"}
 
 
 def _ask(conn: multiprocessing.connection.Connection, step: int, total: int) -> bool:

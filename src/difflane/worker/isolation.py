@@ -5,24 +5,33 @@ killed: past the lane's timeout, the parent kills the child, reports RenderTimeo
 fresh child for the next call. Out-of-memory errors are caught in the child (which frees what it
 can and goes on); a child that dies is reported as RuntimeCrashed and replaced.
 
-Parent and child exchange small typed messages over a pipe. Every step is a round trip (the
+Parent and child exchange small typed messages over a pipe (``model_messages``). Every step is a round trip (the
 child asks "go on?"), so progress and cancellation cross the boundary within one step.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import importlib
 import logging
 import multiprocessing
 import multiprocessing.connection
 import time
-from typing import Any, Literal
+from typing import Any
 
 from difflane.catalog import ModelSpec
+from difflane.worker.model_messages import (
+    Done,
+    Failed,
+    GoOn,
+    Load,
+    Loaded,
+    Ready,
+    Render,
+    RuntimeConfig,
+    Step,
+    Stop,
+)
 from difflane.worker.runtime import (
-    Interrupted,
-    ModelUnavailable,
-    OutOfMemory,
     RenderedImage,
     RenderStats,
     RenderTask,
@@ -35,73 +44,7 @@ log = logging.getLogger(__name__)
 
 START_TIMEOUT_S = 600.0  # importing torch and building the runtime; loading models is separate
 LOAD_TIMEOUT_S = 1800.0  # a large model from a network file share can be slow
-
-
-@dataclasses.dataclass(frozen=True)
-class RuntimeConfig:
-    """How the child builds its runtime (picklable: it crosses the process boundary)."""
-
-    kind: Literal["diffusers", "fake"]
-    hf_home: str
-    device: str = "auto"
-    memory_budget_bytes: int | None = None
-    compile_models: frozenset[str] = frozenset()
-    fake_step_seconds: float = 0.0
-
-
-# --- messages ------------------------------------------------------------------------------------
-# parent → child
-
-
-@dataclasses.dataclass(frozen=True)
-class Load:
-    model: ModelSpec
-
-
-@dataclasses.dataclass(frozen=True)
-class Render:
-    task: RenderTask
-
-
-@dataclasses.dataclass(frozen=True)
-class GoOn:
-    go_on: bool
-
-
-@dataclasses.dataclass(frozen=True)
-class Stop:
-    pass
-
-
-# child → parent
-
-
-@dataclasses.dataclass(frozen=True)
-class Ready:
-    device: str
-
-
-@dataclasses.dataclass(frozen=True)
-class Loaded:
-    seconds: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Step:
-    step: int
-    total: int
-
-
-@dataclasses.dataclass(frozen=True)
-class Done:
-    images: list[RenderedImage]
-    stats: RenderStats | None
-
-
-@dataclasses.dataclass(frozen=True)
-class Failed:
-    kind: Literal["oom", "model_unavailable", "interrupted", "error"]
-    message: str
+CHILD_MODULE = "difflane.worker.child"  # its main(conn, config) serves the model
 
 
 class IsolatedRuntime:
@@ -147,7 +90,7 @@ class IsolatedRuntime:
                 self._last_stats = message.stats
                 return message.images
             elif isinstance(message, Failed):
-                raise _exception(message)
+                raise message.exception()
             else:
                 raise RuntimeCrashed(f"unexpected message from the model process: {message!r}")
 
@@ -194,10 +137,8 @@ class IsolatedRuntime:
         self._kill()
         self._started = True
         parent, child = self._ctx.Pipe(duplex=True)
-        from difflane.worker import child as child_main  # the child's entry point
-
         process = self._ctx.Process(
-            target=child_main.main, args=(child, self.config), name="difflane-model", daemon=True
+            target=_child_main, args=(CHILD_MODULE, child, self.config), name="difflane-model", daemon=True
         )
         process.start()
         child.close()
@@ -205,7 +146,7 @@ class IsolatedRuntime:
         reply = self._receive(time.monotonic() + START_TIMEOUT_S, what="model process start")
         if isinstance(reply, Failed):
             self._kill()
-            raise _exception(reply)
+            raise reply.exception()
         assert isinstance(reply, Ready)
         self.device = reply.device
         previously = list(self._loaded.values())
@@ -217,7 +158,7 @@ class IsolatedRuntime:
         self._connection().send(message)
         reply = self._receive(time.monotonic() + timeout, what=f"load of {message.model.name}")
         if isinstance(reply, Failed):
-            raise _exception(reply)
+            raise reply.exception()
         return reply
 
     def _receive(self, deadline: float | None, *, what: str) -> Any:
@@ -256,11 +197,8 @@ class IsolatedRuntime:
         return self._process.pid if self._process is not None else None
 
 
-def _exception(failure: Failed) -> Exception:
-    if failure.kind == "oom":
-        return OutOfMemory(failure.message)
-    if failure.kind == "model_unavailable":
-        return ModelUnavailable(failure.message)
-    if failure.kind == "interrupted":
-        return Interrupted(failure.message)
-    return RuntimeError(failure.message)
+def _child_main(module: str, conn: multiprocessing.connection.Connection, config: RuntimeConfig) -> None:
+    """Runs in the child process. The entry point is named, not imported, so ``isolation`` and
+    ``child`` share only ``model_messages`` (the child process imports this module only to
+    unpickle this function; ``child.py`` never imports it)."""
+    importlib.import_module(module).main(conn, config)

@@ -26,7 +26,8 @@ from difflane.worker import device as device_mod
 from difflane.worker.batching import Batcher
 from difflane.worker.consumer import Worker
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
-from difflane.worker.isolation import IsolatedRuntime, RuntimeConfig
+from difflane.worker.isolation import IsolatedRuntime
+from difflane.worker.model_messages import RuntimeConfig
 from difflane.worker.runtime import RenderTask, Runtime
 
 log = logging.getLogger(__name__)

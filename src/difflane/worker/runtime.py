@@ -7,9 +7,9 @@ that PNG encoding (and its byte-for-byte determinism) stays ours, not the engine
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from difflane.catalog import ModelSpec
 from difflane.errors import DifflaneError
@@ -43,26 +43,52 @@ class RenderedImage:
     rgb: bytes  # row-major, 3 bytes per pixel, len == width * height * 3
 
 
-class Interrupted(Exception):
+class RuntimeFailure(DifflaneError):
+    """A load or render that produced no images, for a reason the worker acts on (by class).
+
+    Each kind has a stable ``code``; the code is what crosses the model process's pipe
+    (``model_messages.Failed``), and ``FAILURES`` turns it back into the class.
+    """
+
+    code = "runtime_failure"
+
+    def __init__(self, message: str = "", **details: Any) -> None:
+        super().__init__(message, **details)
+
+
+class Interrupted(RuntimeFailure):
     """The step callback asked to stop; no images are returned."""
 
+    code = "interrupted"
 
-class ModelUnavailable(DifflaneError):
+
+class ModelUnavailable(RuntimeFailure):
     """The model's weights are not in the cache (or cannot be loaded)."""
 
     code = "model_unavailable"
 
 
-class OutOfMemory(Exception):
+class OutOfMemory(RuntimeFailure):
     """The device ran out of memory; the runtime has freed what it could and can go on."""
 
+    code = "oom"
 
-class RenderTimeout(Exception):
+
+class RenderTimeout(RuntimeFailure):
     """The render outlived its time limit; the runtime was reset (its process killed)."""
 
+    code = "timeout"
 
-class RuntimeCrashed(Exception):
+
+class RuntimeCrashed(RuntimeFailure):
     """The process running the model died; a fresh one is started for the next call."""
+
+    code = "crashed"
+
+
+FAILURES: Mapping[str, type[RuntimeFailure]] = {
+    kind.code: kind for kind in (Interrupted, ModelUnavailable, OutOfMemory, RenderTimeout, RuntimeCrashed)
+}
 
 
 @dataclass(frozen=True)
