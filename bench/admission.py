@@ -82,6 +82,7 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
+        time.sleep(FLUSH_WAIT_S)  # the warm-up's access lines are out
         before, lines_before = _count(data_dir), _access_lines(data_dir)
         load_before = os.getloadavg()
         out = subprocess.run(
