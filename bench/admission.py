@@ -1,10 +1,16 @@
-"""Sustained job admission: POST /v1/jobs with workers off, driven by wrk.
+"""Sustained job admission: POST /v1/jobs at the defaults `difflane serve` starts, driven by wrk.
 
-Prints jobs accepted per second, the latency percentiles wrk saw, and checks that every 202
-left a job in the store. Target on a 2-core machine: >= 1,000 jobs/s with p99 <= 50 ms.
-Needs `wrk` (Debian package `wrk`).
+Prints jobs accepted per second, the latency percentiles wrk saw, the load average, and counts
+that every 202 left a job in the store and every request an access-log line. Target on a 2-core
+machine: >= 1,000 jobs/s with p99 <= 50 ms at the default log level (info) and the default number
+of API processes (1). Needs `wrk` (Debian package `wrk`).
 
     .venv/bin/python -m bench.admission [--seconds 10] [--connections 16] [--tracing]
+        [--api-workers 1] [--log-level info] [--workers 0] [--forecast-workers N]
+
+Workers are off by default: a worker rendering the jobs as fast as they arrive would take one of
+the two cores, and the figure would measure the model, not admission. ``--forecast-workers 1``
+keeps the queue-ETA forecast on as it is at the defaults (where it assumes the one worker).
 
 ``--tracing`` exports every request's spans over OTLP to a local sink (which only answers 200),
 so the figure is the cost of tracing in the API processes, not of a collector.
@@ -21,10 +27,14 @@ import sqlite3
 import subprocess
 import tempfile
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from bench.harness import platform
+
+FLUSH_WAIT_S = 1.0  # longer than the log handler's flush interval
+ACCESS_MARK = b'"logger": "difflane.access"'
 
 LUA = """
 wrk.method = "POST"
@@ -48,16 +58,22 @@ def main() -> None:
     parser.add_argument("--seconds", type=int, default=10)
     parser.add_argument("--connections", type=int, default=16)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--api-workers", type=int, default=2)
+    parser.add_argument("--api-workers", type=int, default=1)
+    parser.add_argument("--log-level", default="info")
+    parser.add_argument("--workers", type=int, default=0)
+    parser.add_argument("--forecast-workers", type=int, default=None, help="workers the queue ETA assumes")
     parser.add_argument("--tracing", action="store_true", help="export spans over OTLP to a local sink")
     args = parser.parse_args()
+    settings = {"api_workers": str(args.api_workers), "log_level": args.log_level}
+    if args.forecast_workers is not None:
+        settings["forecast_workers"] = str(args.forecast_workers)
     if args.tracing:
         os.environ["OTEL_EXPORTER_OTLP_ENDPOINT"] = _otlp_sink()  # the platform's processes inherit it
     if shutil.which("wrk") is None:
         raise SystemExit("wrk is not installed (apt-get install wrk)")
     with (
         tempfile.TemporaryDirectory() as tmp,
-        platform(workers=0, api_workers=str(args.api_workers)) as (url, data_dir),
+        platform(workers=args.workers, **settings) as (url, data_dir),
     ):
         script = Path(tmp) / "post.lua"
         script.write_text(LUA)
@@ -66,7 +82,9 @@ def main() -> None:
             check=True,
             capture_output=True,
         )
-        before = _count(data_dir)
+        time.sleep(FLUSH_WAIT_S)  # the warm-up's access lines are out
+        before, lines_before = _count(data_dir), _access_lines(data_dir)
+        load_before = os.getloadavg()
         out = subprocess.run(
             [
                 "wrk",
@@ -82,21 +100,29 @@ def main() -> None:
             capture_output=True,
             text=True,
         ).stdout
+        load_after = os.getloadavg()
         stored = _count(data_dir) - before
+        time.sleep(FLUSH_WAIT_S)  # access lines are written in batches
+        lines = _access_lines(data_dir) - lines_before
     requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
     figures = dict(re.findall(r"^(\w+)=(\d+)$", out, re.M))
     result = {
         "seconds": args.seconds,
         "connections": args.connections,
         "api_workers": args.api_workers,
+        "workers": args.workers,
+        "log_level": args.log_level,
         "tracing": args.tracing,
         "requests": requests,
         "non_2xx": int(figures["STATUS_NON2XX"]),
         "jobs_stored": stored,
+        "access_lines": lines,
         "jobs_per_second": round(float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)), 1),  # type: ignore[union-attr]
         "p50_ms": int(figures["P50_US"]) / 1000,
         "p90_ms": int(figures["P90_US"]) / 1000,
         "p99_ms": int(figures["P99_US"]) / 1000,
+        "load_before": [round(x, 2) for x in load_before],
+        "load_after": [round(x, 2) for x in load_after],
     }
     print(json.dumps(result, indent=2))
 
@@ -117,6 +143,12 @@ def _otlp_sink() -> str:
     server = ThreadingHTTPServer(("127.0.0.1", 0), Sink)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     return f"http://127.0.0.1:{server.server_address[1]}"
+
+
+def _access_lines(data_dir: Path) -> int:
+    """Access-log lines in the server's output so far (JSON lines: its stderr is a file)."""
+    with open(data_dir / "serve.log", "rb") as log:
+        return sum(1 for line in log if ACCESS_MARK in line)
 
 
 def _count(data_dir: Path) -> int:

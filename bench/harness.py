@@ -36,8 +36,9 @@ def platform(workers: int, **settings: str) -> Iterator[tuple[str, Path]]:
         data_dir = Path(tmp)
         port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFFLANE_", "PROMETHEUS_"))}
+        env.update(DIFFLANE_LOG_LEVEL="warning")  # quiet unless a benchmark measures logging (log_level=...)
         env.update({f"DIFFLANE_{k.upper()}": v for k, v in settings.items()})
-        env.update(DIFFLANE_DATA_DIR=str(data_dir), DIFFLANE_LOG_LEVEL="warning", HF_HUB_OFFLINE="1")
+        env.update(DIFFLANE_DATA_DIR=str(data_dir), HF_HUB_OFFLINE="1")
         log = open(data_dir / "serve.log", "wb")  # noqa: SIM115
         proc = subprocess.Popen(
             [sys.executable, "-m", "difflane", "serve", "--port", str(port), "--workers", str(workers)],

@@ -32,7 +32,7 @@ HEALTHY_RUN_S = 60.0
 
 
 def run(settings: Settings) -> None:
-    log_setup.setup(settings.log_level, settings.log_format)
+    log_setup.setup(settings.log_level, settings.log_format, buffered=True)  # a line per request: batched writes
     from difflane.api import auth
 
     auth.check_bind(settings)  # DIFFLANE_AUTH=none is refused off loopback unless --insecure-no-auth

@@ -153,3 +153,16 @@ def test_a_job_created_after_the_cached_listing_waits_behind_it() -> None:
     assert f.annotate(first)["queue"]["position"] == 1  # the listing is now cached for a minute
     second = store.create(job(T0))[0]
     assert f.annotate(second)["queue"] == {"position": 2, "eta_start_s": 1.0, "eta_finish_s": 2.0}
+
+
+def test_a_submit_behind_limit_waiting_jobs_gets_no_position_and_costs_no_replan() -> None:
+    store, now = MemoryJobStore(), [T0]
+    queued = [store.create(job(T0 - 10 + i))[0] for i in range(3)]
+    lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 1}\n")
+    f = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=60, limit=3, clock=lambda: now[0])
+    assert [f.annotate(j)["queue"]["position"] for j in queued] == [1, 2, 3]
+    late = store.create(job(T0))[0]  # created after the listing, behind `limit` waiting jobs
+    planned = f._plan
+    f._plan = lambda *a: pytest.fail("replanned the lane for a job past the limit")  # type: ignore[method-assign]
+    assert f.annotate(late) == {"queue": None, "eta_finish_s": None}
+    f._plan = planned  # type: ignore[method-assign]

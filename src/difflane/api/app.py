@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import contextlib
-import time
 from collections.abc import AsyncIterator
 
 from fastapi import Depends, FastAPI
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from difflane import __version__, openai_api, ui, wiring
 from difflane.api import auth, limits, problems
+from difflane.api.access_log import AccessLog
 from difflane.api.auth import Authenticator
 from difflane.api.backlog import BacklogRefresher
 from difflane.api.context import ApiContext
@@ -23,7 +22,6 @@ from difflane.api.watch import API_ROLE, ChangeSignal
 from difflane.capacity import live
 from difflane.dispatch.doorbell import Doorbell
 from difflane.settings import Settings
-from difflane.telemetry import metrics
 from difflane.webhooks import setup as webhook_setup
 
 DESCRIPTION = """Submit image-generation jobs, follow them, and fetch their results.
@@ -100,12 +98,13 @@ def create_app(
     docs.install(app)
     app.include_router(openai_api.router)  # authenticates per route, answers in OpenAI's error shape
     app.include_router(ui.router)  # static files; the page calls /v1 with the caller's credentials
-    app.add_middleware(RequestCounter)
     app.add_middleware(live.Scope, forecaster=ctx.forecast)  # job_json's queue and ETA fields
     app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
     app.add_middleware(HeaderLimit, limit=settings.http_max_header_bytes)
-    # Outermost: every answer, refusals by the limits above included, carries these headers.
+    # Every answer, refusals by the limits above included, carries these headers.
     app.add_middleware(SecurityHeaders, public_https=(settings.public_url or "").startswith("https://"))
+    # Outermost: every request gets its id, its access line and its metrics, refusals included.
+    app.add_middleware(AccessLog)
     return app
 
 
@@ -115,36 +114,8 @@ def create_app_from_env() -> FastAPI:
     from difflane.telemetry import logging as log_setup
 
     settings = settings_mod.load()
-    log_setup.setup(settings.log_level, settings.log_format)
+    log_setup.setup(settings.log_level, settings.log_format, buffered=True)
     from difflane.telemetry import tracing
 
     tracing.setup("difflane-api")  # FastAPI's own telemetry makes the request spans
     return create_app(settings)
-
-
-class RequestCounter:
-    """Counts requests by route template and status (plain ASGI: no per-request task overhead)."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-        started = time.perf_counter()
-
-        async def capture(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, capture)
-        finally:
-            template = getattr(scope.get("route"), "path", "unmatched")
-            metrics.HTTP_REQUESTS.labels(scope["method"], template, str(status)).inc()
-            latency = metrics.HTTP_LATENCY.labels(scope["method"], template, str(status))
-            metrics.observe(latency, time.perf_counter() - started)  # the request's trace as exemplar

@@ -64,6 +64,8 @@ P = ParamSpec("P")
 R = TypeVar("R")
 
 
-def get_context(conn: HTTPConnection) -> ApiContext:
+async def get_context(conn: HTTPConnection) -> ApiContext:
+    """A dependency. Async on purpose: FastAPI runs a plain ``def`` dependency in its threadpool,
+    and that hop cost every request more than the rest of its dependencies (issue 10)."""
     ctx: ApiContext = conn.app.state.ctx
     return ctx

@@ -27,7 +27,8 @@ BEARER = HTTPBearer(
 async def current_caller(
     conn: HTTPConnection, _declared: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)]
 ) -> Caller:
-    return await get_context(conn).authenticator.authenticate(conn)
+    ctx = await get_context(conn)
+    return await ctx.authenticator.authenticate(conn)
 
 
 def require(*any_of: str) -> Callable[[Caller], Awaitable[Caller]]:

@@ -9,6 +9,7 @@ import logging
 import secrets
 from typing import Any
 
+from difflane.api import access_log
 from difflane.api.limits import Admission, TooManyRequests
 from difflane.auth.caller import Caller
 from difflane.capacity.live import LiveForecaster
@@ -69,6 +70,7 @@ class JobService:
         if key is not None and (replayed := self.store.find_replay(owner, key)) is not None:
             if self.webhooks is not None:  # hook (issue 9 item 7, webhooks/intake.py): re-watch a lost watch
                 self.webhooks.replayed(replayed)
+            access_log.note(job_id=replayed.id, replayed=True)
             return replayed, False  # a retry gets its job, whatever the limits say now
         # Over a limit: 429 before anything is written.
         try:
@@ -90,7 +92,11 @@ class JobService:
                 self._dispatch(job)
             metrics.JOBS_SUBMITTED.labels(spec.name, lane).inc()
             metrics.admitted(lane)
-            log.info("job accepted", extra={"job_id": job.id, "model": spec.name, "lane": lane})
+            accepted = {"job_id": job.id, "model": spec.name, "lane": lane}
+            if not access_log.note(**accepted):  # outside a request (tests, scripts): a line of its own
+                log.info("job accepted", extra=accepted)
+        else:
+            access_log.note(job_id=job.id, replayed=True)
         return job, created
 
     def _dispatch(self, job: Job) -> None:

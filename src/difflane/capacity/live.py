@@ -137,8 +137,13 @@ class LiveForecaster:
             eta = etas.get(job.id)
             if eta is None and job.id not in {j.id for j in snap.queued + snap.recent}:
                 # Created after the listing (this very submit's answer): it waits behind all of it.
-                snap.recent.append(job)
                 waiting = [j for j in snap.queued + snap.recent if j.lane == job.lane]
+                if len(waiting) >= self.limit:
+                    # Behind the first `limit` waiting jobs: no position, as for a job past the
+                    # listing; replanning the whole lane for each submit made admission O(backlog).
+                    return None
+                snap.recent.append(job)
+                waiting.append(job)
                 etas = snap.etas[job.lane] = self._plan(snap, waiting)
                 eta = etas.get(job.id)
             if eta is None:
