@@ -13,6 +13,9 @@ Phases, in seconds from the launch of the process:
 - ``first image``: a job submitted at ``ready`` has succeeded and its PNG is downloaded.
 
 ``model load`` is the worker's own ``load_s`` for the model (from its log line "model ready").
+Then, on the warm cache, what a worker's model process spends before it is warm, step by step,
+in a fresh process like the worker's own: importing torch and diffusers, the runtime, loading
+the model, one warm-up render per batch shape of the default lane.
 
     .venv/bin/python -m bench.startup [--runs 3]
 """
@@ -37,7 +40,7 @@ import httpx
 from bench.harness import free_port
 from difflane.worker import heartbeat
 
-PHASES = ("api up", "deps ok", "worker up", "worker warm", "ready", "first image", "model load")
+PHASES = ("api up", "deps ok", "worker up", "worker warm", "beat seen", "ready", "first image", "model load")
 POLL_S = 0.02
 DEPS = ("store", "dispatch", "blobs")
 
@@ -92,6 +95,7 @@ def _look(http: httpx.Client, data_dir: Path, seen: dict[str, float], t0: float,
         seen.setdefault("worker up", beat.started_at - wall0)
         if beat.ready_at is not None:
             seen.setdefault("worker warm", beat.ready_at - wall0)
+            seen.setdefault("beat seen", now)
     with contextlib.suppress(httpx.TransportError):
         if "api up" not in seen:
             if http.get("/livez").status_code == 200:
@@ -122,15 +126,63 @@ def _load_seconds(log: Path) -> float:
     for line in log.read_text(errors="replace").splitlines():
         with contextlib.suppress(ValueError):
             record = json.loads(line)
-            if isinstance(record, dict) and record.get("message") == "model ready":
+            if isinstance(record, dict) and record.get("msg") == "model ready":
                 return float(record["load_s"])
     return float("nan")
+
+
+def model_process_steps(hf_home: Path) -> dict[str, float]:
+    """In this (fresh) process: the steps a worker's model process takes before it is warm."""
+    steps: dict[str, float] = {}
+    started = time.perf_counter()
+    import diffusers  # noqa: F401
+    import torch  # noqa: F401
+
+    steps["import torch + diffusers"] = time.perf_counter() - started
+    from difflane import catalog, lanes
+    from difflane.worker.diffusers_runtime import DiffusersRuntime
+    from difflane.worker.main import WARMUP_STEPS
+    from difflane.worker.runtime import RenderTask
+
+    started = time.perf_counter()
+    runtime = DiffusersRuntime(hf_home, device="cpu")
+    steps["runtime"] = time.perf_counter() - started
+    spec = next(iter(catalog.builtin()))
+    lane = lanes.builtin()[spec.lane]
+    started = time.perf_counter()
+    runtime.load(spec)
+    steps["load"] = time.perf_counter() - started
+    d = spec.defaults
+    for size in lane.warmup_shapes():
+        prompts, negatives, seeds = ("warm-up",) * size, ("",) * size, tuple(range(size))
+        task = RenderTask(spec, prompts, negatives, seeds, d.width, d.height, WARMUP_STEPS, d.guidance_scale)
+        started = time.perf_counter()
+        runtime.render(task, lambda step, total: True)
+        steps[f"warm-up batch {size}"] = time.perf_counter() - started
+    runtime.close()
+    return steps
+
+
+def _steps_in_a_fresh_process(hf_home: Path) -> dict[str, float]:
+    out = subprocess.run(
+        [sys.executable, "-m", "bench.startup", "--model-process-steps", str(hf_home)],
+        capture_output=True,
+        text=True,
+        check=True,
+        env={**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home)},
+    )
+    steps: dict[str, float] = json.loads(out.stdout.strip().splitlines()[-1])
+    return steps
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--model-process-steps", type=Path, help=argparse.SUPPRESS)  # the child's side
     args = parser.parse_args()
+    if args.model_process_steps:
+        print(json.dumps(model_process_steps(args.model_process_steps)))
+        return
     results: dict[str, list[dict[str, float]]] = {"cold": [], "warm": []}
     for run in range(args.runs):
         with tempfile.TemporaryDirectory(prefix="difflane-startup-") as tmp:
@@ -141,12 +193,20 @@ def main() -> None:
                 load = os.getloadavg()[0]
                 shown = "  ".join(f"{p} {figures.get(p, float('nan')):.2f}" for p in PHASES)
                 print(f"run {run + 1} {kind}: {shown}  (load {load:.2f})", flush=True)
+            steps = _steps_in_a_fresh_process(data_dir / "hf")
+            shown = "  ".join(f"{k} {v:.2f}" for k, v in steps.items())
+            print(f"run {run + 1} model process: {shown}  (load {os.getloadavg()[0]:.2f})", flush=True)
+            results.setdefault("steps", []).append(steps)
     print(f"\nmedian of {args.runs} runs, seconds from launch (model load: the worker's own figure)")
     print("| start | " + " | ".join(PHASES) + " |")
     print("| --- " * (len(PHASES) + 1) + "|")
-    for kind, runs in results.items():
+    for kind in ("cold", "warm"):
+        runs = results[kind]
         cells = [f"{statistics.median(r.get(p, float('nan')) for r in runs):.2f}" for p in PHASES]
         print(f"| {kind} | " + " | ".join(cells) + " |")
+    steps = results["steps"]
+    medians = ", ".join(f"{k} {statistics.median(r[k] for r in steps):.2f}" for k in steps[0])
+    print(f"model process, seconds each (median): {medians}")
     print(f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
