@@ -11,6 +11,7 @@ import contextlib
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -23,6 +24,7 @@ from difflane import catalog as catalog_mod
 from difflane.settings import Settings
 from difflane.telemetry import logging as log_setup
 from difflane.telemetry import tracing
+from difflane.worker import heartbeat
 
 log = logging.getLogger("difflane.serve")
 
@@ -41,6 +43,7 @@ def run(settings: Settings) -> None:
     if settings.workers > 0:
         _ensure_builtin_model(settings)
 
+    settings = with_readiness_policy(settings)
     os.environ.update(settings.to_env())  # worker and API child processes see the same settings
     # uvicorn answers SIGTERM by shutting down, then raises the signal again with the handler it
     # found: the default one would end this process before `finally` stops the workers.
@@ -54,6 +57,15 @@ def run(settings: Settings) -> None:
     finally:
         if supervisor:
             supervisor.stop()
+
+
+def with_readiness_policy(settings: Settings) -> Settings:
+    """``auto``: /readyz waits for a warm worker when this command starts workers; with
+    ``--workers 0`` the API only queues (workers elsewhere, or scaled from the queue)."""
+    if settings.ready_requires_worker != "auto":
+        return settings
+    policy = "always" if settings.workers > 0 else "never"
+    return settings.model_copy(update={"ready_requires_worker": policy})
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:
@@ -144,6 +156,7 @@ class WorkerSupervisor:
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
     def start(self) -> None:
+        self._forget_dead_workers()
         for i in range(len(self._procs)):
             self._procs[i] = self._spawn(i)
         self._thread.start()
@@ -166,10 +179,20 @@ class WorkerSupervisor:
                 from difflane.telemetry import metrics  # not at the top: PROMETHEUS_MULTIPROC_DIR comes first
 
                 metrics.process_gone(proc.pid)
+                heartbeat.remove(self.settings.data_dir, proc.pid)  # not ready now, not in STALE_S
                 self._failures[i] += 1
                 if self._stop.wait(delay):
                     return
                 self._procs[i] = self._spawn(i)
+
+    def _forget_dead_workers(self) -> None:
+        """Beats left by this host's workers of an earlier run that was killed: they would read
+        as silent workers in /readyz."""
+        heartbeat.prune(self.settings.data_dir)
+        host = socket.gethostname()
+        for beat in heartbeat.read_all(self.settings.data_dir):
+            if beat.host == host and not _alive(beat.pid):
+                heartbeat.remove(self.settings.data_dir, beat.pid)
 
     def stop(self) -> None:
         """SIGTERM every worker (each finishes or gives back its job), then wait out the grace."""

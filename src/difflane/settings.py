@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     store: Literal["sqlite", "memory", "azure"] = "sqlite"
     dispatch: Literal["embedded", "memory", "kubernetes", "servicebus"] = "embedded"
     workers: int = Field(1, ge=0, le=64)
+    # /readyz waits for a warm worker: auto = when `serve` starts workers beside the API
+    # (docs/architecture/0014-readiness.md); always = a worker of this data dir; never.
+    ready_requires_worker: Literal["auto", "always", "never"] = "auto"
     lease_seconds: float = Field(30.0, gt=0)
     max_attempts: int = Field(3, ge=1)
     retry_backoff_seconds: float = Field(2.0, ge=0)

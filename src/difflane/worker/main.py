@@ -26,6 +26,7 @@ from difflane.worker import device as device_mod
 from difflane.worker.batching import Batcher
 from difflane.worker.consumer import Worker
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
+from difflane.worker.heartbeat import Heartbeat, WorkerState
 from difflane.worker.isolation import IsolatedRuntime
 from difflane.worker.model_messages import RuntimeConfig
 from difflane.worker.runtime import RenderTask, Runtime
@@ -117,6 +118,8 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
     lanes = served_lanes(settings, parts)
     device = check_capacity(settings, lanes)
     names = [lane.name for lane in lanes]
+    # What `difflane serve`'s /readyz reads: this worker is up, then warm (worker/heartbeat.py).
+    beats = Heartbeat(settings.data_dir, names)
     runtime = runtime or isolated_runtime(settings, parts, names)
     executor = _executor(settings, parts, runtime)
     batcher = Batcher(source, parts.store, executor.lane, names, lease_seconds=settings.lease_seconds)
@@ -135,6 +138,7 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
         log.info("signal %s: stopping after the current batch", signal.Signals(signum).name)
+        beats.mark(WorkerState.STOPPING, beat_now=False)  # no lock in a signal handler
         worker.request_stop()
 
     signal.signal(signal.SIGTERM, on_signal)
@@ -143,15 +147,19 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
     metrics.worker_state(names, "starting")
     metrics.GpuSampler().start()  # no GPU: nothing to sample, not an error
     try:
+        beats.start()
         if isinstance(runtime, IsolatedRuntime):
             runtime.start()
         if settings.preload:
             warm_up(runtime, [m for m in parts.catalog if m.lane in names], {lane.name: lane for lane in lanes})
         ready.set()
+        if beats.state is WorkerState.STARTING:  # a SIGTERM during warm-up stays `stopping`
+            beats.mark(WorkerState.READY)
         metrics.worker_state(names, "ready")
         log.info("worker ready", extra={"lanes": names, "device": device.describe()})
         worker.run(max_jobs=max_jobs)
     finally:
+        beats.close()
         health.close()
         runtime.close()
         parts.close()
