@@ -211,6 +211,8 @@ class MemoryQueue(_Switch):
                     entry.deliveries += 1
                     entry.available_at = now + self.lease_seconds
                     return MemoryDelivery(self, entry.job_id, entry.lane, entry.deliveries, entry.token)
+                if timeout <= 0:
+                    return None  # a receive that never waits leaves a wake() for the one that does
                 remaining = deadline - time.monotonic()
                 if remaining <= 0 or self._woken:
                     self._woken = False

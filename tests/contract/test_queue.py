@@ -205,3 +205,22 @@ def test_dispatch_after_a_lane_change_moves_the_entry(queue: MemoryQueue | Embed
     assert queue.backlog("fast") == 0 and queue.backlog("big") == 1
     moved = queue.receive(["big"], timeout=1)
     assert moved is not None and moved.job_id == job.id
+
+
+def test_a_zero_timeout_receive_takes_a_ready_job_and_never_waits_for_one(queue: MemoryQueue | EmbeddedQueue) -> None:
+    assert queue.receive(["fast"], 0) is None
+    job = make_job()
+    queue.dispatch(job)
+    d = queue.receive(["fast"], 0)
+    assert d is not None and d.job_id == job.id
+    assert queue.receive(["fast"], 0) is None  # the job is held now
+
+
+def test_a_zero_timeout_receive_leaves_a_wake_for_the_receive_that_waits(queue: MemoryQueue | EmbeddedQueue) -> None:
+    # The batcher looks at the queue (timeout 0) before it blocks; a wake() (shutdown) that came
+    # just before must still end the blocking receive, not be spent on the look.
+    queue.wake()
+    assert queue.receive(["fast"], 0) is None
+    started = time.monotonic()
+    assert queue.receive(["fast"], timeout=20) is None
+    assert time.monotonic() - started < 10  # far below the 20 s timeout: it returned on the wake

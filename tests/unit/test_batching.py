@@ -1,12 +1,19 @@
-"""The batcher's grouping and timing rules, on the in-memory queue and store."""
+"""The batcher's grouping and timing rules, on the in-memory queue and store.
+
+Timing is checked through what the batcher asks of its source (the timeouts of its receives, on a
+recording source and a hand-moved clock), never by measuring time.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
+from difflane.dispatch.base import Delivery
 from difflane.lanes import Lane
-from difflane.testing import MemoryJobStore, MemoryQueue
-from difflane.worker.batching import Batcher, batch_key
+from difflane.testing import MemoryDelivery, MemoryJobStore, MemoryQueue
+from difflane.worker.batching import MAX_HELD, Batcher, batch_key
 from tests.conftest import make_job
 
 LANE = Lane(name="fast", max_batch=4, max_wait_ms=50)
@@ -92,13 +99,6 @@ def test_no_work_returns_an_empty_batch(rig) -> None:  # type: ignore[no-untyped
     assert batcher.next_batch(0.05) == []
 
 
-def test_max_wait_zero_takes_only_what_is_already_there(rig) -> None:  # type: ignore[no-untyped-def]
-    store, queue, _ = rig
-    batcher = Batcher(queue, store, lambda name: Lane(name="fast", max_batch=8, max_wait_ms=0), ["fast"])
-    ids = [submit(store, queue) for _ in range(2)]
-    assert [d.job_id for d in batcher.next_batch(1)] == ids[:1]
-
-
 def test_give_back_returns_held_jobs_to_the_queue(rig) -> None:  # type: ignore[no-untyped-def]
     store, queue, batcher = rig
     submit(store, queue)
@@ -125,3 +125,142 @@ def test_finished_jobs_run_alone_so_the_executor_can_ack_them(rig) -> None:  # t
 def test_batch_key_ignores_prompt_and_seed() -> None:
     assert batch_key(make_job(prompt="a", seed=1)) == batch_key(make_job(prompt="b", seed=2))
     assert batch_key(make_job(lane="fast")) != batch_key(make_job(lane="long"))
+
+
+# --- the drain: ready jobs join at once, a lone job waits for nobody ---------------------------
+
+
+class Recording:
+    """A source that records each receive's timeout and never blocks: what a receive would wait
+    for is the ``arrivals`` list (job ids dispatched when a receive with a timeout > 0 comes)."""
+
+    def __init__(self, queue: MemoryQueue, clock: list[float] | None = None, step: float = 0.0) -> None:
+        self.queue = queue
+        self.timeouts: list[float] = []
+        self.arrivals: list[object] = []
+        self.clock, self.step = clock, step
+
+    def receive(self, lanes: Sequence[str], timeout: float) -> MemoryDelivery | None:
+        self.timeouts.append(timeout)
+        if self.clock is not None:
+            self.clock[0] += self.step
+        if timeout > 0 and self.arrivals:
+            self.queue.dispatch(self.arrivals.pop(0))  # type: ignore[arg-type]
+        return self.queue.receive(lanes, 0)
+
+    def wake(self) -> None:
+        self.queue.wake()
+
+    def close(self) -> None:
+        pass
+
+
+def batcher_on(source: Recording, store: MemoryJobStore, lane: Lane, **kwargs: object) -> Batcher:
+    return Batcher(source, store, lambda name: lane, ["fast"], lease_seconds=5, **kwargs)  # type: ignore[arg-type]
+
+
+def ids(batch: list[Delivery]) -> list[str]:
+    return [d.job_id for d in batch]
+
+
+ZERO = Lane(name="fast", max_batch=4, max_wait_ms=0)
+
+
+def test_zero_wait_drains_every_ready_compatible_job_up_to_max_batch() -> None:
+    store, queue = MemoryJobStore(), MemoryQueue(lease_seconds=5)
+    source = Recording(queue)
+    jobs = [submit(store, queue, seed=i) for i in range(6)]
+    batcher = batcher_on(source, store, ZERO)
+    assert ids(batcher.next_batch(5)) == jobs[:4]
+    assert source.timeouts == [0, 0, 0, 0]  # found waiting, then drained: no receive waited
+    source.timeouts.clear()
+    assert ids(batcher.next_batch(5)) == jobs[4:]
+    assert source.timeouts == [0, 0, 0]  # the last one found the queue empty and did not wait
+
+
+def test_a_job_that_wakes_an_idle_worker_starts_without_any_further_receive() -> None:
+    store, queue = MemoryJobStore(), MemoryQueue(lease_seconds=5)
+    source = Recording(queue)
+    job, _ = store.create(make_job())
+    source.arrivals.append(job)
+    batch = batcher_on(source, store, Lane(name="fast", max_batch=8, max_wait_ms=0)).next_batch(5)
+    assert ids(batch) == [job.id]
+    assert source.timeouts == [0, 5]  # a look at the queue, the blocking receive, and nothing after
+
+
+def test_a_lone_waiting_job_costs_one_empty_ready_receive_and_no_wait() -> None:
+    store, queue = MemoryJobStore(), MemoryQueue(lease_seconds=5)
+    source = Recording(queue)
+    job = submit(store, queue)
+    assert ids(batcher_on(source, store, ZERO).next_batch(5)) == [job]
+    assert source.timeouts == [0, 0]
+
+
+def test_max_wait_waits_for_company_after_the_drain_until_its_deadline() -> None:
+    store, queue = MemoryJobStore(), MemoryQueue(lease_seconds=5)
+    now = [100.0]
+    source = Recording(queue, now, step=0.01)  # each receive "takes" 10 ms on the batcher's clock
+    a, b = submit(store, queue), submit(store, queue)
+    late, _ = store.create(make_job())
+    source.arrivals.append(late)
+    lane = Lane(name="fast", max_batch=8, max_wait_ms=50)
+    batch = batcher_on(source, store, lane, clock=lambda: now[0]).next_batch(5)
+    assert ids(batch) == [a, b, late.id]
+    # the probe, then receives with what is left of the 50 ms (the ready one returns at once,
+    # the next "waits" and gets the late arrival), until one comes back empty
+    assert source.timeouts == pytest.approx([0, 0.05, 0.04, 0.03])
+
+
+def test_max_wait_after_a_wake_waits_for_company_but_never_past_its_deadline() -> None:
+    store, queue = MemoryJobStore(), MemoryQueue(lease_seconds=5)
+    now = [0.0]
+    source = Recording(queue, now, step=0.03)  # each receive "takes" 30 ms on the batcher's clock
+    woke, company, third, too_late = (store.create(make_job())[0] for _ in range(4))
+    source.arrivals.extend([woke, company, third, too_late])
+    lane = Lane(name="fast", max_batch=8, max_wait_ms=50)
+    batch = batcher_on(source, store, lane, clock=lambda: now[0]).next_batch(5)
+    assert ids(batch) == [woke.id, company.id, third.id]
+    # the probe, the blocking receive, then what is left of 50 ms; past the deadline, no receive
+    assert source.timeouts == pytest.approx([0, 5, 0.05, 0.02])
+    assert source.arrivals == [too_late]
+
+
+# --- the held list is bounded -----------------------------------------------------------------
+
+
+def test_the_held_list_never_exceeds_max_held_and_the_rest_stays_queued() -> None:
+    store, queue = MemoryJobStore(), MemoryQueue(lease_seconds=5)
+    first = submit(store, queue)
+    misfits = [submit(store, queue, steps=5 + i) for i in range(5)]  # five keys, none compatible
+    company = submit(store, queue)
+    batcher = batcher_on(Recording(queue), store, ZERO, max_held=2)
+    assert ids(batcher.next_batch(5)) == [first]
+    assert batcher.held() == 2  # it stopped receiving once it could hold no more
+    assert queue.backlog("fast") == 4  # three misfits and the compatible one are still queued
+    seen = [first]
+    while len(seen) < 7:
+        batch = batcher.next_batch(5)
+        assert batch and batcher.held() <= 2
+        for d in batch:
+            d.ack()
+        seen += ids(batch)
+    assert sorted(seen) == sorted([first, company, *misfits])  # every job ran once, none lost
+    assert seen[1:3] == misfits[:2]  # held jobs start the next batches, in the order received
+
+
+def test_the_wait_for_company_also_stops_at_max_held() -> None:
+    store, queue = MemoryJobStore(), MemoryQueue(lease_seconds=5)
+    source = Recording(queue)
+    woke, _ = store.create(make_job())
+    source.arrivals.append(woke)
+    misfits = [store.create(make_job(steps=5 + i))[0] for i in range(3)]
+    source.arrivals.extend(misfits)
+    batcher = batcher_on(source, store, Lane(name="fast", max_batch=8, max_wait_ms=10_000), max_held=2)
+    assert ids(batcher.next_batch(5)) == [woke.id]
+    assert batcher.held() == 2 and source.arrivals == [misfits[2]]  # the third was never received
+
+
+def test_the_default_held_bound_is_the_simulators() -> None:
+    from difflane.capacity import policy
+
+    assert MAX_HELD == policy.MAX_HELD

@@ -61,10 +61,22 @@ def test_compatible_jobs_share_a_batch_and_idle_workers_start_now() -> None:
     queued = [store.create(job(T0 - 3 + i, steps=s))[0] for i, s in enumerate([4, 8, 4])]
     f = forecaster(store, "{max_batch: 2, max_wait_ms: 100}", 2, now)
     q = [f.annotate(j)["queue"] for j in queued]
-    # jobs 0 and 2 fill a batch at once on worker 1 (1.5 s); job 1 alone waits 0.1 s for company.
+    # jobs 0 and 2 fill a batch at once on worker 1 (1.5 s). Worker 1's drain received job 1 on
+    # the way and holds it (the worker's rule), so it starts after that batch, waiting 0.1 s for
+    # company: 1.6..3.6, though worker 2 is idle.
     assert (q[0]["eta_start_s"], q[2]["eta_start_s"], q[0]["eta_finish_s"]) == (0.0, 0.0, 1.5)
-    assert (q[1]["eta_start_s"], q[1]["eta_finish_s"]) == (0.1, 2.1)
+    assert (q[1]["eta_start_s"], q[1]["eta_finish_s"]) == (1.6, 3.6)
     assert [x["position"] for x in q] == [1, 2, 3]  # queue order, whatever the batches
+
+
+def test_idle_workers_start_now_when_nothing_is_held() -> None:
+    store, now = MemoryJobStore(), [T0]
+    queued = [store.create(job(T0 - 3 + i, steps=s))[0] for i, s in enumerate([4, 4, 8])]
+    f = forecaster(store, "{max_batch: 2, max_wait_ms: 100}", 2, now)
+    q = [f.annotate(j)["queue"] for j in queued]
+    # jobs 0 and 1 fill worker 1's batch before its drain reaches job 2; worker 2 takes job 2.
+    assert (q[0]["eta_start_s"], q[1]["eta_start_s"]) == (0.0, 0.0)
+    assert (q[2]["eta_start_s"], q[2]["eta_finish_s"]) == (0.1, 2.1)
 
 
 def test_admission_refuses_a_submit_predicted_past_the_lanes_limit() -> None:

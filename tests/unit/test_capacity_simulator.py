@@ -46,13 +46,30 @@ def test_a_batch_waits_max_wait_for_company_then_runs_together() -> None:
     assert sim.waits == pytest.approx([0.2, 0.1, 1.4])
 
 
-def test_a_full_batch_starts_at_once_and_zero_wait_takes_only_held_jobs() -> None:
+def test_a_full_batch_starts_at_once_and_zero_wait_drains_what_is_waiting() -> None:
     sim = run([0.0, 0.0, 0.1, 0.1, 0.1], Lane(name="a", max_batch=2, max_wait_ms=500))
     # Waiting jobs fill batches at once; the last one, alone, waits 0.5 s for company.
     assert sim.starts == pytest.approx([0.0, 0.0, 1.5, 1.5, 3.5])
-    # max_wait_ms 0: the worker never receives a second job for a batch.
+    # max_wait_ms 0: a lone job starts at once; the two that queued meanwhile share the next batch.
     sim = run([0.0, 0.1, 0.1], Lane(name="a", max_batch=4, max_wait_ms=0))
-    assert sim.starts == pytest.approx([0.0, 1.0, 2.0])
+    assert sim.starts == pytest.approx([0.0, 1.0, 1.0])
+
+
+def test_a_worker_holds_at_most_max_held_misfits_and_the_rest_stays_queued() -> None:
+    lane = Lane(name="a", max_batch=4, max_wait_ms=0)
+    arrivals = [trace.Arrival(0.0, "m", 64, 64, 4)] + [trace.Arrival(0.1, "m", 64, 64, s) for s in (5, 6, 7, 8, 9)]
+    sim = simulator.LaneSimulation(simulator.LaneSetup(lane), COSTS, arrivals)
+    sim.max_held = 2
+    depths: list[int] = []
+    real_start = sim._start
+
+    def start(w, t):  # type: ignore[no-untyped-def]
+        depths.append(len(w.held))
+        real_start(w, t)
+
+    sim._start = start  # type: ignore[method-assign]
+    sim.run()
+    assert max(depths) == 2 and sim.completed == 6
 
 
 def test_md1_mean_wait_matches_the_pollaczek_khinchine_formula() -> None:

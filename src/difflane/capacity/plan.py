@@ -1,10 +1,12 @@
 """Forecast: when would each waiting job start and finish, given the workers' state now?
 
-The lane is run forward with no further arrivals: each worker, as it comes free, takes the
-oldest waiting job and the compatible ones behind it up to ``max_batch`` images (the policy's
-rules with every job already waiting); a batch that is not full waits ``max_wait_ms`` for company
-first, as the worker does. Used for a queued job's ETA, for admission by prediction, and by the
-simulator to predict a submit's start the same way the API does.
+The lane is run forward with no further arrivals, by the worker's batching rules
+(``capacity/policy.py``): each worker, as it comes free, starts with its oldest held job or the
+oldest waiting one and drains the waiting jobs behind it in queue order (compatible ones join up
+to ``max_batch`` images, others are held by that worker, at most ``max_held``); a batch that
+could still take more waits ``max_wait_ms`` for company first, as the worker does. Used for a
+queued job's ETA, for admission by prediction, and by the simulator to predict a submit's start
+the same way the API does.
 """
 
 from __future__ import annotations
@@ -14,7 +16,8 @@ import heapq
 from collections import deque
 from collections.abc import Callable, Sequence
 
-from difflane.capacity.policy import Item, Key
+from difflane.capacity import policy
+from difflane.capacity.policy import Item
 
 # (model, images, steps, width, height) -> seconds for one pipeline call
 BatchCost = Callable[[str, int, int, int, int], float]
@@ -35,35 +38,29 @@ def forecast(
     max_batch: int,
     max_wait_s: float,
     cost: BatchCost,
+    max_held: int = policy.MAX_HELD,
 ) -> dict[int, Eta]:
     """ETA of every waiting job (by ``Item.ref``); ``waiting`` in queue order, ``free_at`` one
     entry per worker that will serve the lane (a busy worker's expected finish, or now)."""
     if not waiting:
         return {}
-    workers = [max(t, now) for t in free_at] or [float("inf")]
+    workers = [(max(t, now), i) for i, t in enumerate(free_at)] or [(float("inf"), 0)]
     heapq.heapify(workers)
-    by_key: dict[Key, deque[Item]] = {}
-    for item in waiting:
-        by_key.setdefault(item.key, deque()).append(item)
-    taken: set[int] = set()
+    queue = deque(waiting)
+    held: dict[int, list[Item]] = {i: [] for _, i in workers}
     out: dict[int, Eta] = {}
     position = 0
-    for first in waiting:
-        if first.ref in taken:
+    while queue or any(held.values()):
+        free, worker = heapq.heappop(workers)
+        forming = policy.begin(held[worker], queue, free, max_batch, max_wait_s, max_held)
+        if forming is None:  # nothing for this one (the rest is held by others): it leaves the run
             continue
-        group = by_key[first.key]
-        batch: list[Item] = []
-        images = 0
-        while group and (not batch or images + group[0].images <= max_batch):
-            item = group.popleft()
-            batch.append(item)
-            images += item.images
-        free = heapq.heappop(workers)
-        start = free + (0.0 if images >= max_batch else max_wait_s)
-        finish = start + cost(first.model, images, first.steps, first.width, first.height)
-        heapq.heappush(workers, finish)
-        for item in batch:
+        waits = policy.can_receive(forming, held[worker], max_batch, max_held)
+        start = forming.deadline if waits else free
+        first = forming.items[0]
+        finish = start + cost(first.model, forming.images, first.steps, first.width, first.height)
+        heapq.heappush(workers, (finish, worker))
+        for item in forming.items:
             position += 1
-            taken.add(item.ref)
             out[item.ref] = Eta(position, start, finish)
     return out

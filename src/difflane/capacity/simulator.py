@@ -2,8 +2,9 @@
 workers that are fixed, scaled by KEDA or started per job under a Kueue quota, and the cost model.
 
 Time is simulated seconds from the start of the trace; every handler runs at one instant and
-schedules what follows. A queue receive takes no time here (the embedded queue's claim is a few
-milliseconds), which is why a batch that can fill from waiting jobs starts at once.
+schedules what follows. A queue receive takes no time here (the embedded queue's claim is a
+millisecond), which is why a batch that can fill from waiting jobs starts at once: the worker
+drains what is ready without waiting (capacity/policy.py, rule 3).
 """
 
 from __future__ import annotations
@@ -59,6 +60,7 @@ class LaneSimulation:
         self.arrivals = arrivals
         self.horizon = max([horizon] + [a.at for a in arrivals])
         self.max_wait_s = self.lane.max_wait_ms / 1000
+        self.max_held = policy.MAX_HELD
         self._events: list[tuple[float, int, str, Any]] = []
         self._seq = itertools.count()
         self.queue: deque[Item] = deque()
@@ -138,7 +140,8 @@ class LaneSimulation:
             return True
         waiting = [*self._waiting(), item]
         eta = plan.forecast(waiting, self._free_at(t), t, max_batch=self.lane.max_batch,
-                            max_wait_s=self.max_wait_s, cost=self.costs.batch_seconds)  # fmt: skip
+                            max_wait_s=self.max_wait_s, cost=self.costs.batch_seconds,
+                            max_held=self.max_held)  # fmt: skip
         return eta[item.ref].start - t <= limit
 
     def _waiting(self) -> list[Item]:
@@ -168,8 +171,8 @@ class LaneSimulation:
             if not self.queue:
                 return
             assert w.forming is not None
-            policy.receive_ready(w.forming, self.queue, w.held, t, self.lane.max_batch)
-            if policy.is_full(w.forming, self.lane.max_batch):
+            policy.receive_ready(w.forming, self.queue, w.held, t, self.lane.max_batch, self.max_held)
+            if policy.ready_to_start(w.forming, w.held, t, self.lane.max_batch, self.max_held):
                 self._start(w, t)
         for w in self.workers:
             if not self.queue:
@@ -178,13 +181,12 @@ class LaneSimulation:
                 self._next_batch(w, t)
 
     def _next_batch(self, w: _Worker, t: float) -> None:
-        forming = policy.begin(w.held, self.queue, t, self.lane.max_batch, self.max_wait_s)
+        forming = policy.begin(w.held, self.queue, t, self.lane.max_batch, self.max_wait_s, self.max_held)
         if forming is None:
             w.state = "idle"
             return
         w.forming = forming
-        policy.receive_ready(forming, self.queue, w.held, t, self.lane.max_batch)
-        if policy.is_full(forming, self.lane.max_batch) or forming.deadline <= t:
+        if policy.ready_to_start(forming, w.held, t, self.lane.max_batch, self.max_held):
             self._start(w, t)
         else:
             w.state = "forming"

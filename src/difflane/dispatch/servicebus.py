@@ -38,9 +38,18 @@ the SDK has shut down after a connection error, which raises ``ValueError``) is 
 ignored: the record decides, not the message.
 
 Links: the SDK gives a receiver whose link is not open only the receive call's ``max_wait_time``
-to open it, and the batcher waits 20–50 ms for company. So each receive first opens the link the
-way ``with receiver:`` does (the SDK's own retry, no short budget; at once when it is open), and a
-receive that times out opening a dropped link is an empty receive, not an outage.
+to open it, and the batcher's receives are short (``READY_WAIT_S``, or its ``max_wait_ms``). So
+each receive first opens the link the way ``with receiver:`` does (the SDK's own retry, no short
+budget; at once when it is open), and a receive that times out opening a dropped link is an empty
+receive, not an outage.
+
+Ready now: the batcher drains a backlog with zero-timeout receives, and Service Bus has no zero
+wait (``max_wait_time`` must be > 0; with prefetch 0 a message travels only after the receive
+grants credit). A zero-timeout receive is therefore one receive call per lane with
+``READY_WAIT_S``: on an open link a waiting message arrives within a round trip, and an empty
+queue costs that bound once, at the end of a drain. The batcher drains only when its first job
+was already waiting, so a lone job on an idle worker never pays it. A zero-timeout receive
+leaves a ``wake()`` for the next receive that waits.
 This adapter is tested against ``tests/fakes/servicebus.py`` only; it has not met a real namespace.
 """
 
@@ -70,6 +79,7 @@ log = logging.getLogger(__name__)
 
 PRIOR_DELIVERIES = "difflane-prior-deliveries"
 SEND_TIMEOUT_S = 10.0
+READY_WAIT_S = 0.01  # a zero-timeout receive: long enough for a waiting message on an open link
 RECEIVE_SLICE_S = 1.0  # a receive waits at most this long per call, so wake() and other lanes get a turn
 REFRESH_LIMIT = 50  # deliveries of one job after which a redelivered message is no longer replaced
 _FAILURE_MEMORY_S = 60.0  # ping reports a failed send this long, unless a send succeeds since
@@ -251,6 +261,8 @@ class ServiceBusWorkSource:
         self._turn = 0
 
     def receive(self, lanes: Sequence[str], timeout: float) -> ServiceBusDelivery | None:
+        if timeout <= 0:
+            return self._receive_ready(lanes)
         deadline = time.monotonic() + timeout
         while True:
             if self._woken.is_set():
@@ -259,12 +271,22 @@ class ServiceBusWorkSource:
             lane = lanes[self._turn % len(lanes)]
             self._turn += 1
             remaining = deadline - time.monotonic()
-            wait = max(min(remaining, self.receive_slice_s), 0.01)
+            wait = max(min(remaining, self.receive_slice_s), READY_WAIT_S)
             delivery = self._receive_one(lane, wait)
             if delivery is not None:
                 return delivery
             if deadline - time.monotonic() <= 0:
                 return None
+
+    def _receive_ready(self, lanes: Sequence[str]) -> ServiceBusDelivery | None:
+        """A message that is waiting now: each lane once, with the smallest wait (no zero here)."""
+        for _ in lanes:
+            lane = lanes[self._turn % len(lanes)]
+            self._turn += 1
+            delivery = self._receive_one(lane, READY_WAIT_S)
+            if delivery is not None:
+                return delivery
+        return None
 
     def _receive_one(self, lane: str, wait: float) -> ServiceBusDelivery | None:
         receiver = self._receiver(lane)

@@ -1,9 +1,33 @@
-"""Dynamic batching: compatible jobs of a lane share one pipeline call.
+"""Dynamic batching: compatible jobs of a lane share one pipeline call, and a lone job waits for
+nobody.
 
 Compatible means the same lane, model, size, steps, guidance and negative prompt (the scheduler
-belongs to the model). The first job of a batch waits at most the lane's ``max_wait_ms`` for
-company, and a batch holds at most ``max_batch`` images. Jobs received while forming a batch
-that do not fit are kept (their queue leases renewed) and start the next batch.
+belongs to the model). A batch holds at most ``max_batch`` images. ``next_batch`` forms one so:
+
+1. **First job.** The oldest held job, else a job already waiting in the queue (a receive with
+   timeout 0), else the worker blocks until one arrives.
+2. **Held company.** Held jobs with the same key join while the batch has room.
+3. **Drain.** If the first job was *waiting* (held, or found by the zero-timeout receive), the
+   queue has a backlog: the worker takes every job of the lane that is ready now, with
+   zero-timeout receives, until the batch is full or the queue is empty. A job that woke an idle
+   worker skips this: at low load it starts at once.
+4. **Company.** With ``max_wait_ms`` > 0, a batch that is still not full waits up to that long
+   (from when its first job was taken) for more arrivals. With 0 (the default lane) it runs now.
+
+Why no wait by default: while a batch runs, arrivals queue anyway, so under load the next batch
+fills itself by the drain; a wait only adds latency when the queue is empty, which is exactly
+when batching has nothing to gain (docs/architecture/0014-batching-drain.md, with figures).
+
+A received job that does not fit (another key, too many images) is held, its queue lease
+renewed, and starts a later batch of this worker. The held list is bounded: the worker receives
+only while it holds fewer than ``max_held`` jobs, so it never sits on more than the batch in hand
+plus ``max_held``. ``difflane.capacity.policy`` writes the same rules as pure functions for the
+simulator and the ETA forecast; change both together.
+
+What "ready now" costs depends on the source: the embedded queue's zero-timeout receive is one
+claim (a SQLite write, no waiting); Service Bus has no zero wait, so its zero-timeout receive is
+one receive call with a small bound (``servicebus.READY_WAIT_S``) on an open link. Because a job
+that woke the worker skips the drain, a lone job pays that bound on neither source.
 """
 
 from __future__ import annotations
@@ -23,6 +47,7 @@ from difflane.store.base import JobStore
 log = logging.getLogger(__name__)
 
 BatchKey = tuple[object, ...]
+MAX_HELD = 4  # received jobs kept for later batches; the simulator's policy.MAX_HELD is the same
 
 
 def batch_key(job: Job) -> BatchKey:
@@ -37,6 +62,21 @@ class _Held:
     images: int
 
 
+@dataclasses.dataclass
+class _Forming:
+    lane: Lane
+    first: _Held
+    deliveries: list[Delivery]
+    images: int
+
+    def fits(self, other: _Held) -> bool:
+        return other.key == self.first.key and self.images + other.images <= self.lane.max_batch
+
+    def add(self, other: _Held) -> None:
+        self.deliveries.append(other.delivery)
+        self.images += other.images
+
+
 class Batcher:
     def __init__(
         self,
@@ -46,6 +86,7 @@ class Batcher:
         lanes: Sequence[str],
         *,
         lease_seconds: float = 30.0,
+        max_held: int = MAX_HELD,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.source = source
@@ -53,6 +94,7 @@ class Batcher:
         self.lane_of = lane_of
         self.lanes = list(lanes)
         self.lease_seconds = lease_seconds
+        self.max_held = max_held
         self.clock = clock
         self._held: list[_Held] = []
         self._lock = threading.Lock()
@@ -63,47 +105,60 @@ class Batcher:
         Every delivery received here leaves in the batch, in the held list, or given back: an
         error while forming a batch ends the forming, it never strands a claimed delivery.
         """
-        with self._lock:
-            first = self._held.pop(0) if self._held else None
-        if first is None:
-            delivery = self.source.receive(self.lanes, timeout)
-            if delivery is None:
-                return []
-            first = self._describe_or_give_back(delivery)
-            if first is None:
-                raise Unavailable("could not read the delivered job", retry_after=1)  # the worker pauses
+        got = self._first(timeout)
+        if got is None:
+            return []
+        first, waiting = got
         if first.key is None:
             return [first.delivery]
-        lane = self.lane_of(first.delivery.lane)
-        batch, images = [first.delivery], first.images
+        forming = _Forming(self.lane_of(first.delivery.lane), first, [first.delivery], first.images)
+        deadline = self.clock() + forming.lane.max_wait_ms / 1000
         with self._lock:
             for held in list(self._held):
-                if held.key == first.key and images + held.images <= lane.max_batch:
+                if forming.fits(held):
                     self._held.remove(held)
-                    batch.append(held.delivery)
-                    images += held.images
-        deadline = self.clock() + lane.max_wait_ms / 1000
-        while images < lane.max_batch:
+                    forming.add(held)
+        self._fill(forming, deadline, drain=waiting)
+        return forming.deliveries
+
+    def _first(self, timeout: float) -> tuple[_Held, bool] | None:
+        """The batch's first job, and whether it was waiting (True) or woke the worker (False)."""
+        with self._lock:
+            if self._held:
+                return self._held.pop(0), True
+        delivery = self.source.receive(self.lanes, 0.0)
+        waiting = delivery is not None
+        if delivery is None:
+            delivery = self.source.receive(self.lanes, timeout)
+            if delivery is None:
+                return None
+        first = self._describe_or_give_back(delivery)
+        if first is None:
+            raise Unavailable("could not read the delivered job", retry_after=1)  # the worker pauses
+        return first, waiting
+
+    def _fill(self, forming: _Forming, deadline: float, *, drain: bool) -> None:
+        """Rules 3 and 4: receive ready jobs (``drain``), then wait for company until ``deadline``."""
+        lane = forming.first.delivery.lane
+        while forming.images < forming.lane.max_batch and self.held() < self.max_held:
             remaining = deadline - self.clock()
-            if remaining <= 0:
-                break
+            if remaining <= 0 and not drain:
+                return
             try:
-                delivery = self.source.receive([first.delivery.lane], remaining)
+                delivery = self.source.receive([lane], max(remaining, 0.0))
             except Exception:  # run what we have; the next receive reports the outage
                 log.warning("receive failed while forming a batch; running the batch formed so far", exc_info=True)
-                break
+                return
             if delivery is None:
-                break
+                return
             found = self._describe_or_give_back(delivery)
             if found is None:
-                break
-            if found.key == first.key and images + found.images <= lane.max_batch:
-                batch.append(delivery)
-                images += found.images
+                return
+            if forming.fits(found):
+                forming.add(found)
             else:
                 with self._lock:
                     self._held.append(found)
-        return batch
 
     def _describe_or_give_back(self, delivery: Delivery) -> _Held | None:
         try:
