@@ -172,7 +172,6 @@ async def run(counts: list[int], samples: int, quiet_s: float, host: str, port: 
     pid = api_pid(port)
     ids = await submit(host, port, max(max(counts), 1))
     streams: list[Stream] = []
-    probe = await Connection.open(host, port)
     print(f"{'streams':>7} | livez p50 p99 max (ms) | GET job p50 p99 max (ms) | API CPU s/s | load 1m")
     for n in counts:
         if n > len(streams):
@@ -181,15 +180,16 @@ async def run(counts: list[int], samples: int, quiet_s: float, host: str, port: 
         before, started = cpu_seconds(pid), time.monotonic()
         await asyncio.sleep(quiet_s)
         cpu = (cpu_seconds(pid) - before) / (time.monotonic() - started)
+        probe = await Connection.open(host, port)  # fresh: the server closes connections idle for 5 s
         live = await latencies(probe, "/livez", principal(0), samples)
         job = await latencies(probe, f"/v1/jobs/{ids[0]}", principal(0), samples)
+        probe.close()
         closed = sum(1 for s in streams if s.transport is None or s.transport.is_closing())
         note = f" ({closed} closed)" if closed else ""
         print(
             f"{n:7d} | {summary(live)} | {summary(job)}    | {cpu:10.3f}  | {os.getloadavg()[0]:.2f}{note}",
             flush=True,
         )
-    probe.close()
     for s in streams:
         if s.transport is not None:
             s.transport.close()
