@@ -17,7 +17,7 @@ from difflane.blobs.base import check_key
 from difflane.catalog import ModelSpec
 from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
 from difflane.jobs import Job, JobState, Principal
-from difflane.store.base import IdempotencyKey
+from difflane.store.base import Change, IdempotencyKey
 from difflane.worker.runtime import Interrupted, RenderedImage, RenderStats, RenderTask, StepCallback
 
 
@@ -36,6 +36,8 @@ class MemoryJobStore(_Switch):
         self._lock = threading.Lock()
         self._history: dict[str, list[Job]] = {}
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}
+        self._changes: list[Change] = []  # every write in order; seq is its index + 1
+        self.change_reads = 0  # how often the change log was read (tests count the feed's reads)
 
     def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> tuple[Job, bool]:
         self._check()
@@ -54,6 +56,7 @@ class MemoryJobStore(_Switch):
                 raise Conflict(f"job {job.id} already exists", code="job_exists")
             stored = dataclasses.replace(job, version=1)
             self._history[job.id] = [stored]
+            self._changes.append(Change(len(self._changes) + 1, job.id, 1))
             if idempotency is not None:
                 self._keys[(job.owner.key, idempotency.key)] = (idempotency.fingerprint, job.id)
             return stored, True
@@ -86,6 +89,7 @@ class MemoryJobStore(_Switch):
                 raise VersionConflict(f"job {job.id} is not at version {expected_version}")
             stored = dataclasses.replace(job, version=expected_version + 1)
             versions.append(stored)
+            self._changes.append(Change(len(self._changes) + 1, job.id, stored.version))
             return stored
 
     def list_by_owner(
@@ -107,6 +111,17 @@ class MemoryJobStore(_Switch):
         self._check()
         with self._lock:
             return [j for j in self._history.get(job_id, []) if j.version > after_version]
+
+    def last_change(self) -> int:
+        self._check()
+        with self._lock:
+            return len(self._changes)
+
+    def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
+        self._check()
+        with self._lock:
+            self.change_reads += 1
+            return self._changes[max(seq, 0) : max(seq, 0) + limit]
 
     def ping(self) -> None:
         self._check()

@@ -10,7 +10,7 @@ import pytest
 
 from difflane.errors import Conflict, IllegalTransition, NotFound, VersionConflict
 from difflane.jobs import JobState
-from difflane.store.base import IdempotencyKey, JobStore, mutate
+from difflane.store.base import ChangeLog, IdempotencyKey, JobStore, mutate
 from difflane.store.sqlite import Database, SqliteJobStore
 from difflane.testing import MemoryJobStore
 from tests import azurite
@@ -163,3 +163,36 @@ def test_find_replay_answers_without_writing(store: JobStore) -> None:
     assert store.find_replay(MALLORY, key) is None  # keys are per owner
     with pytest.raises(Conflict):
         store.find_replay(ALICE, IdempotencyKey("k9", "f2"))
+
+
+# --- what the event streams' change feed reads (issue 10) -----------------------------------------
+
+
+def test_the_change_log_lists_every_write_in_order_after_a_seq(store: JobStore) -> None:
+    if not isinstance(store, ChangeLog):
+        pytest.skip("this store has no change log (the feed checks each watched job's version)")
+    start = store.last_change()
+    a, _ = store.create(make_job(ALICE))
+    b, _ = store.create(make_job(BOB), IdempotencyKey("k1", "f1"))
+    store.create(make_job(BOB), IdempotencyKey("k1", "f1"))  # a replay writes nothing
+    a = store.update(a.start("w1", 30), a.version)
+    with pytest.raises(VersionConflict):
+        store.update(b.cancel(), 7)  # a refused write is no change
+    changes = store.changes_since(start)
+    assert [(c.job_id, c.version) for c in changes] == [(a.id, 1), (b.id, 1), (a.id, 2)]
+    seqs = [c.seq for c in changes]
+    assert seqs == sorted(seqs) and len(set(seqs)) == 3 and seqs[0] > start
+    assert store.last_change() == seqs[-1]
+    assert [(c.job_id, c.version) for c in store.changes_since(seqs[0], limit=1)] == [(b.id, 1)]
+    assert store.changes_since(seqs[-1]) == []
+
+
+def test_versions_are_read_without_the_records(store: JobStore) -> None:
+    versions = getattr(store, "versions", None)
+    if versions is None:
+        pytest.skip("this store has a change log instead")
+    a, _ = store.create(make_job(ALICE))
+    b, _ = store.create(make_job(BOB))
+    store.update(a.start("w1", 30), a.version)
+    unknown = make_job(ALICE).id
+    assert versions([a.id, b.id, unknown, "not-an-id"]) == {a.id: 2, b.id: 1}

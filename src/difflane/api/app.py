@@ -14,6 +14,7 @@ from difflane.api.auth import Authenticator
 from difflane.api.backlog import BacklogRefresher
 from difflane.api.context import ApiContext
 from difflane.api.deps import current_caller
+from difflane.api.feed import ChangeFeed
 from difflane.api.headers import HeaderLimit, SecurityHeaders
 from difflane.api.routes import docs, events, health, jobs, models
 from difflane.api.schemas import Problem
@@ -58,6 +59,7 @@ def create_app(
             parts.close()
         raise
 
+    feed = ChangeFeed(parts.store, ctx.changes, inline=parts.local_store)  # wakes the event streams
     backlog = BacklogRefresher(
         parts.catalog.lanes, parts.dispatcher.backlog, interval_seconds=settings.metrics_backlog_refresh_seconds
     )
@@ -65,6 +67,7 @@ def create_app(
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         ctx.changes.attach(Doorbell(parts.bell_dir, API_ROLE) if parts.bell_dir else None)
+        feed.start()
         if hooks:
             hooks.start(parts.bell_dir)
         backlog.start()
@@ -72,6 +75,7 @@ def create_app(
             yield
         finally:
             backlog.stop()
+            await feed.stop()
             ctx.changes.detach()
             if hooks:
                 hooks.close()
@@ -89,6 +93,7 @@ def create_app(
     app.state.ctx = ctx
     app.state.backlog = backlog
     app.state.streams = StreamSlots.from_settings(settings)
+    app.state.feed = feed
     problems.install(app)
     # Every /v1 route authenticates (also declared per route with the permission it needs).
     refusals: dict[int | str, dict[str, object]] = {401: {"model": Problem}, 403: {"model": Problem}}

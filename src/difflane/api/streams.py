@@ -1,7 +1,7 @@
 """A cap on the event streams one principal holds open at once (per API process).
 
-Each Server-Sent Events stream holds a connection, a task and a store poll every quarter second
-for as long as its job runs; without a cap one caller can open thousands. Over the cap is 429
+Each Server-Sent Events stream holds a connection and a task for as long as its job runs (store
+reads are shared by the change feed, api/feed.py); without a cap one caller can open thousands. Over the cap is 429
 ``too_many_streams`` with Retry-After; a slot is given back when its stream ends, however it ends.
 """
 

@@ -1,7 +1,8 @@
-"""Waking event streams when a job changes.
+"""Waking the API process when a job changes.
 
-Writers in other processes ring the API's doorbell; this turns rings into an asyncio wake-up for
-every open stream. Streams still re-read the store on a timer, so a missed ring only delays.
+Writers in other processes ring the API's doorbell; this turns rings into an asyncio wake-up.
+Its listeners are the change feed (``api.feed``, which serves every event stream) and the OpenAI
+route's wait. They still look at the store every ``poll_seconds``, so a missed ring only delays.
 """
 
 from __future__ import annotations
@@ -47,7 +48,13 @@ class ChangeSignal:
         self._bell.drain()
         self._fire()
 
+    @property
+    def generation(self) -> int:
+        """Counts rings: a listener that saw it move while busy knows to look again at once."""
+        return self._generation
+
     def _fire(self) -> None:
+        self._generation += 1
         if self._event is not None:
             self._event.set()
             self._event = asyncio.Event()  # waiters hold the old one, which stays set

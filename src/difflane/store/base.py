@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 from difflane.errors import NotFound, VersionConflict
 from difflane.jobs import Job, JobState, Principal
@@ -56,6 +56,33 @@ class JobStore(Protocol):
         ...
 
     def close(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class Change:
+    """A job written at ``version``; ``seq`` orders every write of the store (commit order)."""
+
+    seq: int
+    job_id: str
+    version: int
+
+
+@runtime_checkable
+class ChangeLog(Protocol):
+    """What a store offers when it can say cheaply what changed (SQLite, memory).
+
+    One reader per API process asks for ``changes_since`` the last ``seq`` it saw and wakes only
+    the event streams whose job moved (``api.feed``). A store without it (Azure Blob) is read job by
+    job instead. ``seq`` of a later commit is always greater, so no change is skipped.
+    """
+
+    def last_change(self) -> int:
+        """The ``seq`` of the newest change (0 when none)."""
+        ...
+
+    def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
+        """Changes after ``seq``, oldest first, at most ``limit``."""
+        ...
 
 
 def mutate(store: JobStore, job_id: str, change: Callable[[Job], Job], *, attempts: int = 20) -> Job:

@@ -19,7 +19,7 @@ from typing import Literal
 from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
 from difflane.jobs import Job, JobState, Principal
 from difflane.store import records
-from difflane.store.base import IdempotencyKey
+from difflane.store.base import Change, IdempotencyKey
 
 _MIGRATIONS = sorted(
     (p for p in resources.files("difflane.store").joinpath("sql").iterdir() if p.name.endswith(".sql")),
@@ -129,8 +129,19 @@ class Database:
 
 def _statements(script: str) -> list[str]:
     # executescript() would commit our transaction; split instead (our SQL has no ';' in strings).
+    # A trigger's body holds ';' of its own: pieces are joined until SQLite calls them complete.
     lines = [line.split("--", 1)[0] for line in script.splitlines()]
-    return [s.strip() for s in "\n".join(lines).split(";") if s.strip()]
+    out: list[str] = []
+    pending = ""
+    for piece in "\n".join(lines).split(";"):
+        pending += piece + ";"
+        if sqlite3.complete_statement(pending):
+            if pending.strip(" \n;"):
+                out.append(pending.strip().removesuffix(";"))
+            pending = ""
+    if pending.strip(" \n;"):
+        out.append(pending.strip().removesuffix(";"))
+    return out
 
 
 # Runs inside the transaction that writes a queued record (its creation, a retry, a move to another
@@ -254,6 +265,18 @@ class SqliteJobStore:
                 (job_id, after_version),
             ).fetchall()
         return [records.loads(r[0]) for r in rows]
+
+    def last_change(self) -> int:
+        with self.db.read() as conn:
+            row = conn.execute("SELECT max(seq) FROM job_changes").fetchone()
+        return int(row[0] or 0)
+
+    def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
+        with self.db.read() as conn:
+            rows = conn.execute(
+                "SELECT seq, job_id, version FROM job_changes WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
+            ).fetchall()
+        return [Change(s, job_id, version) for s, job_id, version in rows]
 
     def ping(self) -> None:
         self.db.ping()

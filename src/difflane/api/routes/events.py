@@ -2,6 +2,8 @@
 
 Events come from the record's version history, so a slow reader, a reconnect with
 ``Last-Event-ID`` or a missed wake-up never loses a step: the stream replays what it has not sent.
+A stream reads that history only when the process's change feed (api/feed.py) says its job has a
+newer version; an idle stream sleeps until then or until its next heartbeat.
 
 A principal holds at most a few streams at once (api/streams.py, 429 above), and a stream ends
 with an ``error`` event ``token_expired`` when the caller's token expires: access checked once at
@@ -14,7 +16,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import AsyncIterator
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Header, Path, Request
 from starlette.background import BackgroundTask
@@ -22,6 +24,7 @@ from starlette.responses import StreamingResponse
 
 from difflane.api.context import ApiContext, get_context
 from difflane.api.deps import Reader
+from difflane.api.feed import ChangeFeed
 from difflane.api.routes.render import base_url, job_json
 from difflane.api.schemas import Problem
 from difflane.api.streams import Slot
@@ -33,6 +36,7 @@ from difflane.telemetry import metrics
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": Problem}})
 
 HEARTBEAT_SECONDS = 15.0
+RETRY_SECONDS = 1.0  # a history read that failed mid-stream is tried again after this
 
 
 def classify(previous: Job | None, current: Job) -> str | None:
@@ -102,42 +106,74 @@ async def _stream(
     ctx: ApiContext, request: Request, job_id: str, after: int, base: str, expires_at: float | None
 ) -> AsyncIterator[bytes]:
     previous: Job | None = None
-    if after:
-        earlier = await ctx.call(ctx.store.history, job_id, after - 1)
-        previous = earlier[0] if earlier and earlier[0].version == after else None
-    last_sent = time.monotonic()
-    queue_marker = None  # the last `queue` event (position and ETAs) sent
-    while True:
-        try:
-            versions = await ctx.call(ctx.store.history, job_id, after)
-        except DifflaneError as exc:
-            yield sse("error", {"code": exc.code, "message": exc.message})
-            return
-        for job in versions:
-            kind = classify(previous, job)
-            if kind == "state":
-                yield sse("state", await ctx.call(job_json, job, base, ctx.blobs), job.version)
-            elif kind == "progress":
-                yield sse(
-                    "progress", {"id": job.id, "step": job.progress.step, "total": job.progress.total}, job.version
-                )
-            previous, after = job, job.version
-            if kind:
+    feed: ChangeFeed = request.app.state.feed
+    with feed.watch(job_id, after) as watch:  # before the first read: no write falls in between
+        if after:
+            earlier = await ctx.call(ctx.store.history, job_id, after - 1)
+            previous = earlier[0] if earlier and earlier[0].version == after else None
+        last_sent = time.monotonic()
+        queue_marker = None  # the last `queue` event (position and ETAs) sent
+        while True:
+            retry = False
+            if watch.take_changed():  # the first pass, or the feed saw a newer version
+                try:
+                    versions = await ctx.call(ctx.store.history, job_id, after)
+                except DifflaneError as exc:
+                    if previous is None:  # nothing sent yet: say why; the client retries
+                        yield sse("error", {"code": exc.code, "message": exc.message})
+                        return
+                    versions, retry = [], True  # mid-stream, an outage costs a delay, not the stream
+                for job in versions:
+                    if chunk := await _event(ctx, previous, job, base):
+                        yield chunk
+                        last_sent = time.monotonic()
+                    previous, after = job, job.version
+                watch.seen = after
+                watch.queue_due = watch.queue_due or bool(versions)  # a new state moves its ETA
+            if previous is not None and previous.state.terminal:
+                return
+            watch.queue = previous is not None and live.current.get() is not None
+            if (
+                watch.take_queue_due()
+                and previous is not None
+                and (update := await _queue(ctx, previous, queue_marker))
+            ):
+                queue_marker, data = update
+                yield sse("queue", data)
                 last_sent = time.monotonic()
-        if previous is not None and previous.state.terminal:
-            return
-        if previous is not None and (update := await ctx.call(live.queue_update, previous, queue_marker)):
-            queue_marker, data = update
-            yield sse("queue", data)
-            last_sent = time.monotonic()
-        if await request.is_disconnected():
-            return
-        if expires_at is not None and time.time() >= expires_at:
-            yield sse(
-                "error", {"code": "token_expired", "message": "the access token expired; reconnect with a new one"}
-            )
-            return
-        if time.monotonic() - last_sent > HEARTBEAT_SECONDS:
-            yield b": keep-alive\n\n"
-            last_sent = time.monotonic()
-        await ctx.changes.wait()
+            if await request.is_disconnected():
+                return
+            if expires_at is not None and time.time() >= expires_at:
+                yield sse(
+                    "error", {"code": "token_expired", "message": "the access token expired; reconnect with a new one"}
+                )
+                return
+            if time.monotonic() - last_sent >= HEARTBEAT_SECONDS:
+                yield b": keep-alive\n\n"
+                last_sent = time.monotonic()
+            # Asleep until the feed says the job (or, when shown, the queue) moved, the next
+            # heartbeat is due or the token expires: an idle stream reads nothing.
+            timeout = HEARTBEAT_SECONDS - (time.monotonic() - last_sent)
+            if expires_at is not None:
+                timeout = min(timeout, expires_at - time.time())
+            await watch.wait(min(timeout, RETRY_SECONDS) if retry else timeout + 0.001)
+            watch.changed = watch.changed or retry
+
+
+async def _event(ctx: ApiContext, previous: Job | None, job: Job, base: str) -> bytes | None:
+    """The SSE event for ``job`` after ``previous`` (None for a version that is neither)."""
+    kind = classify(previous, job)
+    if kind == "state":
+        return sse("state", await ctx.call(job_json, job, base, ctx.blobs), job.version)
+    if kind == "progress":
+        return sse("progress", {"id": job.id, "step": job.progress.step, "total": job.progress.total}, job.version)
+    return None
+
+
+async def _queue(
+    ctx: ApiContext, job: Job, marker: tuple[Any, ...] | None
+) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    try:
+        return await ctx.call(live.queue_update, job, marker)
+    except DifflaneError:  # the forecaster's listing failed (store down): the next queue round retries
+        return None
