@@ -78,6 +78,11 @@ class _Lru(OrderedDict[str, object]):
 
 
 class AzureBlobJobStore:
+    # Workers write progress at most this often (executor.WorkerConfig.progress_interval_s): each
+    # write is a billed read-free PutBlob plus its version copy, and a 30-step render on a GPU
+    # would otherwise make 60 of them in a second or two. The final state is always written.
+    progress_interval_s = 1.0
+
     def __init__(
         self,
         io: BlobIO,
@@ -93,6 +98,8 @@ class AzureBlobJobStore:
         self._owners = _Lru(_CACHE_SIZE)  # job id → Principal; ids never change owner
         self._seen = _Lru(_CACHE_SIZE)  # job id → _Seen
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=readers, thread_name_prefix="blob-read")
+        self._believed: dict[str, float] = {}  # running marker → until when it needs no new check
+        self._believed_lock = threading.Lock()
         self._clock = clock
 
     # --- creating --------------------------------------------------------------------------
@@ -309,17 +316,34 @@ class AzureBlobJobStore:
     # --- the backlog's other half --------------------------------------------------------------
 
     def running(self, lane: str) -> int:
-        """Jobs running on ``lane`` per their records (markers checked; stale ones removed)."""
+        """Jobs running on ``lane`` per their records (markers checked; stale ones removed).
+
+        A marker checked against its record is believed until that record's lease runs out: the
+        job's ending removes the marker, and admission asks on every submit, which would
+        otherwise read every running job's record each time (one GetBlob per running job)."""
         count = 0
         now = self._clock()
+        listed: set[str] = set()
         for item in self.io.list(layout.running_prefix(lane), metadata=True):
+            listed.add(item.name)
+            with self._believed_lock:
+                until = self._believed.get(item.name)
+            if until is not None and now < until:
+                count += 1
+                continue
             job_id = item.name.rsplit("/", 1)[-1]
             job = self.get(job_id)
             if job is not None and job.state is JobState.RUNNING and job.lane == lane:
                 count += 1
+                with self._believed_lock:
+                    self._believed[item.name] = job.lease.expires_at if job.lease is not None else now
             elif now - _written_at(item) > _STALE_MARKER_S:
                 # Old enough that no claim can still be in flight behind it.
                 self._quietly(functools.partial(self.io.delete, item.name))
+        prefix = layout.running_prefix(lane)
+        with self._believed_lock:  # a marker that is gone: its job left running
+            for name in [n for n in self._believed if n.startswith(prefix) and n not in listed]:
+                del self._believed[name]
         return count
 
     def ping(self) -> None:
