@@ -202,6 +202,10 @@ def _counting(call: Callable[..., Any], name: str, ledger: Ledger, side: str) ->
                 target = "message" if result else "empty"
             return result
         finally:
-            ledger.add(Op("servicebus", name, target, "", side, ledger.phase, threading.current_thread().name))
+            thread = threading.current_thread().name
+            by_thread = side_of_thread(thread)  # the API's timers call through the API's client
+            ledger.add(
+                Op("servicebus", name, target, "", by_thread if by_thread != "api" else side, ledger.phase, thread)
+            )
 
     return counted
