@@ -12,8 +12,9 @@ The layout is in ``azure_layout``. The rules that keep it correct without transa
   (the ``on_create`` hook) → the record. A crash leaves at most a key or pointer without a
   record; a retry with the same Idempotency-Key finishes that job under its first id.
 - **History follows the record.** After a record write succeeds its version is copied to
-  ``versions/<id>/<n>``. ``history()`` reads the record (the newest version) and the copies
-  between. A writer that dies between the two writes leaves a gap; the event stream then
+  ``versions/<id>/<n>``, but for a final state: nothing is written over a finished record, so
+  its newest version is always read from the record itself. ``history()`` reads the record (the
+  newest version) and the copies between. A writer that dies between the two writes leaves a gap; the event stream then
   misses that one version's progress step, never a state (each state event compares with the
   version sent before it).
 - **Running markers are advisory.** ``lanes/<lane>/running/<id>`` is written before the claim and
@@ -272,7 +273,8 @@ class AzureBlobJobStore:
         )
         if leaving:
             self._quietly(lambda: self.io.delete(layout.running_name(before.lane, stored.id)))
-        self._write_version(stored)
+        if not stored.state.terminal:  # a final version is never overwritten: read from the record
+            self._write_version(stored)
         if self.on_update is not None:
             self.on_update(stored)
         return stored
