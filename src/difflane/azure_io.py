@@ -135,6 +135,7 @@ class Blob:
 class Listed:
     name: str
     metadata: dict[str, str]
+    etag: str = ""
 
 
 class BlobIO:
@@ -266,7 +267,8 @@ class BlobIO:
                     name_starts_with=prefix, include=include, results_per_page=page_size, timeout=self.timeout
                 ).by_page(continuation_token=token)
                 items: list[BlobProperties] = list(next(pager))
-                return [Listed(b.name, dict(b.metadata or {})) for b in items], pager.continuation_token
+                found = [Listed(b.name, dict(b.metadata or {}), str(b.etag)) for b in items]
+                return found, pager.continuation_token
 
             items, token = self._call(f"list {prefix}", _container_checked(page))
             yield from items

@@ -187,3 +187,22 @@ def test_a_worker_run_writes_every_step_when_asked() -> None:
         assert [v.progress.step for v in history if v.state is JobState.RUNNING] == [0, 1, 2, 3, 4]
     finally:
         shape.close()
+
+
+def test_listing_reads_only_records_this_process_does_not_hold() -> None:
+    """Admission lists a caller's queued and running jobs on every submit (api/limits.py)."""
+    io = azurite.blob_io()
+    api = azurite.job_store(io)
+    worker = azurite.job_store(io)  # another process: its writes are news to the API
+    jobs = [api.create(make_job())[0] for _ in range(3)]
+    ledger = Ledger(io.container.container_name)
+    with recording(ledger):
+        queued = api.list_by_owner(jobs[0].owner, state=JobState.QUEUED)
+    assert {j.id for j in queued} == {j.id for j in jobs}
+    assert ledger.count(operation="GetBlob") == 0 and ledger.count(operation="ListBlobs") == 1
+    mutate(worker, jobs[0].id, lambda j: j.start("w", 30))
+    with recording(ledger):
+        running = api.list_by_owner(jobs[0].owner, state=JobState.RUNNING)
+        assert [j.id for j in running] == [jobs[0].id] and running[0].lease is not None
+        assert len(api.list_by_owner(jobs[0].owner, state=JobState.QUEUED)) == 2
+    assert ledger.count(operation="GetBlob") == 1  # the record the worker changed, once
