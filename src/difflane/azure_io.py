@@ -13,6 +13,9 @@ Every call made by the Azure store, the result store and the outbox goes through
 
 The SDK's own retry policy is switched off (``retry_total=0``) so that there is one retry layer,
 ours, which also retries 429 (the Storage SDK's policy does not).
+
+Every request is counted by its REST operation in ``difflane_storage_operations_total`` (each
+retry too: each is billed). A job's budget per phase is in docs/howto/azure.md.
 """
 
 from __future__ import annotations
@@ -38,13 +41,23 @@ from azure.core.exceptions import (
 from azure.storage.blob import BlobPrefix, BlobProperties, ContainerClient, ContentSettings
 
 from difflane.errors import Unavailable
+from difflane.telemetry import metrics
 
 log = logging.getLogger(__name__)
 
+BACKEND = "azure_blob"  # the metric's backend label
 RETRYABLE_STATUS = frozenset({408, 429, 500, 502, 503, 504})
+# A ping right after the service answered another call proves nothing more: /readyz pings the
+# job store and the result store, one container, and every probe would cost two requests.
+PING_FRESH_S = 1.0
 WRITE_ID = "difflanewrite"  # metadata key: which write produced this content
 
 T = TypeVar("T")
+
+
+def counted(operation: str) -> None:
+    """One request of the Blob REST operation ``operation`` (PutBlob, GetBlob, ...) is going out."""
+    metrics.STORAGE_OPERATIONS.labels(BACKEND, operation).inc()
 
 
 class Exists(Exception):
@@ -122,6 +135,7 @@ class Blob:
 class Listed:
     name: str
     metadata: dict[str, str]
+    etag: str = ""
 
 
 class BlobIO:
@@ -131,6 +145,7 @@ class BlobIO:
         self.container = container
         self.backoff = backoff
         self.timeout = max(1, int(timeout_s))  # the service takes whole seconds
+        self._answered_at: float | None = None  # monotonic time of the service's last answer
 
     def put(
         self,
@@ -157,11 +172,12 @@ class BlobIO:
             kwargs.update(etag=if_match, match_condition=MatchConditions.IfNotModified)
 
         def upload() -> str:
+            counted("PutBlob")
             result = self.container.get_blob_client(name).upload_blob(data, **kwargs)
             return str(result["etag"])
 
         try:
-            return self.backoff.call(f"put {name}", upload)
+            return self._call(f"put {name}", upload)
         except ResourceExistsError as exc:
             mine = self._written_by(name, write_id)
             if mine is None:
@@ -187,6 +203,7 @@ class BlobIO:
 
     def get(self, name: str) -> Blob | None:
         def download() -> Blob | None:
+            counted("GetBlob")
             try:
                 stream = self.container.download_blob(name, timeout=self.timeout)
                 data = stream.readall()
@@ -196,12 +213,13 @@ class BlobIO:
             props = stream.properties
             return Blob(data, str(props.etag), dict(props.metadata or {}))
 
-        return self.backoff.call(f"get {name}", download)
+        return self._call(f"get {name}", download)
 
     def properties(self, name: str) -> Blob | None:
         """ETag and metadata without the content (``data`` is empty)."""
 
         def head() -> Blob | None:
+            counted("GetBlobProperties")
             try:
                 props = self.container.get_blob_client(name).get_blob_properties(timeout=self.timeout)
             except ResourceNotFoundError as exc:
@@ -209,31 +227,33 @@ class BlobIO:
                 return None
             return Blob(b"", str(props.etag), dict(props.metadata or {}))
 
-        return self.backoff.call(f"head {name}", head)
+        return self._call(f"head {name}", head)
 
     def stream(self, name: str) -> Iterator[bytes] | None:
         """The blob's content as chunks, or None when it does not exist (checked before returning)."""
 
         def start() -> Any:
+            counted("GetBlob")
             try:
                 return self.container.download_blob(name, timeout=self.timeout)
             except ResourceNotFoundError as exc:
                 _raise_if_container_gone(exc)
                 return None
 
-        downloader = self.backoff.call(f"get {name}", start)
+        downloader = self._call(f"get {name}", start)
         if downloader is None:
             return None
         return _chunks_or_unavailable(name, downloader.chunks())
 
     def delete(self, name: str) -> None:
         def remove() -> None:
+            counted("DeleteBlob")
             try:
                 self.container.delete_blob(name, timeout=self.timeout)
             except ResourceNotFoundError as exc:
                 _raise_if_container_gone(exc)
 
-        self.backoff.call(f"delete {name}", remove)
+        self._call(f"delete {name}", remove)
 
     def list(self, prefix: str, *, metadata: bool = False, page_size: int = 1000) -> Iterator[Listed]:
         """Blobs under ``prefix`` in name order, fetched page by page (each page retried alone)."""
@@ -242,13 +262,15 @@ class BlobIO:
         while True:
 
             def page(token: str | None = token) -> tuple[list[Listed], str | None]:
+                counted("ListBlobs")
                 pager: Any = self.container.list_blobs(
                     name_starts_with=prefix, include=include, results_per_page=page_size, timeout=self.timeout
                 ).by_page(continuation_token=token)
                 items: list[BlobProperties] = list(next(pager))
-                return [Listed(b.name, dict(b.metadata or {})) for b in items], pager.continuation_token
+                found = [Listed(b.name, dict(b.metadata or {}), str(b.etag)) for b in items]
+                return found, pager.continuation_token
 
-            items, token = self.backoff.call(f"list {prefix}", _container_checked(page))
+            items, token = self._call(f"list {prefix}", _container_checked(page))
             yield from items
             if not token:
                 return
@@ -259,32 +281,44 @@ class BlobIO:
         while True:
 
             def page(token: str | None = token) -> tuple[list[str], str | None]:
+                counted("ListBlobs")
                 pager: Any = self.container.walk_blobs(
                     name_starts_with=prefix, delimiter="/", results_per_page=1000, timeout=self.timeout
                 ).by_page(continuation_token=token)
                 items = list(next(pager))
                 return [i.name for i in items if isinstance(i, BlobPrefix)], pager.continuation_token
 
-            names, token = self.backoff.call(f"list folders {prefix}", _container_checked(page))
+            names, token = self._call(f"list folders {prefix}", _container_checked(page))
             yield from names
             if not token:
                 return
 
+    def _call(self, what: str, fn: Callable[[], T]) -> T:
+        result = self.backoff.call(what, fn)
+        self._answered_at = time.monotonic()
+        return result
+
     def ping(self) -> None:
+        answered = self._answered_at
+        if answered is not None and time.monotonic() - answered < PING_FRESH_S:
+            return
+
         def check() -> None:
+            counted("GetContainerProperties")
             try:
                 self.container.get_container_properties(timeout=self.timeout)
             except ResourceNotFoundError as exc:
                 raise Unavailable(f"blob container {self.container.container_name!r} does not exist") from exc
 
-        self.backoff.call("ping", check)
+        self._call("ping", check)
 
     def ensure_container(self) -> None:
         def create() -> None:
+            counted("CreateContainer")
             with contextlib.suppress(ResourceExistsError):
                 self.container.create_container(timeout=self.timeout)
 
-        self.backoff.call("create container", create)
+        self._call("create container", create)
 
 
 def _container_checked(fn: Callable[[], T]) -> Callable[[], T]:
@@ -306,6 +340,9 @@ def _raise_if_container_gone(exc: ResourceNotFoundError) -> None:
 
 def _chunks_or_unavailable(name: str, chunks: Iterator[bytes]) -> Iterator[bytes]:
     try:
-        yield from chunks
+        for i, chunk in enumerate(chunks):
+            if i:  # the first chunk came with the download's first request; each further one is a GET
+                counted("GetBlob")
+            yield chunk
     except (HttpResponseError, ServiceRequestError, ServiceResponseError) as exc:
         raise Unavailable(f"blob storage failed while streaming {name}: {_summary(exc)}") from exc

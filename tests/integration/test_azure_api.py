@@ -47,7 +47,10 @@ def _run_one(parts: wiring.Components) -> Outcome:
     assert parts.source is not None
     delivery = parts.source.receive(["fast"], 5)
     assert delivery is not None
-    executor = Executor(parts.store, parts.blobs, parts.catalog, FakeRuntime(), WorkerConfig("w1", lease_seconds=5))
+    # Every step written (the Azure store's default is one progress write a second): the stream's
+    # replay of each version is what these tests check.
+    config = WorkerConfig("w1", lease_seconds=5, progress_interval_s=0.0)
+    executor = Executor(parts.store, parts.blobs, parts.catalog, FakeRuntime(), config)
     return executor.execute(delivery)
 
 

@@ -65,7 +65,8 @@ def test_state_filter_reads_only_matching_records() -> None:
     reads: list[str] = []
     real_get = io.get
     io.get = lambda name: reads.append(name) or real_get(name)  # type: ignore[method-assign]
-    found = store.list_by_owner(ALICE, state=JobState.QUEUED, limit=10)
+    other = azurite.job_store(io)  # a process that wrote none of them (the writer holds them: no reads)
+    found = other.list_by_owner(ALICE, state=JobState.QUEUED, limit=10)
     assert [j.id for j in found] == [j.id for j in reversed(jobs[1::2])]
     assert len(reads) == 3  # the state rides in metadata: cancelled records were never read
 

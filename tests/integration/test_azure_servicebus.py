@@ -81,8 +81,14 @@ class Rig:
     def source(self) -> ServiceBusWorkSource:
         return ServiceBusWorkSource(self.ns.client(), NAMES, FakeAutoLockRenewer(self.ns), max_lock_renewal_s=60)
 
-    def executor(self, runtime: FakeRuntime, worker: str) -> Executor:
-        config = WorkerConfig(worker, lease_seconds=LOCK_S, max_attempts=3, retry_backoff_seconds=0.05)
+    def executor(self, runtime: FakeRuntime, worker: str, *, every_step: bool = False) -> Executor:
+        config = WorkerConfig(
+            worker,
+            lease_seconds=LOCK_S,
+            max_attempts=3,
+            retry_backoff_seconds=0.05,
+            progress_interval_s=0.0 if every_step else None,  # None: the store's (one write a second)
+        )
         return Executor(self.store, self.blobs, self.catalog, runtime, config)
 
     def work_until(self, job_id: str, source: ServiceBusWorkSource, executor: Executor, *, limit_s: float = 30) -> Job:
@@ -253,7 +259,7 @@ def test_a_job_runs_once_through_blob_faults() -> None:
         job = rig.submit(steps=3)
         runtime = FakeRuntime()
         source = rig.source()
-        done = rig.work_until(job.id, source, rig.executor(runtime, "A"))
+        done = rig.work_until(job.id, source, rig.executor(runtime, "A", every_step=True))
         source.close()
     assert proxy.faults["after 503"] > 5
     assert done.state is JobState.SUCCEEDED and done.attempts == 1 and len(runtime.calls) == 1

@@ -41,6 +41,7 @@ SNAPSHOT: dict[str, tuple[str, tuple[str, ...]]] = {
     "difflane_gpu_utilization_ratio": ("gauge", ("gpu",)),
     "difflane_gpu_memory_used_bytes": ("gauge", ("gpu",)),
     "difflane_gpu_memory_total_bytes": ("gauge", ("gpu",)),
+    "difflane_storage_operations": ("counter", ("backend", "operation")),
     # read at scrape time by QueueDepthCollector
     "difflane_queue_depth": ("gauge", ("lane",)),
 }

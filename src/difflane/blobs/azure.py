@@ -25,7 +25,7 @@ from urllib.parse import quote
 
 from azure.storage.blob import BlobSasPermissions, UserDelegationKey, generate_blob_sas
 
-from difflane.azure_io import BlobIO
+from difflane.azure_io import BlobIO, counted
 from difflane.blobs.base import check_key
 from difflane.errors import NotFound, Unavailable
 
@@ -177,6 +177,7 @@ def delegation_key_fetcher(service: Any) -> Callable[[dt.datetime, dt.datetime],
     """``BlobServiceClient.get_user_delegation_key`` as a fetcher (needs Storage Blob Delegator)."""
 
     def fetch(start: dt.datetime, expiry: dt.datetime) -> UserDelegationKey:
+        counted("GetUserDelegationKey")
         key: UserDelegationKey = service.get_user_delegation_key(start, expiry, timeout=10)
         return key
 

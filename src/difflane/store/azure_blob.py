@@ -12,8 +12,9 @@ The layout is in ``azure_layout``. The rules that keep it correct without transa
   (the ``on_create`` hook) → the record. A crash leaves at most a key or pointer without a
   record; a retry with the same Idempotency-Key finishes that job under its first id.
 - **History follows the record.** After a record write succeeds its version is copied to
-  ``versions/<id>/<n>``. ``history()`` reads the record (the newest version) and the copies
-  between. A writer that dies between the two writes leaves a gap; the event stream then
+  ``versions/<id>/<n>``, but for a final state: nothing is written over a finished record, so
+  its newest version is always read from the record itself. ``history()`` reads the record (the
+  newest version) and the copies between. A writer that dies between the two writes leaves a gap; the event stream then
   misses that one version's progress step, never a state (each state event compares with the
   version sent before it).
 - **Running markers are advisory.** ``lanes/<lane>/running/<id>`` is written before the claim and
@@ -43,6 +44,7 @@ from difflane.store.base import IdempotencyKey
 log = logging.getLogger(__name__)
 
 _CACHE_SIZE = 50_000
+_RECORDS_CACHED = 5_000  # whole records (a few KB each) kept by ETag, for listings
 _STALE_MARKER_S = 120.0  # a running marker whose record is not running, older than this, is removed
 
 
@@ -78,6 +80,11 @@ class _Lru(OrderedDict[str, object]):
 
 
 class AzureBlobJobStore:
+    # Workers write progress at most this often (executor.WorkerConfig.progress_interval_s): each
+    # write is a billed read-free PutBlob plus its version copy, and a 30-step render on a GPU
+    # would otherwise make 60 of them in a second or two. The final state is always written.
+    progress_interval_s = 1.0
+
     def __init__(
         self,
         io: BlobIO,
@@ -92,7 +99,10 @@ class AzureBlobJobStore:
         self.on_update = on_update  # after a change is written (wakes event streams)
         self._owners = _Lru(_CACHE_SIZE)  # job id → Principal; ids never change owner
         self._seen = _Lru(_CACHE_SIZE)  # job id → _Seen
+        self._records = _Lru(_RECORDS_CACHED)  # record name → (ETag, Job) as last read or written
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=readers, thread_name_prefix="blob-read")
+        self._believed: dict[str, float] = {}  # running marker → until when it needs no new check
+        self._believed_lock = threading.Lock()
         self._clock = clock
 
     # --- creating --------------------------------------------------------------------------
@@ -121,7 +131,7 @@ class AzureBlobJobStore:
                 if existing is not None:
                     return existing, False
             raise Conflict(f"job {stored.id} already exists", code="job_exists") from None
-        self._remember(stored, etag)
+        self._remember(stored, etag, name)
         self._write_version(stored)
         return stored, True
 
@@ -179,7 +189,7 @@ class AzureBlobJobStore:
         if found is None:
             return None
         job = records.loads(found.data)
-        self._remember(job, found.etag)
+        self._remember(job, found.etag, layout.record_name(owner, job_id))
         return job
 
     def _owner_of(self, job_id: str) -> Principal | None:
@@ -199,11 +209,11 @@ class AzureBlobJobStore:
         if limit <= 0 or (before is not None and not is_job_id(before)):
             return []
         out: list[Job] = []
-        batch: list[str] = []
+        batch: list[Listed] = []
         for item in self._newest_first(owner, before):
             if state is not None and item.metadata.get("state") != state.value:
                 continue
-            batch.append(item.name)
+            batch.append(item)
             if len(batch) >= limit - len(out):
                 out.extend(self._load(batch, state))
                 batch = []
@@ -228,11 +238,30 @@ class AzureBlobJobStore:
                 if item.name > cursor:
                     yield item
 
-    def _load(self, names: list[str], state: JobState | None) -> list[Job]:
-        """Read records in parallel; a record whose state changed since it was listed is left out."""
-        found = list(self._pool.map(self.io.get, names))
-        jobs = [records.loads(b.data) for b in found if b is not None]
-        return [j for j in jobs if state is None or j.state is state]
+    def _load(self, items: list[Listed], state: JobState | None) -> list[Job]:
+        """Read records in parallel, but those this process holds at the listed ETag (admission
+        lists a caller's queued jobs on every submit: mostly the ones it wrote itself); a record
+        whose state changed since it was listed is left out."""
+        held = {item.name: self._held(item) for item in items}
+        missing = [name for name, job in held.items() if job is None]
+        read = dict(zip(missing, self._pool.map(self.io.get, missing), strict=True))
+        jobs: list[Job] = []
+        for item in items:
+            job = held[item.name]
+            if job is None and (blob := read[item.name]) is not None:
+                job = records.loads(blob.data)
+                self._records.put(item.name, (blob.etag, job))
+            if job is not None and (state is None or job.state is state):
+                jobs.append(job)
+        return jobs
+
+    def _held(self, item: Listed) -> Job | None:
+        cached = self._records.get_item(item.name)
+        if not isinstance(cached, tuple) or not item.etag:
+            return None
+        etag, job = cached
+        # Listings give ETags unquoted, responses' headers quoted (Azurite and the service alike).
+        return job if isinstance(job, Job) and str(etag).strip('"') == item.etag.strip('"') else None
 
     def history(self, job_id: str, after_version: int = 0) -> list[Job]:
         current = self.get(job_id)
@@ -273,13 +302,14 @@ class AzureBlobJobStore:
             raise VersionConflict(f"job {job.id} is not at version {expected_version}") from None
         except Exists:  # pragma: no cover - If-Match writes never answer 409
             raise VersionConflict(f"job {job.id} changed while writing") from None
-        self._remember(stored, etag)
+        self._remember(stored, etag, name)
         leaving = before.state == JobState.RUNNING.value and (
             stored.state is not JobState.RUNNING or stored.lane != before.lane
         )
         if leaving:
             self._quietly(lambda: self.io.delete(layout.running_name(before.lane, stored.id)))
-        self._write_version(stored)
+        if not stored.state.terminal:  # a final version is never overwritten: read from the record
+            self._write_version(stored)
         if self.on_update is not None:
             self.on_update(stored)
         return stored
@@ -302,11 +332,12 @@ class AzureBlobJobStore:
             raise VersionConflict(f"job {job.id} is at version {found.version}, not {expected_version}")
         return found
 
-    def _remember(self, job: Job, etag: str) -> None:
+    def _remember(self, job: Job, etag: str, name: str) -> None:
         self._owners.put(job.id, job.owner)
         seen = self._seen.get_item(job.id)
         if not isinstance(seen, _Seen) or seen.version <= job.version:
             self._seen.put(job.id, _Seen(job.version, etag, job.state.value, job.lane))
+            self._records.put(name, (etag, job))
 
     def _write_version(self, job: Job) -> None:
         name = layout.version_name(job.owner, job.id, job.version)
@@ -323,17 +354,34 @@ class AzureBlobJobStore:
     # --- the backlog's other half --------------------------------------------------------------
 
     def running(self, lane: str) -> int:
-        """Jobs running on ``lane`` per their records (markers checked; stale ones removed)."""
+        """Jobs running on ``lane`` per their records (markers checked; stale ones removed).
+
+        A marker checked against its record is believed until that record's lease runs out: the
+        job's ending removes the marker, and admission asks on every submit, which would
+        otherwise read every running job's record each time (one GetBlob per running job)."""
         count = 0
         now = self._clock()
+        listed: set[str] = set()
         for item in self.io.list(layout.running_prefix(lane), metadata=True):
+            listed.add(item.name)
+            with self._believed_lock:
+                until = self._believed.get(item.name)
+            if until is not None and now < until:
+                count += 1
+                continue
             job_id = item.name.rsplit("/", 1)[-1]
             job = self.get(job_id)
             if job is not None and job.state is JobState.RUNNING and job.lane == lane:
                 count += 1
+                with self._believed_lock:
+                    self._believed[item.name] = job.lease.expires_at if job.lease is not None else now
             elif now - _written_at(item) > _STALE_MARKER_S:
                 # Old enough that no claim can still be in flight behind it.
                 self._quietly(functools.partial(self.io.delete, item.name))
+        prefix = layout.running_prefix(lane)
+        with self._believed_lock:  # a marker that is gone: its job left running
+            for name in [n for n in self._believed if n.startswith(prefix) and n not in listed]:
+                del self._believed[name]
         return count
 
     def ping(self) -> None:

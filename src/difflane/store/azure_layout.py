@@ -2,7 +2,7 @@
 
 ```
 t/<tenant>/s/<subject>/jobs/<day>/<inv-id>        the job record (JSON), metadata: state, version, lane
-t/<tenant>/s/<subject>/versions/<id>/<version>    every written version (the event stream's source)
+t/<tenant>/s/<subject>/versions/<id>/<version>    every written version but a final one (the event stream's source)
 t/<tenant>/s/<subject>/idempotency/<sha256(key)>  create-only: {fingerprint, job_id}
 ids/<id>                                           create-only: which owner a job id belongs to
 lanes/<lane>/running/<id>                          marker while the job runs (backlog = messages - running)

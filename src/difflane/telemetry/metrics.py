@@ -112,6 +112,11 @@ WORKERS = Gauge(
     ["lane", "state"],
     multiprocess_mode="livesum",
 )
+STORAGE_OPERATIONS = Counter(
+    "difflane_storage_operations",
+    "Calls to the cloud store by REST operation (each retry counts; each is billed)",
+    ["backend", "operation"],
+)
 # Per worker process: in multiprocess mode each process's samples keep their pid label.
 GPU_UTILIZATION = Gauge(
     "difflane_gpu_utilization_ratio", "NVML GPU utilisation (0..1)", ["gpu"], multiprocess_mode="liveall"

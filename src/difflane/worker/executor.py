@@ -29,7 +29,7 @@ from difflane import __version__, png
 from difflane.blobs.base import BlobStore, output_key
 from difflane.catalog import Catalog, ModelSpec
 from difflane.dispatch.base import Delivery, Dispatcher
-from difflane.errors import DifflaneError, IllegalTransition, InvalidInput, NotFound
+from difflane.errors import DifflaneError, IllegalTransition, InvalidInput, NotFound, VersionConflict
 from difflane.jobs import ErrorCode, Job, JobState, Output, RunMetrics
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import JobStore, mutate
@@ -65,6 +65,9 @@ class WorkerConfig:
     lease_seconds: float = 30.0
     max_attempts: int = 3
     retry_backoff_seconds: float = 2.0
+    # At most one progress write per this many seconds (the final state is always written).
+    # None: what the store asks for (``progress_interval_s``; each write is billed on Azure).
+    progress_interval_s: float | None = None
 
 
 class _Stop(enum.Enum):
@@ -80,6 +83,7 @@ class _Item:
     delivery: Delivery
     job: Job
     queue_wait_s: float
+    progress_at: float = 0.0  # monotonic time of the last progress (or claim) write
     stop: _Stop | None = None
     outcome: Outcome | None = None  # set once the job is settled
 
@@ -105,6 +109,8 @@ class Executor:
         self.lanes = lanes
         self.dispatcher = dispatcher  # to move jobs between lanes
         self.should_give_back = should_give_back  # True once a shutdown's grace period is over
+        interval = config.progress_interval_s
+        self.progress_interval_s = float(getattr(store, "progress_interval_s", 0.0)) if interval is None else interval
 
     def lane(self, name: str) -> Lane:
         found = self.lanes.get(name) if self.lanes is not None else None
@@ -176,7 +182,7 @@ class Executor:
             )
         worker, lease = self.config.worker_id, self.config.lease_seconds
         try:
-            claimed = mutate(self.store, job.id, lambda j: j.start(worker, lease))
+            claimed = self._write(job, lambda j: j.start(worker, lease))
         except IllegalTransition:
             return self._not_claimed(job, delivery)
         wait = max(time.time() - claimed.created_at.timestamp(), 0.0)
@@ -184,7 +190,16 @@ class Executor:
         metrics.JOBS_STARTED.labels(claimed.request.model, claimed.lane).inc()
         metrics.observe(metrics.QUEUE_WAIT.labels(claimed.lane), wait)
         log.info("job started", extra={"job_id": job.id, "attempt": claimed.attempts, "delivery": delivery.attempt})
-        return _Item(delivery, claimed, wait)
+        return _Item(delivery, claimed, wait, progress_at=time.monotonic())
+
+    def _write(self, held: Job, change: Callable[[Job], Job]) -> Job:
+        """``change`` written over the version this worker holds: one conditional write, no read
+        first. Only a lost race (or a version that forbids the change) costs a read, and then the
+        latest version judges, as in ``store.base.mutate``."""
+        try:
+            return self.store.update(change(held), held.version)
+        except (VersionConflict, IllegalTransition):
+            return mutate(self.store, held.id, change)
 
     def _max_attempts(self, job: Job) -> int:
         return self.lane(job.lane).max_attempts or self.config.max_attempts
@@ -288,17 +303,13 @@ class Executor:
             for item in items:
                 item.stop = item.stop or _Stop.SHUTDOWN
             return False
+        now = time.monotonic()
         for item in items:
             if item.stop is not None or item.outcome is not None:
                 continue
-            try:
-                with keeper.lock:
-                    item.job = mutate(self.store, item.job.id, lambda j: j.advance(self.config.worker_id, step, total))
-            except (IllegalTransition, NotFound):
-                item.stop = _Stop.LOST
-                continue
-            except Exception:  # progress is best effort; the lease keeper guards the claim
-                log.warning("could not record progress", exc_info=True, extra={"job_id": item.job.id})
+            # Throttled (Azure: each write is billed): a cancel is then seen at the next write,
+            # or at the lease keeper's, within about the interval instead of a step.
+            if now - item.progress_at >= self.progress_interval_s and not self._advance(item, keeper, step, total):
                 continue
             if item.job.cancel_requested:
                 item.stop = _Stop.CANCEL
@@ -306,6 +317,20 @@ class Executor:
                     item.outcome = self._settle_cancel(item.job, item.delivery)
         # Go on while any job still wants its images.
         return any(item.stop is None for item in items)
+
+    def _advance(self, item: _Item, keeper: _LeaseKeeper, step: int, total: int) -> bool:
+        """Write the step; False when the job must be skipped this step (lost, or not written)."""
+        item.progress_at = time.monotonic()
+        try:
+            with keeper.lock:
+                item.job = self._write(item.job, lambda j: j.advance(self.config.worker_id, step, total))
+        except (IllegalTransition, NotFound):
+            item.stop = _Stop.LOST
+            return False
+        except Exception:  # progress is best effort; the lease keeper guards the claim
+            log.warning("could not record progress", exc_info=True, extra={"job_id": item.job.id})
+            return False
+        return True
 
     def _complete(self, item: _Item, spec: ModelSpec, images: list[RenderedImage], run: RunMetrics) -> None:
         job = item.job
@@ -315,9 +340,7 @@ class Executor:
                 for i, image in enumerate(images):
                     outputs.append(self._upload(job, spec, i, image))
             with tracing.in_job(item.delivery, "store.final_state", {"difflane.state": "succeeded"}):
-                done = mutate(
-                    self.store, job.id, lambda j: j.succeed(self.config.worker_id, tuple(outputs), metrics=run)
-                )
+                done = self._write(job, lambda j: j.succeed(self.config.worker_id, tuple(outputs), metrics=run))
         except IllegalTransition:
             self._delete(o.key for o in outputs)  # not ours to keep: the job is someone else's now
             current = self.store.get(job.id)
@@ -633,8 +656,8 @@ class _LeaseKeeper:
         if queue_held:
             try:
                 with self.lock:
-                    item.job = mutate(
-                        self._executor.store, item.job.id, lambda j: j.renew(config.worker_id, config.lease_seconds)
+                    item.job = self._executor._write(
+                        item.job, lambda j: j.renew(config.worker_id, config.lease_seconds)
                     )
                 return
             except (IllegalTransition, NotFound):
