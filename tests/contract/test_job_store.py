@@ -229,16 +229,19 @@ def test_a_replay_makes_nothing_deliverable_twice(hooked: tuple[JobStore, Hook])
 def test_sqlite_commits_the_queue_row_in_the_records_transaction(tmp_path: Path) -> None:
     db = Database(tmp_path / "jobs.db")
     queue = EmbeddedQueue(db, tmp_path / "run")
+    outside = sqlite3.connect(tmp_path / "jobs.db")  # another process's view: committed rows only
     seen: list[object] = []
 
     def enqueue_in(tx: sqlite3.Connection, job: Job) -> None:
-        seen.append(tx.execute("SELECT version FROM jobs WHERE id = ?", (job.id,)).fetchone())
+        query = "SELECT version FROM jobs WHERE id = ?"
+        seen.append((tx.execute(query, (job.id,)).fetchone(), outside.execute(query, (job.id,)).fetchone()))
         queue.enqueue_in(tx, job)
 
     store = SqliteJobStore(db, on_queued=enqueue_in)
     store.create(make_job())
-    assert seen == [(1,)]  # the hook ran inside the write that inserted the record
+    assert seen == [((1,), None)]  # inside the write that inserted the record, before its commit
     assert queue.backlog("fast") == 1
+    outside.close()
     queue.close()
     store.close()
 
