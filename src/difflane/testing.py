@@ -17,7 +17,7 @@ from difflane.blobs.base import check_key
 from difflane.catalog import ModelSpec
 from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
 from difflane.jobs import Job, JobState, Principal
-from difflane.store.base import Change, IdempotencyKey
+from difflane.store.base import Change, IdempotencyKey, MakeDeliverable
 from difflane.worker.runtime import Interrupted, RenderedImage, RenderStats, RenderTask, StepCallback
 
 
@@ -32,8 +32,9 @@ class _Switch:
 
 
 class MemoryJobStore(_Switch):
-    def __init__(self) -> None:
+    def __init__(self, *, on_create: MakeDeliverable | None = None) -> None:
         self._lock = threading.Lock()
+        self._on_create = on_create  # under the lock, before the record exists (JobStore's contract)
         self._history: dict[str, list[Job]] = {}
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}
         self._changes: list[Change] = []  # every write in order; seq is its index + 1
@@ -55,6 +56,8 @@ class MemoryJobStore(_Switch):
             if job.id in self._history:
                 raise Conflict(f"job {job.id} already exists", code="job_exists")
             stored = dataclasses.replace(job, version=1)
+            if self._on_create is not None:
+                self._on_create(stored)
             self._history[job.id] = [stored]
             self._changes.append(Change(len(self._changes) + 1, job.id, 1))
             if idempotency is not None:

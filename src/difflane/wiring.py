@@ -71,7 +71,8 @@ def _embedded(settings: Settings, catalog: Catalog) -> Components:
     bell_dir = doorbell.socket_dir(settings.data_dir)
     db = _database(settings)
     queue = EmbeddedQueue(db, bell_dir, lease_seconds=settings.lease_seconds)
-    # Same database file: the queue row commits in the transaction that writes a queued record.
+    # Create makes the job deliverable (store.base.JobStore): same database file, so the queue
+    # row commits in the transaction that writes a queued record (MakeDeliverableIn).
     store = SqliteJobStore(db, on_queued=queue.enqueue_in, on_update=lambda job: doorbell.ring(bell_dir, "api"))
     blobs = LocalBlobStore(settings.results_path)
     return Components(store, blobs, queue, queue, catalog, bell_dir=bell_dir, local_store=True)
@@ -160,6 +161,8 @@ def _azure_store(settings: Settings) -> tuple[AzureBlobJobStore, BlobStore, Blob
     if settings.azure_create_container:
         io.ensure_container()
     outbox = BlobDispatchOutbox(io)
+    # Create makes the job deliverable (store.base.JobStore): no transaction to share, so the
+    # outbox entry is written before the record (MakeDeliverable) and the sweeper dispatches it.
     store = AzureBlobJobStore(io, on_create=outbox.add)
     blobs = AzureBlobStore(
         io, signer=_azure_signer(settings, service), max_ttl_seconds=settings.azure_result_url_ttl_seconds

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from difflane.errors import Conflict, IllegalTransition, NotFound, VersionConflict
-from difflane.jobs import JobState
+from difflane.dispatch.embedded import EmbeddedQueue
+from difflane.errors import Conflict, IllegalTransition, NotFound, Unavailable, VersionConflict
+from difflane.jobs import Job, JobState
+from difflane.store import azure_layout
+from difflane.store.azure_blob import AzureBlobJobStore, BlobDispatchOutbox
 from difflane.store.base import ChangeLog, IdempotencyKey, JobStore, mutate
 from difflane.store.sqlite import Database, SqliteJobStore
 from difflane.testing import MemoryJobStore
@@ -196,3 +200,98 @@ def test_versions_are_read_without_the_records(store: JobStore) -> None:
     store.update(a.start("w1", 30), a.version)
     unknown = make_job(ALICE).id
     assert versions([a.id, b.id, unknown, "not-an-id"]) == {a.id: 2, b.id: 1}
+
+
+# --- create makes the job deliverable, atomically (store.base.JobStore) ------------------------
+
+
+class Hook:
+    """A MakeDeliverable that records what it was given, or fails like a queue that is down."""
+
+    def __init__(self) -> None:
+        self.made: list[Job] = []
+        self.fail = False
+
+    def __call__(self, job: Job) -> None:
+        if self.fail:
+            raise Unavailable("the queue is down")
+        self.made.append(job)
+
+
+@pytest.fixture(params=["memory", "sqlite", pytest.param("azure", marks=pytest.mark.integration)])
+def hooked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[JobStore, Hook]]:
+    """Each backend built with its make-deliverable hook, as difflane.wiring builds it."""
+    hook = Hook()
+    s: JobStore
+    if request.param == "azure":
+        s = AzureBlobJobStore(azurite.blob_io(), on_create=hook)
+    elif request.param == "sqlite":
+        s = SqliteJobStore(Database(tmp_path / "jobs.db"), on_queued=lambda _tx, job: hook(job))
+    else:
+        s = MemoryJobStore(on_create=hook)
+    yield s, hook
+    s.close()
+
+
+def test_create_makes_the_job_deliverable_before_it_returns(hooked: tuple[JobStore, Hook]) -> None:
+    store, hook = hooked
+    created, _ = store.create(make_job())
+    assert hook.made == [created]
+
+
+def test_a_failing_hook_fails_the_create_and_leaves_no_record(hooked: tuple[JobStore, Hook]) -> None:
+    store, hook = hooked
+    job = make_job()
+    hook.fail = True
+    with pytest.raises(Unavailable):
+        store.create(job, IdempotencyKey("k1", "f1"))
+    assert store.get(job.id) is None and store.list_by_owner(ALICE) == []
+    # Nothing half-written refuses the client's retry: it creates the job, deliverable this time.
+    hook.fail = False
+    created, is_new = store.create(make_job(), IdempotencyKey("k1", "f1"))
+    assert is_new and hook.made == [created] and store.get(created.id) == created
+
+
+def test_a_replay_makes_nothing_deliverable_twice(hooked: tuple[JobStore, Hook]) -> None:
+    store, hook = hooked
+    first, _ = store.create(make_job(), IdempotencyKey("k1", "f1"))
+    again, is_new = store.create(make_job(), IdempotencyKey("k1", "f1"))
+    assert not is_new and again.id == first.id and hook.made == [first]
+
+
+def test_sqlite_commits_the_queue_row_in_the_records_transaction(tmp_path: Path) -> None:
+    db = Database(tmp_path / "jobs.db")
+    queue = EmbeddedQueue(db, tmp_path / "run")
+    outside = sqlite3.connect(tmp_path / "jobs.db")  # another process's view: committed rows only
+    seen: list[object] = []
+
+    def enqueue_in(tx: sqlite3.Connection, job: Job) -> None:
+        query = "SELECT version FROM jobs WHERE id = ?"
+        seen.append((tx.execute(query, (job.id,)).fetchone(), outside.execute(query, (job.id,)).fetchone()))
+        queue.enqueue_in(tx, job)
+
+    store = SqliteJobStore(db, on_queued=enqueue_in)
+    store.create(make_job())
+    assert seen == [((1,), None)]  # inside the write that inserted the record, before its commit
+    assert queue.backlog("fast") == 1
+    outside.close()
+    queue.close()
+    store.close()
+
+
+@pytest.mark.integration
+def test_blob_store_writes_the_outbox_entry_before_the_record() -> None:
+    io = azurite.blob_io()
+    outbox = BlobDispatchOutbox(io)
+    job = make_job()
+    record_before: list[object] = []
+
+    def add(stored: Job) -> None:
+        record_before.append(io.get(azure_layout.record_name(stored.owner, stored.id)))
+        outbox.add(stored)
+
+    store = AzureBlobJobStore(io, on_create=add)
+    store.create(job)
+    assert record_before == [None]  # a crash here leaves an entry the sweeper drops, never an undeliverable record
+    assert [job_id for job_id, _ in outbox.pending()] == [job.id]
+    store.close()

@@ -315,10 +315,10 @@ def test_metadata_over_plain_http_only_for_loopback(url: str, ok: bool) -> None:
 
 def test_signed_result_urls_name_one_blob_for_a_short_time_and_only_for_the_owner() -> None:
     from difflane import wiring
-    from difflane.api.routes.render import SIGNED_URL_TTL_SECONDS
     from difflane.jobs import Output
     from difflane.store.base import mutate
     from difflane.testing import MemoryBlobStore
+    from difflane.views import SIGNED_URL_TTL_SECONDS
 
     class SigningBlobs(MemoryBlobStore):
         def __init__(self) -> None:

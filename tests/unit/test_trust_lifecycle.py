@@ -276,13 +276,14 @@ def test_a_late_upload_by_a_worker_that_lost_the_job_leaves_nothing_behind() -> 
 
 
 def test_submit_answers_with_the_job_when_dispatch_fails_after_the_create() -> None:
+    from difflane.api.schemas import JobCreate
     from difflane.api.service import JobService
     from difflane.auth.caller import Caller
 
     store, queue = MemoryJobStore(), MemoryQueue()
     service = JobService(store, queue, catalog.builtin())
     queue.dispatch = lambda j: (_ for _ in ()).throw(Unavailable("queue down"))  # type: ignore[method-assign]
-    job, created = service.submit(Caller(Principal("t", "alice")), {"model": "tiny", "prompt": "a fox"})
+    job, created = service.submit(Caller(Principal("t", "alice")), JobCreate(model="tiny", prompt="a fox"))
     assert created and store.get(job.id) is not None
 
 

@@ -93,14 +93,18 @@ class OutputOut(BaseModel):
     height: int
 
 
+# The response models below describe what difflane.views builds: every key is always present
+# (null where unknown), so every field is required. tests/unit/test_job_view.py holds them together.
+
+
 class RunMetricsOut(BaseModel):
-    queue_wait_s: float | None = Field(None, description="From acceptance to the start of the final attempt")
-    load_s: float | None = Field(None, description="Model load time of the final attempt (0 when cached)")
-    execution_s: float | None = Field(None, description="Pipeline time of the final attempt")
-    batch_size: int | None = Field(None, description="Images in the pipeline call that rendered this job")
-    device: str | None = None
-    peak_memory_bytes: int | None = Field(None, description="Peak device memory (CUDA only)")
-    gpu_utilization: float | None = Field(None, description="NVML utilisation 0..1 (GPU only)")
+    queue_wait_s: float | None = Field(description="From acceptance to the start of the final attempt")
+    load_s: float | None = Field(description="Model load time of the final attempt (0 when cached)")
+    execution_s: float | None = Field(description="Pipeline time of the final attempt")
+    batch_size: int | None = Field(description="Images in the pipeline call that rendered this job")
+    device: str | None
+    peak_memory_bytes: int | None = Field(description="Peak device memory (CUDA only)")
+    gpu_utilization: float | None = Field(description="NVML utilisation 0..1 (GPU only)")
 
 
 class WebhookOut(BaseModel):
@@ -144,8 +148,8 @@ class JobOut(BaseModel):
     metrics: RunMetricsOut | None
     webhook: WebhookOut | None
     links: JobLinks
-    queue: QueueOut | None = Field(None, description="While queued: position and predicted times; else null")
-    eta_finish_s: float | None = Field(None, description="While queued or running: predicted seconds to finish")
+    queue: QueueOut | None = Field(description="While queued: position and predicted times; else null")
+    eta_finish_s: float | None = Field(description="While queued or running: predicted seconds to finish")
 
 
 class JobPage(BaseModel):

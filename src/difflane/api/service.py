@@ -7,10 +7,10 @@ import hashlib
 import json
 import logging
 import secrets
-from typing import Any
 
 from difflane.api import access_log
 from difflane.api.limits import Admission, TooManyRequests
+from difflane.api.schemas import JobCreate, WebhookCreate
 from difflane.auth.caller import Caller
 from difflane.capacity.live import LiveForecaster
 from difflane.catalog import Catalog, ModelSpec
@@ -47,12 +47,12 @@ class JobService:
         self.webhooks = webhooks  # None: webhooks are off
         self.forecast = forecast  # admission by prediction (a lane's max_queue_wait_s); None: off
 
-    def submit(self, caller: Caller, body: dict[str, Any], idempotency_key: str | None = None) -> tuple[Job, bool]:
+    def submit(self, caller: Caller, body: JobCreate, idempotency_key: str | None = None) -> tuple[Job, bool]:
         """Validate against the model's limits, admit, then write record + queue entry. (job, created)."""
         owner = caller.principal
-        spec = self._model(body["model"])
+        spec = self._model(body.model)
         request = build_request(spec, body, self.lanes.get(spec.lane) if self.lanes else None)
-        lane = body.get("lane") or spec.lane
+        lane = body.lane or spec.lane
         if lane != spec.lane:
             raise InvalidInput(
                 f"model {spec.name!r} is served by lane {spec.lane!r}, not {lane!r}", code="lane_mismatch", field="lane"
@@ -66,7 +66,7 @@ class JobService:
                     field="Idempotency-Key",
                 )
             key = IdempotencyKey(idempotency_key, fingerprint(body))
-        webhook = self._webhook(body.get("webhook"))
+        webhook = self._webhook(body.webhook)
         if key is not None and (replayed := self.store.find_replay(owner, key)) is not None:
             if self.webhooks is not None:  # hook (issue 9 item 7, webhooks/intake.py): re-watch a lost watch
                 self.webhooks.replayed(replayed)
@@ -113,12 +113,12 @@ class JobService:
                 extra={"job_id": job.id},
             )
 
-    def _webhook(self, raw: dict[str, Any] | None) -> Webhook | None:
-        if raw is None:
+    def _webhook(self, asked: WebhookCreate | None) -> Webhook | None:
+        if asked is None:
             return None
         if self.webhooks is None:
             raise InvalidInput("webhooks are not enabled on this deployment", code="webhooks_disabled", field="webhook")
-        return self.webhooks.validate(raw)
+        return self.webhooks.validate(asked.model_dump(exclude_unset=True))
 
     def _create(self, job: Job, key: IdempotencyKey | None) -> tuple[Job, bool]:
         if job.webhook is None or self.webhooks is None:
@@ -185,7 +185,7 @@ class JobService:
         return spec
 
 
-def build_request(spec: ModelSpec, body: dict[str, Any], lane: Lane | None = None) -> GenerationRequest:
+def build_request(spec: ModelSpec, body: JobCreate, lane: Lane | None = None) -> GenerationRequest:
     """Fill defaults from the catalog and check the model's (and its lane's) limits; InvalidInput names the field."""
     d, lim = spec.defaults, spec.limits
     if lane is not None:  # a lane's ceilings bound every model it serves
@@ -195,15 +195,13 @@ def build_request(spec: ModelSpec, body: dict[str, Any], lane: Lane | None = Non
                 "max_steps": min(lim.max_steps, lane.max_steps or lim.max_steps),
             }
         )
-    width = body.get("width") or d.width
-    height = body.get("height") or d.height
-    steps = body.get("steps") or d.steps
-    guidance = body.get("guidance_scale")
-    guidance = d.guidance_scale if guidance is None else guidance
-    negative = body.get("negative_prompt")
-    negative = d.negative_prompt if negative is None else negative
-    num_images = body.get("num_images", 1)
-    prompt = body["prompt"]
+    width = body.width or d.width
+    height = body.height or d.height
+    steps = body.steps or d.steps
+    guidance = d.guidance_scale if body.guidance_scale is None else body.guidance_scale
+    negative = d.negative_prompt if body.negative_prompt is None else body.negative_prompt
+    num_images = body.num_images
+    prompt = body.prompt
     checks = [
         ("prompt", len(prompt) <= lim.max_prompt_chars, f"prompt is longer than {lim.max_prompt_chars} characters"),
         (
@@ -227,7 +225,7 @@ def build_request(spec: ModelSpec, body: dict[str, Any], lane: Lane | None = Non
     for field, ok, message in checks:
         if not ok:
             raise InvalidInput(message, code="limit_exceeded", field=field)
-    seed = body.get("seed")
+    seed = body.seed
     return GenerationRequest(
         model=spec.name,
         prompt=prompt,
@@ -241,7 +239,10 @@ def build_request(spec: ModelSpec, body: dict[str, Any], lane: Lane | None = Non
     )
 
 
-def fingerprint(body: dict[str, Any]) -> str:
-    """Same request body → same fingerprint, whatever the key order or whitespace."""
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+def fingerprint(body: JobCreate) -> str:
+    """Same request body → same fingerprint, whatever the key order or whitespace. Fields the
+    client left out stay out (``exclude_unset``), so stored keys keep matching their retries."""
+    canonical = json.dumps(
+        body.model_dump(exclude_unset=True), sort_keys=True, separators=(",", ":"), ensure_ascii=False
+    )
     return hashlib.sha256(canonical.encode()).hexdigest()

@@ -197,7 +197,7 @@ class LiveForecaster:
 
 
 # --- the API's hooks ---------------------------------------------------------------------------
-# The public job form is built in one function (api/routes/render.job_json) called from several
+# The public job form is built in one function (views.job_json) called from several
 # routes that know nothing of forecasts; the app sets the forecaster of the request here.
 
 current: contextvars.ContextVar[LiveForecaster | None] = contextvars.ContextVar("difflane_forecaster", default=None)

@@ -13,13 +13,13 @@ from starlette.routing import Match
 
 from difflane.api.context import ApiContext, get_context
 from difflane.api.deps import AnyPermission, Submitter
-from difflane.api.routes.render import base_url, job_json
 from difflane.api.schemas import JobCreate
 from difflane.auth.caller import Caller
 from difflane.errors import InvalidInput, NotFound
 from difflane.jobs import ErrorCode, Job
 from difflane.openai_api.errors import OpenAIError, OpenAIRoute
 from difflane.openai_api.schemas import SIZE, ErrorOut, ImageGenerationRequest, ImagesResponse, ModelList, ModelOut
+from difflane.views import base_url, job_path, output_json
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ async def create_images(
     return JSONResponse(content, headers=headers)
 
 
-def to_job_body(body: ImageGenerationRequest, ctx: ApiContext) -> dict[str, Any]:
+def to_job_body(body: ImageGenerationRequest, ctx: ApiContext) -> JobCreate:
     """The /v1 job body for this request, checked by the /v1 schema (same bounds, same messages)."""
     names = ctx.catalog.names()
     job: dict[str, Any] = {"model": body.model or (names[0] if names else ""), "prompt": body.prompt}
@@ -80,7 +80,7 @@ def to_job_body(body: ImageGenerationRequest, ctx: ApiContext) -> dict[str, Any]
     extras = {"seed": body.seed, "steps": body.steps, "negative_prompt": body.negative_prompt}
     extras["guidance_scale"] = body.guidance_scale
     job.update({k: v for k, v in extras.items() if v is not None})
-    return JobCreate.model_validate(job).model_dump(exclude_unset=True)
+    return JobCreate.model_validate(job)
 
 
 async def wait_for(ctx: ApiContext, request: Request, caller: Caller, job: Job) -> Job | None:
@@ -103,8 +103,9 @@ async def images(ctx: ApiContext, request: Request, job: Job, response_format: s
         return [{"b64_json": base64.b64encode(png).decode()} for png in await ctx.call(read_all)]
     # The job's own output URLs: signed where the result storage signs, else the /v1 route
     # (which needs the same credentials as this request).
-    rendered = await ctx.call(job_json, job, base_url(request, ctx.settings.public_url), ctx.blobs)
-    return [{"url": o["url"]} for o in rendered["outputs"]]
+    path = job_path(job, base_url(request, ctx.settings.public_url))
+    rendered = await ctx.call(lambda: [output_json(o, path, ctx.blobs) for o in job.outputs])  # signing may do I/O
+    return [{"url": o["url"]} for o in rendered]
 
 
 @router.get("/models", response_model=ModelList, summary="List models (OpenAI shape)")

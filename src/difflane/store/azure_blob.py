@@ -39,7 +39,7 @@ from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
 from difflane.jobs import Job, JobState, Principal, is_job_id
 from difflane.store import azure_layout as layout
 from difflane.store import records
-from difflane.store.base import IdempotencyKey
+from difflane.store.base import IdempotencyKey, MakeDeliverable
 
 log = logging.getLogger(__name__)
 
@@ -89,13 +89,13 @@ class AzureBlobJobStore:
         self,
         io: BlobIO,
         *,
-        on_create: Callable[[Job], None] | None = None,
+        on_create: MakeDeliverable | None = None,
         on_update: Callable[[Job], None] | None = None,
         readers: int = 8,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.io = io
-        self.on_create = on_create  # before the record is written (the outbox entry)
+        self.on_create = on_create  # before the record is written (the outbox entry): see JobStore
         self.on_update = on_update  # after a change is written (wakes event streams)
         self._owners = _Lru(_CACHE_SIZE)  # job id → Principal; ids never change owner
         self._seen = _Lru(_CACHE_SIZE)  # job id → _Seen

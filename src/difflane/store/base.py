@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 from collections.abc import Callable
-from typing import Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 from difflane.errors import NotFound, VersionConflict
 from difflane.jobs import Job, JobState, Principal
@@ -18,12 +18,43 @@ class IdempotencyKey:
     fingerprint: str
 
 
-class JobStore(Protocol):
-    def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> tuple[Job, bool]:
-        """Write a new job at version 1 and return (job, True).
+Tx = TypeVar("Tx", contravariant=True)
 
-        With an idempotency key the owner already used for the same fingerprint, write nothing
-        and return (that job, False); for another fingerprint raise Conflict
+
+class MakeDeliverable(Protocol):
+    """Makes a new job deliverable (an outbox entry the sweeper dispatches from), for a store
+    with no transaction to share: called by ``create`` before the record is written, so a
+    record never exists that nothing will deliver. Raising makes ``create`` fail with no record."""
+
+    def __call__(self, job: Job, /) -> None: ...
+
+
+class MakeDeliverableIn(Protocol[Tx]):
+    """The same, inside the store's own write transaction ``tx`` (the embedded queue's row in
+    the SQLite file): the entry commits with the record or neither does. Called for every write
+    that leaves the job queued (its creation, a retry, a move to another lane)."""
+
+    def __call__(self, tx: Tx, job: Job, /) -> None: ...
+
+
+class JobStore(Protocol):
+    """Job records: the single source of truth for a job's state.
+
+    **Create makes the job deliverable, atomically.** A store is built with a hook
+    (``MakeDeliverable`` or ``MakeDeliverableIn``, wired in ``difflane.wiring``) that ``create``
+    calls before it returns: once a record exists, something will deliver it to a worker even if
+    the dispatcher's call after ``create`` is lost. A hook that raises makes ``create`` raise and
+    leaves no record. A store built without a hook (SQLite under the Kubernetes controller, the
+    in-memory store of development) leaves delivery to its dispatcher and that dispatcher's
+    repair (the controller's sweep).
+    """
+
+    def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> tuple[Job, bool]:
+        """Write a new job at version 1, make it deliverable (the store's hook, see the class
+        docstring) and return (job, True).
+
+        With an idempotency key the owner already used for the same fingerprint, write nothing,
+        call no hook, and return (that job, False); for another fingerprint raise Conflict
         (code ``idempotency_key_reused``).
         """
         ...

@@ -19,7 +19,7 @@ from typing import Literal
 from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
 from difflane.jobs import Job, JobState, Principal
 from difflane.store import records
-from difflane.store.base import Change, IdempotencyKey
+from difflane.store.base import Change, IdempotencyKey, MakeDeliverableIn
 
 _MIGRATIONS = sorted(
     (p for p in resources.files("difflane.store").joinpath("sql").iterdir() if p.name.endswith(".sql")),
@@ -146,7 +146,7 @@ def _statements(script: str) -> list[str]:
 
 # Runs inside the transaction that writes a queued record (its creation, a retry, a move to another
 # lane): the embedded queue's entry commits with the record, so the two never disagree.
-OnQueued = Callable[[sqlite3.Connection, Job], None]
+OnQueued = MakeDeliverableIn[sqlite3.Connection]
 
 
 class SqliteJobStore:

@@ -3,7 +3,7 @@
 Bodies follow the Standard Webhooks shape ``{"type", "timestamp", "data"}``: ``job.started``
 (each attempt that starts running), ``job.progress`` (a step; ``data`` is ``{id, state, step,
 total}``), ``job.completed`` (the final state, whichever it is; ``data`` is the job as
-``GET /v1/jobs/{id}`` shows it).
+``GET /v1/jobs/{id}`` shows it). Every ``data`` is built in ``difflane.views``.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import json
 from datetime import UTC, datetime
 from typing import Any
 
-from difflane.api.routes.render import job_json, rfc3339
 from difflane.jobs import Job, JobState
+from difflane.views import job_json, rfc3339, webhook_progress_json
 
 
 def event_of(previous: Job | None, current: Job) -> str | None:
@@ -33,12 +33,7 @@ def message_id(job: Job) -> str:
 
 def body(event: str, job: Job, base_url: str, now: float) -> bytes:
     if event == "progress":
-        data: dict[str, Any] = {
-            "id": job.id,
-            "state": job.state.value,
-            "step": job.progress.step,
-            "total": job.progress.total,
-        }
+        data: dict[str, Any] = webhook_progress_json(job)
         at = datetime.fromtimestamp(now, UTC)
     else:
         # No blob store: output links point at the API (owner-only, stable), never at signed

@@ -25,13 +25,13 @@ from starlette.responses import StreamingResponse
 from difflane.api.context import ApiContext, get_context
 from difflane.api.deps import Reader
 from difflane.api.feed import ChangeFeed
-from difflane.api.routes.render import base_url, job_json
 from difflane.api.schemas import Problem
 from difflane.api.streams import Slot
 from difflane.capacity import live
 from difflane.errors import DifflaneError
 from difflane.jobs import Job
 from difflane.telemetry import metrics
+from difflane.views import base_url, job_json, progress_json
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": Problem}})
 
@@ -166,7 +166,7 @@ async def _event(ctx: ApiContext, previous: Job | None, job: Job, base: str) -> 
     if kind == "state":
         return sse("state", await ctx.call(job_json, job, base, ctx.blobs), job.version)
     if kind == "progress":
-        return sse("progress", {"id": job.id, "step": job.progress.step, "total": job.progress.total}, job.version)
+        return sse("progress", progress_json(job), job.version)
     return None
 
 

@@ -9,10 +9,10 @@ from starlette.responses import JSONResponse, RedirectResponse, StreamingRespons
 
 from difflane.api.context import ApiContext, get_context
 from difflane.api.deps import Canceller, Reader, Submitter
-from difflane.api.routes.render import SIGNED_URL_TTL_SECONDS, base_url, job_json
 from difflane.api.schemas import JobCreate, JobOut, JobPage, Problem
 from difflane.errors import Conflict, NotFound
 from difflane.jobs import JobState
+from difflane.views import SIGNED_URL_TTL_SECONDS, base_url, job_json
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses={422: {"model": Problem}})
 
@@ -41,7 +41,7 @@ async def submit_job(
     caller: Submitter,
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JSONResponse:
-    job, created = await ctx.call(ctx.service.submit, caller, body.model_dump(exclude_unset=True), idempotency_key)
+    job, created = await ctx.call(ctx.service.submit, caller, body, idempotency_key)
     content = await ctx.call(job_json, job, base_url(request, ctx.settings.public_url), ctx.blobs)
     headers = {"Location": content["links"]["self"]}
     if not created:
