@@ -1,10 +1,12 @@
 """End-to-end job latency through difflane vs the bare pipeline call, in one run.
 
 Warm worker, empty queue: each job is submitted over HTTP and timed until its final state
-arrives on the event stream; the bare figure is the same Diffusers call in this process.
-Prints p50/p99 of both, their difference and ratio. Target: p50 added latency <= 30 ms.
+arrives on the event stream (with ``--download``, until its PNG is downloaded); the bare figure is
+the same Diffusers call in this process. Prints p50/p99 of both, their difference and ratio.
+Target: p50 added latency <= 30 ms. ``bench/batching.py`` uses the same two measurements to
+compare batching settings.
 
-    .venv/bin/python bench/overhead.py [--jobs 50] [--steps 4] [--size 64]
+    .venv/bin/python -m bench.overhead [--jobs 50] [--steps 4] [--size 64] [--download]
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import httpx
 from bench.harness import percentile, platform
 
 
-def end_to_end(url: str, body: dict[str, object], jobs: int) -> list[float]:
+def end_to_end(url: str, body: dict[str, object], jobs: int, *, download: bool = False) -> list[float]:
+    """Seconds per job, sequential: submit, follow the event stream to ``succeeded`` (and with
+    ``download`` fetch the PNG, what a client waits for)."""
     timings = []
     with httpx.Client(base_url=url, timeout=60) as http:
         for i in range(jobs + 3):
@@ -29,6 +33,9 @@ def end_to_end(url: str, body: dict[str, object], jobs: int) -> list[float]:
                 for line in stream.iter_lines():
                     if line.startswith("data: ") and '"state":"succeeded"' in line:
                         break
+            if download:
+                png = http.get(f"/v1/jobs/{job['id']}/outputs/0")
+                assert png.status_code == 200 and png.content.startswith(b"\x89PNG"), png.status_code
             elapsed = time.perf_counter() - started
             if i >= 3:  # the first jobs warm the worker's batch shape and caches
                 timings.append(elapsed)
@@ -36,6 +43,7 @@ def end_to_end(url: str, body: dict[str, object], jobs: int) -> list[float]:
 
 
 def bare(hf_home: str, body: dict[str, object], jobs: int) -> list[float]:
+    """Seconds per bare pipeline call (the same render, in this process)."""
     from pathlib import Path
 
     from difflane import catalog
@@ -71,6 +79,7 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=50)
     parser.add_argument("--steps", type=int, default=4)
     parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--download", action="store_true", help="also fetch each job's PNG")
     args = parser.parse_args()
     body = {
         "model": "tiny",
@@ -81,7 +90,7 @@ def main() -> None:
         "seed": 1,
     }
     with platform(workers=1) as (url, data_dir):
-        e2e = end_to_end(url, body, args.jobs)
+        e2e = end_to_end(url, body, args.jobs, download=args.download)
         raw = bare(str(data_dir / "hf"), body, args.jobs)  # serve is idle now: same machine, same load
     result = {
         "jobs": args.jobs,

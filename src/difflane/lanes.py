@@ -3,7 +3,7 @@
 The lanes file is data (YAML) read by the API, the workers and the deployment alike:
 
     lanes:
-      fast: {capacity: cpu, max_batch: 8, max_wait_ms: 20, timeout_s: 60}
+      fast: {capacity: cpu, max_batch: 8, timeout_s: 60}
       long: {capacity: gpu, timeout_s: 3600, on_oom: long-80gb}
 
 A lane's capacity class says where it runs: ``cpu``, ``gpu`` (a whole NVIDIA GPU) or a MIG
@@ -94,7 +94,9 @@ class Lanes:
 
 def builtin() -> Lanes:
     """Without a lanes file: the one lane the built-in catalog's tiny model uses."""
-    return Lanes([Lane(name="fast", capacity="cpu", max_batch=8, max_wait_ms=20, timeout_s=120)])
+    # max_wait_ms 0: a lone job starts at once; under load the drain fills batches from the
+    # queue (docs/architecture/0014-batching-drain.md has the measurements).
+    return Lanes([Lane(name="fast", capacity="cpu", max_batch=8, max_wait_ms=0, timeout_s=120)])
 
 
 def parse(text: str, origin: str = "<lanes>") -> Lanes:
