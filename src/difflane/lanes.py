@@ -95,7 +95,7 @@ class Lanes:
 def builtin() -> Lanes:
     """Without a lanes file: the one lane the built-in catalog's tiny model uses."""
     # max_wait_ms 0: a lone job starts at once; under load the drain fills batches from the
-    # queue (docs/architecture/0014-batching-drain.md has the measurements).
+    # queue (docs/architecture/0016-batching-drain.md has the measurements).
     return Lanes([Lane(name="fast", capacity="cpu", max_batch=8, max_wait_ms=0, timeout_s=120)])
 
 

@@ -16,7 +16,7 @@ belongs to the model). A batch holds at most ``max_batch`` images. ``next_batch`
 
 Why no wait by default: while a batch runs, arrivals queue anyway, so under load the next batch
 fills itself by the drain; a wait only adds latency when the queue is empty, which is exactly
-when batching has nothing to gain (docs/architecture/0014-batching-drain.md, with figures).
+when batching has nothing to gain (docs/architecture/0016-batching-drain.md, with figures).
 
 A received job that does not fit (another key, too many images) is held, its queue lease
 renewed, and starts a later batch of this worker. The held list is bounded: the worker receives
