@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 from difflane import catalog as catalog_mod
-from difflane.settings import Settings
+from difflane.settings import Settings, check_serve
 from difflane.telemetry import logging as log_setup
 from difflane.telemetry import tracing
 from difflane.worker import heartbeat
@@ -34,6 +34,7 @@ HEALTHY_RUN_S = 60.0
 
 
 def run(settings: Settings) -> None:
+    check_serve(settings)  # what only `serve` cannot run (e.g. workers beside the memory store)
     log_setup.setup(settings.log_level, settings.log_format, buffered=True)  # a line per request: batched writes
     from difflane.api import auth
 

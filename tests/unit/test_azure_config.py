@@ -11,6 +11,7 @@ from difflane import azure_auth, wiring
 from difflane.errors import ConfigError
 from difflane.settings import Settings
 
+ACCOUNT_URL = "https://acct.blob.core.windows.net"
 SECRET = "DefaultEndpointsProtocol=https;AccountName=acct;AccountKey=c2VjcmV0LXZhbHVlLXRoYXQtbXVzdC1ub3Qtc2hvdw==;"
 
 
@@ -77,7 +78,10 @@ def test_servicebus_needs_a_namespace() -> None:
 
 
 def test_servicebus_namespace_short_name_is_completed() -> None:
-    client = azure_auth.servicebus_client(Settings(dispatch="servicebus", servicebus_namespace="my-ns"))
+    settings = Settings(
+        store="azure", azure_storage_account_url=ACCOUNT_URL, dispatch="servicebus", servicebus_namespace="my-ns"
+    )
+    client = azure_auth.servicebus_client(settings)
     assert client.fully_qualified_namespace == "my-ns.servicebus.windows.net"
     client.close()
 

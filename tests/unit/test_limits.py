@@ -93,7 +93,14 @@ def test_limits_are_off_in_development_and_on_with_authentication() -> None:
     assert prod.outstanding == limits.DEFAULT_OUTSTANDING and prod.rate == limits.DEFAULT_RATE
     assert prod.lane_cap("fast") == limits.DEFAULT_QUEUED_PER_LANE and prod.lane_cap("long") == 3
     explicit_off = limits.LimitConfig.from_settings(
-        Settings(auth="oidc", limit_outstanding_jobs=0, limit_submit_rate=0, limit_queued_per_lane=0)
+        Settings(
+            auth="oidc",
+            auth_issuer="https://issuer.example",
+            auth_audience=["x"],
+            limit_outstanding_jobs=0,
+            limit_submit_rate=0,
+            limit_queued_per_lane=0,
+        )
     )
     assert not explicit_off.active
 

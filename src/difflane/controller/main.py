@@ -16,7 +16,7 @@ from difflane.controller.decide import Rules
 from difflane.controller.reconciler import Controller, ControllerConfig
 from difflane.dispatch.kubernetes import KubernetesDispatcher
 from difflane.errors import ConfigError
-from difflane.settings import Settings
+from difflane.settings import Settings, check_controller
 from difflane.telemetry import logging as log_setup
 from difflane.telemetry.probes import ProbeServer
 
@@ -62,6 +62,7 @@ def build(settings: Settings, parts: wiring.Components, *, name: str | None = No
 
 
 def run(settings: Settings) -> None:
+    check_controller(settings)  # DIFFLANE_DISPATCH=kubernetes with a worker image
     log_setup.setup(settings.log_level, settings.log_format)
     parts = wiring.build(settings)
     controller = build(settings, parts)

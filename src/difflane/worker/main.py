@@ -18,7 +18,7 @@ from difflane.errors import ConfigError, InvalidInput
 from difflane.exitcodes import RunJobExit
 from difflane.jobs import ErrorCode, JobState, is_job_id
 from difflane.lanes import Lane
-from difflane.settings import Settings
+from difflane.settings import Settings, check_worker
 from difflane.telemetry import logging as log_setup
 from difflane.telemetry import metrics, tracing
 from difflane.telemetry.probes import ProbeServer
@@ -107,6 +107,7 @@ def warm_up(runtime: Runtime, models: list[ModelSpec], lanes: dict[str, Lane]) -
 
 def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: int | None = None) -> None:
     log_setup.setup(settings.log_level, settings.log_format)
+    check_worker(settings)  # a worker process of its own cannot share a memory store
     if _orphaned():
         log.warning("the `difflane serve` that started this worker is gone: not starting")
         return
@@ -227,6 +228,7 @@ def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) 
     that holds the job instead of failing (which would spend the Job's backoffLimit)."""
     log_setup.setup(settings.log_level, settings.log_format)
     tracing.setup("difflane-worker")
+    check_worker(settings)
     if not is_job_id(job_id):
         log.error("not a job id: %r", job_id)
         return RunJobExit.NEVER
