@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if args.limits:
         changes.update(PRODUCTION_LIMITS)
     settings = azure_shape.settings(**changes)
-    ledger = Ledger(settings.azure_container)
+    ledger = Ledger(settings.azure.azure_container)
     with recording(ledger):
         shape = azure_shape.build(settings, ledger)
         try:

@@ -42,7 +42,7 @@ class Shape:
     worker: wiring.Components
 
     def executor(self, runtime: Runtime, **config: Any) -> Executor:
-        values: dict[str, Any] = {"lease_seconds": self.settings.lease_seconds, **config}
+        values: dict[str, Any] = {"lease_seconds": self.settings.backends.lease_seconds, **config}
         return Executor(
             self.worker.store, self.worker.blobs, self.worker.catalog, runtime, WorkerConfig("worker-1", **values)
         )
@@ -63,9 +63,9 @@ def settings(**changes: Any) -> Settings:
 
 
 def build(s: Settings, ledger: Ledger | None = None, *, lock_s: float = LOCK_S) -> Shape:
-    catalog = catalog_mod.load(s.catalog)
+    catalog = catalog_mod.load(s.paths.catalog)
     ns = FakeServiceBusNamespace(lock_duration=lock_s)
-    names = queue_names(s.servicebus_queue_prefix)
+    names = queue_names(s.servicebus.servicebus_queue_prefix)
     for lane in catalog.lanes():
         ns.create_queue(names(lane))
 
@@ -76,7 +76,7 @@ def build(s: Settings, ledger: Ledger | None = None, *, lock_s: float = LOCK_S) 
     inner = ServiceBusDispatcher(
         counted(ns.client(), "api"), names, admin=counted(ns.admin(), "api"), running=store.running
     )
-    sweeper = Sweeper(store, outbox, inner.dispatch, interval_s=s.azure_sweep_seconds)
+    sweeper = Sweeper(store, outbox, inner.dispatch, interval_s=s.azure.azure_sweep_seconds)
     api = wiring.Components(store, blobs, OutboxDispatcher(inner, outbox, sweeper), None, catalog)
 
     w_store, w_blobs, _ = wiring._azure_store(s.model_copy(update={"azure_create_container": False}))
@@ -84,7 +84,7 @@ def build(s: Settings, ledger: Ledger | None = None, *, lock_s: float = LOCK_S) 
         counted(ns.client(), "worker"),
         names,
         FakeAutoLockRenewer(ns),
-        max_lock_renewal_s=s.servicebus_max_lock_renewal_seconds,
+        max_lock_renewal_s=s.servicebus.servicebus_max_lock_renewal_seconds,
     )
     moves = ServiceBusDispatcher(counted(ns.client(), "worker"), names)  # a worker's dispatcher moves jobs
     worker = wiring.Components(w_store, w_blobs, moves, source, catalog)

@@ -100,9 +100,9 @@ def blob_io(s: Settings | None = None, *, endpoint_url: str | None = None, creat
         s = s.model_copy(update={"azure_storage_connection_string": SecretStr(connection_string(endpoint_url))})
     service = azure_auth.blob_service(s)
     io = BlobIO(
-        service.get_container_client(s.azure_container),
-        Backoff(retries=s.azure_retries, first_s=s.azure_retry_backoff_seconds),
-        timeout_s=s.azure_timeout_seconds,
+        service.get_container_client(s.azure.azure_container),
+        Backoff(retries=s.azure.azure_retries, first_s=s.azure.azure_retry_backoff_seconds),
+        timeout_s=s.azure.azure_timeout_seconds,
     )
     if create:
         io.ensure_container()

@@ -51,14 +51,14 @@ def blob_service(settings: Settings) -> BlobServiceClient:
     """A Blob service client with timeouts, and the SDK's retries off (``difflane.azure_io`` retries)."""
     blob = require("azure.storage.blob")
     options: dict[str, Any] = {
-        "connection_timeout": min(_CONNECT_TIMEOUT_S, settings.azure_timeout_seconds),
-        "read_timeout": settings.azure_timeout_seconds,
+        "connection_timeout": min(_CONNECT_TIMEOUT_S, settings.azure.azure_timeout_seconds),
+        "read_timeout": settings.azure.azure_timeout_seconds,
         "retry_total": 0,
         "max_single_get_size": _CHUNK_BYTES,
         "max_chunk_get_size": _CHUNK_BYTES,
     }
-    secret = settings.azure_storage_connection_string
-    url = settings.azure_storage_account_url
+    secret = settings.azure.azure_storage_connection_string
+    url = settings.azure.azure_storage_account_url
     if secret is not None and url:
         raise ConfigError(
             "set one of DIFFLANE_AZURE_STORAGE_ACCOUNT_URL (workload identity) and "
@@ -89,25 +89,27 @@ def blob_service(settings: Settings) -> BlobServiceClient:
 def servicebus_options(settings: Settings) -> dict[str, Any]:
     # The Service Bus SDK retries on its own (exponential backoff); bound each try and the waits.
     return {
-        "retry_total": settings.azure_retries,
-        "retry_backoff_factor": max(settings.azure_retry_backoff_seconds, 0.1),
+        "retry_total": settings.azure.azure_retries,
+        "retry_backoff_factor": max(settings.azure.azure_retry_backoff_seconds, 0.1),
         "retry_backoff_max": 8,
     }
 
 
 def servicebus_client(settings: Settings) -> Any:
     sb = require("azure.servicebus")
-    secret = settings.servicebus_connection_string
-    if secret is not None and settings.servicebus_namespace:
+    secret = settings.servicebus.servicebus_connection_string
+    if secret is not None and settings.servicebus.servicebus_namespace:
         raise ConfigError("set one of DIFFLANE_SERVICEBUS_NAMESPACE and DIFFLANE_SERVICEBUS_CONNECTION_STRING")
     if secret is not None:
         try:
             return sb.ServiceBusClient.from_connection_string(secret.get_secret_value(), **servicebus_options(settings))
         except ValueError:
             raise ConfigError("DIFFLANE_SERVICEBUS_CONNECTION_STRING is not a valid connection string") from None
-    if settings.servicebus_namespace:
+    if settings.servicebus.servicebus_namespace:
         return sb.ServiceBusClient(
-            _namespace_host(settings.servicebus_namespace), default_credential(), **servicebus_options(settings)
+            _namespace_host(settings.servicebus.servicebus_namespace),
+            default_credential(),
+            **servicebus_options(settings),
         )
     raise ConfigError(
         "DIFFLANE_DISPATCH=servicebus needs DIFFLANE_SERVICEBUS_NAMESPACE (NAME.servicebus.windows.net, "
@@ -118,15 +120,15 @@ def servicebus_client(settings: Settings) -> Any:
 def servicebus_admin(settings: Settings) -> Any:
     """Runtime counts of the queues (for the backlog metric); needs Manage rights, see the how-to."""
     management = require("azure.servicebus.management")
-    secret = settings.servicebus_connection_string
+    secret = settings.servicebus.servicebus_connection_string
     if secret is not None:
         try:
             return management.ServiceBusAdministrationClient.from_connection_string(secret.get_secret_value())
         except ValueError:
             raise ConfigError("DIFFLANE_SERVICEBUS_CONNECTION_STRING is not a valid connection string") from None
-    if settings.servicebus_namespace:
+    if settings.servicebus.servicebus_namespace:
         return management.ServiceBusAdministrationClient(
-            _namespace_host(settings.servicebus_namespace), default_credential()
+            _namespace_host(settings.servicebus.servicebus_namespace), default_credential()
         )
     return None
 

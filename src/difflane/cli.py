@@ -118,8 +118,8 @@ def _api_client(api_url: str | None):  # type: ignore[no-untyped-def]
     from difflane.client import Client
 
     settings = _settings(api_url=api_url)
-    token = settings.client_token.get_secret_value() if settings.client_token else None
-    return Client(settings.api_url, token=token)
+    token = settings.client.client_token.get_secret_value() if settings.client.client_token else None
+    return Client(settings.client.api_url, token=token)
 
 
 def _run_client(action: Any) -> None:
@@ -314,11 +314,11 @@ def models_list() -> None:
     from difflane.worker import tiny_model
 
     settings = _settings()
-    for spec in catalog.load(settings.catalog):
+    for spec in catalog.load(settings.paths.catalog):
         if spec.is_local_dir:
             present = Path(spec.source).expanduser().is_dir()
         else:
-            present = tiny_model.is_present(settings.hf_home_path, spec.source, spec.revision or "main")
+            present = tiny_model.is_present(settings.paths.hf_home_path, spec.source, spec.revision or "main")
         click.echo(
             f"{spec.name:<20} lane={spec.lane:<10} {spec.source}@{spec.revision or '-'}  "
             f"{'cached' if present else 'not cached'}"
@@ -333,7 +333,7 @@ def models_create_tiny(force: bool) -> None:
     from difflane.worker import tiny_model
 
     settings = _settings()
-    path = tiny_model.create_tiny(settings.hf_home_path, force=force)
+    path = tiny_model.create_tiny(settings.paths.hf_home_path, force=force)
     click.echo(f"tiny model ready at {path}")
 
 
@@ -346,11 +346,11 @@ def models_pull(name: str) -> None:
     from difflane.worker import hub
 
     settings = _settings()
-    spec = catalog.load(settings.catalog).get(name)
+    spec = catalog.load(settings.paths.catalog).get(name)
     if spec is None:
         _fail(f"unknown model {name!r}")
     assert spec is not None
-    path = hub.pull(spec, settings.hf_home_path)
+    path = hub.pull(spec, settings.paths.hf_home_path)
     click.echo(f"{name} ready at {path}")
 
 

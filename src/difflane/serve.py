@@ -35,13 +35,15 @@ HEALTHY_RUN_S = 60.0
 
 def run(settings: Settings) -> None:
     check_serve(settings)  # what only `serve` cannot run (e.g. workers beside the memory store)
-    log_setup.setup(settings.log_level, settings.log_format, buffered=True)  # a line per request: batched writes
+    log_setup.setup(
+        settings.logging.log_level, settings.logging.log_format, buffered=True
+    )  # a line per request: batched writes
     from difflane.api import auth
 
     auth.check_bind(settings)  # DIFFLANE_AUTH=none is refused off loopback unless --insecure-no-auth
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    _prepare_metrics_dir(settings.data_dir / "metrics")  # before prometheus_client is imported
-    if settings.workers > 0:
+    settings.paths.data_dir.mkdir(parents=True, exist_ok=True)
+    _prepare_metrics_dir(settings.paths.data_dir / "metrics")  # before prometheus_client is imported
+    if settings.worker.workers > 0:
         _ensure_builtin_model(settings)
 
     settings = with_readiness_policy(settings)
@@ -49,7 +51,7 @@ def run(settings: Settings) -> None:
     # uvicorn answers SIGTERM by shutting down, then raises the signal again with the handler it
     # found: the default one would end this process before `finally` stops the workers.
     signal.signal(signal.SIGTERM, _exit_on_signal)
-    supervisor = WorkerSupervisor(settings) if settings.workers > 0 else None
+    supervisor = WorkerSupervisor(settings) if settings.worker.workers > 0 else None
     if supervisor:
         supervisor.start()
     threading.Thread(target=_announce, args=(settings,), daemon=True).start()
@@ -63,9 +65,9 @@ def run(settings: Settings) -> None:
 def with_readiness_policy(settings: Settings) -> Settings:
     """``auto``: /readyz waits for a warm worker when this command starts workers; with
     ``--workers 0`` the API only queues (workers elsewhere, or scaled from the queue)."""
-    if settings.ready_requires_worker != "auto":
+    if settings.api.ready_requires_worker != "auto":
         return settings
-    policy = "always" if settings.workers > 0 else "never"
+    policy = "always" if settings.worker.workers > 0 else "never"
     return settings.model_copy(update={"ready_requires_worker": policy})
 
 
@@ -79,17 +81,17 @@ def _serve_api(settings: Settings) -> None:
     from difflane.api import http_server
 
     options: dict[str, Any] = dict(
-        host=settings.host, port=settings.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
+        host=settings.api.host, port=settings.api.port, log_config=None, access_log=False, timeout_graceful_shutdown=5
     )
     options.update(http_server.uvicorn_options(settings))  # slow/oversized clients, no banner (issue 9)
-    if settings.api_workers == 1:
+    if settings.api.api_workers == 1:
         from difflane.api.app import create_app
 
         tracing.setup("difflane-api")
         uvicorn.Server(uvicorn.Config(create_app(settings), lifespan="on", **options)).run()
     else:
         # Several event loops: uvicorn starts each process and calls the factory there.
-        uvicorn.run("difflane.api.app:create_app_from_env", factory=True, workers=settings.api_workers, **options)
+        uvicorn.run("difflane.api.app:create_app_from_env", factory=True, workers=settings.api.api_workers, **options)
 
 
 def _prepare_metrics_dir(folder: Path) -> None:
@@ -113,19 +115,19 @@ def _alive(pid: int) -> bool:
 
 
 def _ensure_builtin_model(settings: Settings) -> None:
-    if settings.catalog is not None:
+    if settings.paths.catalog is not None:
         return
     from difflane.worker import tiny_model
 
-    if not tiny_model.is_present(settings.hf_home_path, catalog_mod.TINY_REPO, catalog_mod.TINY_REVISION):
-        log.info("building the tiny model into %s (first start only)", settings.hf_home_path)
-        tiny_model.create_tiny(settings.hf_home_path)
+    if not tiny_model.is_present(settings.paths.hf_home_path, catalog_mod.TINY_REPO, catalog_mod.TINY_REVISION):
+        log.info("building the tiny model into %s (first start only)", settings.paths.hf_home_path)
+        tiny_model.create_tiny(settings.paths.hf_home_path)
 
 
 def _announce(settings: Settings) -> None:
     import httpx
 
-    url = f"http://{settings.host}:{settings.port}"
+    url = f"http://{settings.api.host}:{settings.api.port}"
     for _ in range(600):
         with contextlib.suppress(httpx.HTTPError):
             if httpx.get(f"{url}/livez", timeout=1).status_code == 200:
@@ -134,8 +136,8 @@ def _announce(settings: Settings) -> None:
     else:
         return
     print(
-        f"\ndifflane is up: API {url} ({settings.api_workers} process(es)) · {settings.workers} worker(s) · "
-        f"data in {settings.data_dir}\n"
+        f"\ndifflane is up: API {url} ({settings.api.api_workers} process(es)) · {settings.worker.workers} worker(s) · "
+        f"data in {settings.paths.data_dir}\n"
         f'  try:  difflane generate "a red fox in the snow" -o fox.png\n'
         f"  or:   curl -s -X POST {url}/v1/jobs -H 'content-type: application/json' "
         f'-d \'{{"model":"tiny","prompt":"a red fox in the snow"}}\'\n'
@@ -146,13 +148,13 @@ def _announce(settings: Settings) -> None:
 
 
 class WorkerSupervisor:
-    """Keeps ``settings.workers`` worker processes alive; restarts a dead one with back-off."""
+    """Keeps ``settings.worker.workers`` worker processes alive; restarts a dead one with back-off."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
-        self._procs: list[subprocess.Popen[bytes] | None] = [None] * settings.workers
-        self._failures = [0] * settings.workers
-        self._started = [0.0] * settings.workers
+        self._procs: list[subprocess.Popen[bytes] | None] = [None] * settings.worker.workers
+        self._failures = [0] * settings.worker.workers
+        self._started = [0.0] * settings.worker.workers
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._watch, name="worker-supervisor", daemon=True)
 
@@ -180,7 +182,7 @@ class WorkerSupervisor:
                 from difflane.telemetry import metrics  # not at the top: PROMETHEUS_MULTIPROC_DIR comes first
 
                 metrics.process_gone(proc.pid)
-                heartbeat.remove(self.settings.data_dir, proc.pid)  # not ready now, not in STALE_S
+                heartbeat.remove(self.settings.paths.data_dir, proc.pid)  # not ready now, not in STALE_S
                 self._failures[i] += 1
                 if self._stop.wait(delay):
                     return
@@ -189,11 +191,11 @@ class WorkerSupervisor:
     def _forget_dead_workers(self) -> None:
         """Beats left by this host's workers of an earlier run that was killed: they would read
         as silent workers in /readyz."""
-        heartbeat.prune(self.settings.data_dir)
+        heartbeat.prune(self.settings.paths.data_dir)
         host = socket.gethostname()
-        for beat in heartbeat.read_all(self.settings.data_dir):
+        for beat in heartbeat.read_all(self.settings.paths.data_dir):
             if beat.host == host and not _alive(beat.pid):
-                heartbeat.remove(self.settings.data_dir, beat.pid)
+                heartbeat.remove(self.settings.paths.data_dir, beat.pid)
 
     def stop(self) -> None:
         """SIGTERM every worker (each finishes or gives back its job), then wait out the grace."""
@@ -202,7 +204,7 @@ class WorkerSupervisor:
         for proc in live:
             with contextlib.suppress(ProcessLookupError):
                 proc.terminate()
-        deadline = time.monotonic() + self.settings.shutdown_grace_seconds + 5
+        deadline = time.monotonic() + self.settings.worker.shutdown_grace_seconds + 5
         for proc in live:
             try:
                 proc.wait(timeout=max(deadline - time.monotonic(), 0.1))

@@ -48,8 +48,8 @@ class Components:
 
 
 def build(settings: Settings) -> Components:
-    catalog = catalog_mod.load(settings.catalog)
-    lanes = lanes_mod.load(settings.lanes)
+    catalog = catalog_mod.load(settings.paths.catalog)
+    lanes = lanes_mod.load(settings.paths.lanes)
     catalog.check_lanes(lanes)
     parts = _backends(settings, catalog)
     parts.lanes = lanes
@@ -57,32 +57,32 @@ def build(settings: Settings) -> Components:
 
 
 def _backends(settings: Settings, catalog: Catalog) -> Components:
-    if settings.store == "memory" or settings.dispatch == "memory":
-        queue = MemoryQueue(lease_seconds=settings.lease_seconds)
+    if settings.backends.store == "memory" or settings.backends.dispatch == "memory":
+        queue = MemoryQueue(lease_seconds=settings.backends.lease_seconds)
         return Components(MemoryJobStore(), MemoryBlobStore(), queue, queue, catalog)
-    if settings.dispatch == "kubernetes":
+    if settings.backends.dispatch == "kubernetes":
         return _kubernetes(settings, catalog)
-    if settings.store == "azure" or settings.dispatch == "servicebus":
+    if settings.backends.store == "azure" or settings.backends.dispatch == "servicebus":
         return _azure(settings, catalog)
     return _embedded(settings, catalog)
 
 
 def _embedded(settings: Settings, catalog: Catalog) -> Components:
-    bell_dir = doorbell.socket_dir(settings.data_dir)
+    bell_dir = doorbell.socket_dir(settings.paths.data_dir)
     db = _database(settings)
-    queue = EmbeddedQueue(db, bell_dir, lease_seconds=settings.lease_seconds)
+    queue = EmbeddedQueue(db, bell_dir, lease_seconds=settings.backends.lease_seconds)
     # Create makes the job deliverable (store.base.JobStore): same database file, so the queue
     # row commits in the transaction that writes a queued record (MakeDeliverableIn).
     store = SqliteJobStore(db, on_queued=queue.enqueue_in, on_update=lambda job: doorbell.ring(bell_dir, "api"))
-    blobs = LocalBlobStore(settings.results_path)
+    blobs = LocalBlobStore(settings.paths.results_path)
     return Components(store, blobs, queue, queue, catalog, bell_dir=bell_dir, local_store=True)
 
 
 def _database(settings: Settings) -> Database:
     return Database(
-        settings.database_path,
-        busy_timeout_ms=settings.sqlite_busy_timeout_ms,
-        synchronous=settings.sqlite_synchronous,
+        settings.paths.database_path,
+        busy_timeout_ms=settings.backends.sqlite_busy_timeout_ms,
+        synchronous=settings.backends.sqlite_synchronous,
     )
 
 
@@ -91,21 +91,21 @@ def _kubernetes(settings: Settings, catalog: Catalog) -> Components:
     # work source. Not local_store: dispatch is a network call to the API server, which must not
     # run on the event loop.
     dispatcher = _kubernetes_dispatcher(settings)
-    if settings.store == "azure":  # AKS: records and results in Blob Storage, through the outbox
+    if settings.backends.store == "azure":  # AKS: records and results in Blob Storage, through the outbox
         from difflane.dispatch.sweeper import OutboxDispatcher, Sweeper
 
         store, blobs, outbox = _azure_store(settings)
-        sweeper = Sweeper(store, outbox, dispatcher.dispatch, interval_s=settings.azure_sweep_seconds)
+        sweeper = Sweeper(store, outbox, dispatcher.dispatch, interval_s=settings.azure.azure_sweep_seconds)
         return Components(store, blobs, OutboxDispatcher(dispatcher, outbox, sweeper), None, catalog)
     # SQLite (one node, or a shared volume): the controller's sweep finds records without a Job.
     sqlite = SqliteJobStore(_database(settings))
-    return Components(sqlite, LocalBlobStore(settings.results_path), dispatcher, None, catalog)
+    return Components(sqlite, LocalBlobStore(settings.paths.results_path), dispatcher, None, catalog)
 
 
 def _kubernetes_dispatcher(settings: Settings) -> Dispatcher:
     from difflane.dispatch import kubernetes  # the `k8s` extra, imported only when used
 
-    return kubernetes.from_settings(settings, lanes_mod.load(settings.lanes))
+    return kubernetes.from_settings(settings, lanes_mod.load(settings.paths.lanes))
 
 
 # --- Azure backends (issue 5) ---------------------------------------------------------------------
@@ -117,7 +117,7 @@ def _azure(settings: Settings, catalog: Catalog) -> Components:
     The store cannot share a transaction with either queue, so accepted jobs go through the
     outbox and its sweeper (``dispatch.sweeper``). Not local_store: every store call is network I/O.
     """
-    if settings.store != "azure":
+    if settings.backends.store != "azure":
         raise ConfigError(
             "DIFFLANE_DISPATCH=servicebus needs DIFFLANE_STORE=azure: workers on other machines cannot share SQLite"
         )
@@ -127,19 +127,19 @@ def _azure(settings: Settings, catalog: Catalog) -> Components:
     bell_dir: Path | None = None
     inner: Dispatcher
     source: WorkSource
-    if settings.dispatch == "servicebus":
+    if settings.backends.dispatch == "servicebus":
         inner, source = _servicebus(settings, store.running)
     else:  # one machine: the embedded queue in SQLite beside records in Blob Storage
-        bell_dir = doorbell.socket_dir(settings.data_dir)
+        bell_dir = doorbell.socket_dir(settings.paths.data_dir)
         queue = EmbeddedQueue(
             _database(settings),
             bell_dir,
-            lease_seconds=settings.lease_seconds,
+            lease_seconds=settings.backends.lease_seconds,
         )
         inner = source = queue
         ring = bell_dir
         store.on_update = lambda job: doorbell.ring(ring, "api")
-    sweeper = Sweeper(store, outbox, inner.dispatch, interval_s=settings.azure_sweep_seconds)
+    sweeper = Sweeper(store, outbox, inner.dispatch, interval_s=settings.azure.azure_sweep_seconds)
     return Components(store, blobs, OutboxDispatcher(inner, outbox, sweeper), source, catalog, bell_dir=bell_dir)
 
 
@@ -154,18 +154,18 @@ def _azure_store(settings: Settings) -> tuple[AzureBlobJobStore, BlobStore, Blob
 
     service = azure_auth.blob_service(settings)
     io = BlobIO(
-        service.get_container_client(settings.azure_container),
-        Backoff(retries=settings.azure_retries, first_s=settings.azure_retry_backoff_seconds),
-        timeout_s=settings.azure_timeout_seconds,
+        service.get_container_client(settings.azure.azure_container),
+        Backoff(retries=settings.azure.azure_retries, first_s=settings.azure.azure_retry_backoff_seconds),
+        timeout_s=settings.azure.azure_timeout_seconds,
     )
-    if settings.azure_create_container:
+    if settings.azure.azure_create_container:
         io.ensure_container()
     outbox = BlobDispatchOutbox(io)
     # Create makes the job deliverable (store.base.JobStore): no transaction to share, so the
     # outbox entry is written before the record (MakeDeliverable) and the sweeper dispatches it.
     store = AzureBlobJobStore(io, on_create=outbox.add)
     blobs = AzureBlobStore(
-        io, signer=_azure_signer(settings, service), max_ttl_seconds=settings.azure_result_url_ttl_seconds
+        io, signer=_azure_signer(settings, service), max_ttl_seconds=settings.azure.azure_result_url_ttl_seconds
     )
     return store, blobs, outbox
 
@@ -173,17 +173,17 @@ def _azure_store(settings: Settings) -> tuple[AzureBlobJobStore, BlobStore, Blob
 def _azure_signer(settings: Settings, service: Any) -> Any:
     from difflane.blobs.azure import AccountKeySigner, UserDelegationSigner, delegation_key_fetcher
 
-    mode = settings.azure_result_urls
+    mode = settings.azure.azure_result_urls
     if mode == "stream":
         return None
     if mode == "account-key":
         key = getattr(service.credential, "account_key", None)
         if not key:
             raise ConfigError("DIFFLANE_AZURE_RESULT_URLS=account-key needs a connection string with an AccountKey")
-        return AccountKeySigner(service.account_name, settings.azure_container, key)
+        return AccountKeySigner(service.account_name, settings.azure.azure_container, key)
     https = str(service.url).startswith("https://")
     return UserDelegationSigner(
-        service.account_name, settings.azure_container, delegation_key_fetcher(service), https_only=https
+        service.account_name, settings.azure.azure_container, delegation_key_fetcher(service), https_only=https
     )
 
 
@@ -193,7 +193,7 @@ def _servicebus(settings: Settings, running: Callable[[str], int]) -> tuple[Disp
     sb = azure_auth.require("azure.servicebus")
     from difflane.dispatch.servicebus import ServiceBusDispatcher, ServiceBusWorkSource, queue_names
 
-    names = queue_names(settings.servicebus_queue_prefix)
+    names = queue_names(settings.servicebus.servicebus_queue_prefix)
     dispatcher = ServiceBusDispatcher(
         azure_auth.servicebus_client(settings), names, admin=azure_auth.servicebus_admin(settings), running=running
     )
@@ -201,6 +201,6 @@ def _servicebus(settings: Settings, running: Callable[[str], int]) -> tuple[Disp
         azure_auth.servicebus_client(settings),
         names,
         sb.AutoLockRenewer(max_workers=4),
-        max_lock_renewal_s=settings.servicebus_max_lock_renewal_seconds,
+        max_lock_renewal_s=settings.servicebus.servicebus_max_lock_renewal_seconds,
     )
     return dispatcher, source

@@ -32,7 +32,7 @@ STEPS = 20
 def job_run() -> Iterator[tuple[Ledger, azure_shape.Run]]:
     """One job, submit to download, with a client on its event stream (run once, read by each test)."""
     settings = azure_shape.settings(lease_seconds=1.5)  # the lease keeper's rounds every 0.5 s
-    ledger = Ledger(settings.azure_container)
+    ledger = Ledger(settings.azure.azure_container)
     with recording(ledger):
         shape = azure_shape.build(settings, ledger)
         try:

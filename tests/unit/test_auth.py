@@ -152,8 +152,8 @@ def test_settings_read_comma_separated_lists_from_the_environment(monkeypatch: p
     monkeypatch.setenv("DIFFLANE_AUTH_TENANTS", f"{TENANT_A},{TENANT_B}")
     monkeypatch.setenv("DIFFLANE_AUTH_TOKEN_VERSIONS", "1,2")
     s = Settings()
-    assert s.auth_audience == [API_CLIENT_ID, "api://difflane"]
-    assert s.auth_tenants == [TENANT_A, TENANT_B] and s.auth_token_versions == ["1", "2"]
+    assert s.identity.auth_audience == [API_CLIENT_ID, "api://difflane"]
+    assert s.identity.auth_tenants == [TENANT_A, TENANT_B] and s.identity.auth_token_versions == ["1", "2"]
     monkeypatch.setenv("DIFFLANE_AUTH_TOKEN_VERSIONS", "3")
     with pytest.raises(ValueError):
         Settings()
@@ -193,7 +193,7 @@ def test_serve_passes_insecure_no_auth_through(monkeypatch: pytest.MonkeyPatch) 
     seen: list[Settings] = []
     monkeypatch.setattr("difflane.serve.run", seen.append)
     assert CliRunner().invoke(cli.main, ["serve", "--host", "0.0.0.0", "--insecure-no-auth"]).exit_code == 0
-    assert seen[0].insecure_no_auth is True and seen[0].host == "0.0.0.0"
+    assert seen[0].identity.insecure_no_auth is True and seen[0].api.host == "0.0.0.0"
 
 
 # --- the key cache ----------------------------------------------------------------------------

@@ -53,8 +53,8 @@ def test_connection_string_from_a_file(tmp_path: object, monkeypatch: pytest.Mon
     secret.write_text(SECRET + "\n")
     monkeypatch.setenv("DIFFLANE_AZURE_STORAGE_CONNECTION_STRING_FILE", str(secret))
     settings = Settings(store="azure")
-    assert settings.azure_storage_connection_string is not None
-    assert settings.azure_storage_connection_string.get_secret_value() == SECRET
+    assert settings.azure.azure_storage_connection_string is not None
+    assert settings.azure.azure_storage_connection_string.get_secret_value() == SECRET
     assert azure_auth.blob_service(settings).account_name == "acct"
 
 

@@ -29,7 +29,7 @@ GENERATED = json.loads((INFRA / "generated" / "lanes.json").read_text(encoding="
 
 
 def default(field: str) -> Any:
-    return Settings.model_fields[field].default
+    return Settings.flat_fields()[field].default
 
 
 def bicep(path: str) -> str:

@@ -161,12 +161,12 @@ def test_readyz_does_not_wait_for_workers_that_the_queue_wakes(client_for: objec
 
 def test_serve_resolves_auto_from_the_workers_it_starts() -> None:
     with_workers = serve.with_readiness_policy(Settings(workers=2))
-    assert with_workers.ready_requires_worker == "always"
+    assert with_workers.api.ready_requires_worker == "always"
     assert with_workers.to_env()["DIFFLANE_READY_REQUIRES_WORKER"] == "always"  # API processes of --api-workers
-    assert serve.with_readiness_policy(Settings(workers=0)).ready_requires_worker == "never"
+    assert serve.with_readiness_policy(Settings(workers=0)).api.ready_requires_worker == "never"
     for workers, explicit in ((0, "always"), (1, "never")):  # an explicit policy is kept
         chosen = serve.with_readiness_policy(Settings(workers=workers, ready_requires_worker=explicit))
-        assert chosen.ready_requires_worker == explicit
+        assert chosen.api.ready_requires_worker == explicit
 
 
 def test_the_supervisor_forgets_workers_of_a_killed_run(tmp_path: Path) -> None:

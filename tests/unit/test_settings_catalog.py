@@ -21,14 +21,14 @@ def test_env_and_file_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) 
     monkeypatch.setenv("DIFFLANE_WORKER_LANES", "fast, long")
     monkeypatch.setenv("DIFFLANE_CLIENT_TOKEN_FILE", str(secret))
     s = load(workers=0)
-    assert s.port == 9001 and s.worker_lanes == ["fast", "long"] and s.workers == 0
-    assert s.client_token is not None and s.client_token.get_secret_value() == "s3cret-value"
-    assert s.database_path == s.data_dir / "difflane.db"
+    assert s.api.port == 9001 and s.worker.worker_lanes == ["fast", "long"] and s.worker.workers == 0
+    assert s.client.client_token is not None and s.client.client_token.get_secret_value() == "s3cret-value"
+    assert s.paths.database_path == s.paths.data_dir / "difflane.db"
 
 
 def test_flags_override_env(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DIFFLANE_PORT", "9001")
-    assert load(port=9002).port == 9002
+    assert load(port=9002).api.port == 9002
 
 
 def test_invalid_settings_are_a_config_error(monkeypatch: pytest.MonkeyPatch) -> None:

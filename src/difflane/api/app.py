@@ -61,7 +61,7 @@ def create_app(
 
     feed = ChangeFeed(parts.store, ctx.changes, inline=parts.local_store)  # wakes the event streams
     backlog = BacklogRefresher(
-        parts.catalog.lanes, parts.dispatcher.backlog, interval_seconds=settings.metrics_backlog_refresh_seconds
+        parts.catalog.lanes, parts.dispatcher.backlog, interval_seconds=settings.api.metrics_backlog_refresh_seconds
     )
 
     @contextlib.asynccontextmanager
@@ -104,10 +104,10 @@ def create_app(
     app.include_router(openai_api.router)  # authenticates per route, answers in OpenAI's error shape
     app.include_router(ui.router)  # static files; the page calls /v1 with the caller's credentials
     app.add_middleware(live.Scope, forecaster=ctx.forecast)  # job_json's queue and ETA fields
-    app.add_middleware(problems.BodyLimit, limit=settings.max_body_bytes)
-    app.add_middleware(HeaderLimit, limit=settings.http_max_header_bytes)
+    app.add_middleware(problems.BodyLimit, limit=settings.api.max_body_bytes)
+    app.add_middleware(HeaderLimit, limit=settings.api.http_max_header_bytes)
     # Every answer, refusals by the limits above included, carries these headers.
-    app.add_middleware(SecurityHeaders, public_https=(settings.public_url or "").startswith("https://"))
+    app.add_middleware(SecurityHeaders, public_https=(settings.api.public_url or "").startswith("https://"))
     # Outermost: every request gets its id, its access line and its metrics, refusals included.
     app.add_middleware(AccessLog)
     return app
@@ -119,7 +119,7 @@ def create_app_from_env() -> FastAPI:
     from difflane.telemetry import logging as log_setup
 
     settings = settings_mod.load()
-    log_setup.setup(settings.log_level, settings.log_format, buffered=True)
+    log_setup.setup(settings.logging.log_level, settings.logging.log_format, buffered=True)
     from difflane.telemetry import tracing
 
     tracing.setup("difflane-api")  # FastAPI's own telemetry makes the request spans

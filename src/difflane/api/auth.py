@@ -80,7 +80,7 @@ class BearerAuthenticator:
 
 
 def from_settings(settings: Settings) -> Authenticator:
-    if settings.auth == "none":
+    if settings.identity.auth == "none":
         return DevAuthenticator()
     return BearerAuthenticator(tokens.from_settings(settings))
 
@@ -96,11 +96,11 @@ def is_loopback_host(host: str) -> bool:
 
 def check_bind(settings: Settings) -> None:
     """Refuse DIFFLANE_AUTH=none on a non-loopback address unless explicitly allowed; always warn."""
-    if settings.auth != "none":
+    if settings.identity.auth != "none":
         return
-    if not is_loopback_host(settings.host) and not settings.insecure_no_auth:
+    if not is_loopback_host(settings.api.host) and not settings.identity.insecure_no_auth:
         raise ConfigError(
-            f"DIFFLANE_AUTH=none on {settings.host}: anyone who can reach it could act as any user. "
+            f"DIFFLANE_AUTH=none on {settings.api.host}: anyone who can reach it could act as any user. "
             "Bind to 127.0.0.1, configure DIFFLANE_AUTH=entra|oidc, or pass --insecure-no-auth."
         )
     log.warning(

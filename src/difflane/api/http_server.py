@@ -129,7 +129,7 @@ class GuardedHttpToolsProtocol(_HeaderDeadline, HttpToolsProtocol):
 
 def uvicorn_options(settings: Settings) -> dict[str, Any]:
     """Keyword arguments for ``uvicorn.Config`` / ``uvicorn.run`` (merged into serve's options)."""
-    os.environ[HEADER_TIMEOUT_ENV] = str(settings.http_header_timeout_seconds)  # for API child processes
+    os.environ[HEADER_TIMEOUT_ENV] = str(settings.api.http_header_timeout_seconds)  # for API child processes
     header_timeout_seconds.cache_clear()
     try:
         import httptools  # noqa: F401 - the faster parser, when installed (uvicorn[standard])
@@ -139,7 +139,7 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
         protocol = GuardedH11Protocol
     return {
         "http": protocol,
-        "timeout_keep_alive": settings.http_idle_timeout_seconds,
-        "h11_max_incomplete_event_size": settings.http_max_header_bytes,
+        "timeout_keep_alive": settings.api.http_idle_timeout_seconds,
+        "h11_max_incomplete_event_size": settings.api.http_max_header_bytes,
         "server_header": False,  # no "server: uvicorn" banner
     }

@@ -63,20 +63,20 @@ class LimitConfig:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LimitConfig:
-        production = settings.auth != "none"
+        production = settings.identity.auth != "none"
 
         def pick(value: float | None, default: float) -> float:
             return value if value is not None else (default if production else 0)
 
-        rate = pick(settings.limit_submit_rate, DEFAULT_RATE)
-        burst = settings.limit_submit_burst or max(DEFAULT_BURST, math.ceil(rate))
+        rate = pick(settings.limits.limit_submit_rate, DEFAULT_RATE)
+        burst = settings.limits.limit_submit_burst or max(DEFAULT_BURST, math.ceil(rate))
         return cls(
-            outstanding=int(pick(settings.limit_outstanding_jobs, DEFAULT_OUTSTANDING)),
+            outstanding=int(pick(settings.limits.limit_outstanding_jobs, DEFAULT_OUTSTANDING)),
             rate=float(rate),
             burst=burst,
-            queued_per_lane=int(pick(settings.limit_queued_per_lane, DEFAULT_QUEUED_PER_LANE)),
-            lane_overrides=_lane_caps(settings.limit_queued_lanes),
-            retry_after=settings.limit_retry_after_seconds,
+            queued_per_lane=int(pick(settings.limits.limit_queued_per_lane, DEFAULT_QUEUED_PER_LANE)),
+            lane_overrides=_lane_caps(settings.limits.limit_queued_lanes),
+            retry_after=settings.limits.limit_retry_after_seconds,
         )
 
 

@@ -42,9 +42,9 @@ class StreamSlots:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> StreamSlots:
-        if settings.limit_event_streams is not None:
-            return cls(settings.limit_event_streams)
-        return cls(DEFAULT_STREAMS if settings.auth != "none" else 0)
+        if settings.limits.limit_event_streams is not None:
+            return cls(settings.limits.limit_event_streams)
+        return cls(DEFAULT_STREAMS if settings.identity.auth != "none" else 0)
 
     def take(self, principal: Principal) -> Slot:
         key = principal.key

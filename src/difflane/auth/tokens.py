@@ -186,32 +186,32 @@ def from_settings(
     settings: Settings, *, fetch: Fetch | None = None, clock: Callable[[], float] = time.monotonic
 ) -> TokenValidator:
     """The validator for DIFFLANE_AUTH=entra|oidc. Nothing is fetched until the first token."""
-    fetch = fetch or http_fetch(settings.auth_http_timeout_seconds)
-    audiences = tuple(settings.auth_audience)
+    fetch = fetch or http_fetch(settings.identity.auth_http_timeout_seconds)
+    audiences = tuple(settings.identity.auth_audience)
     if not audiences:
         raise ConfigError("DIFFLANE_AUTH_AUDIENCE must name this API (client id and/or App ID URI)")
-    tenants = _tenants(settings.auth_tenants, guids=settings.auth == "entra")
+    tenants = _tenants(settings.identity.auth_tenants, guids=settings.identity.auth == "entra")
 
     def source(url: str, expected_issuer: str | None = None) -> KeySource:
         try:
             return KeySource(
                 url,
                 fetch,
-                min_refresh_seconds=settings.auth_jwks_min_refresh_seconds,
-                max_age_seconds=settings.auth_metadata_max_age_seconds,
+                min_refresh_seconds=settings.identity.auth_jwks_min_refresh_seconds,
+                max_age_seconds=settings.identity.auth_metadata_max_age_seconds,
                 expected_issuer=expected_issuer,
                 clock=clock,
             )
         except ValueError as exc:
             raise ConfigError(str(exc)) from exc
 
-    if settings.auth == "entra":
-        if not settings.auth_tenants:
+    if settings.identity.auth == "entra":
+        if not settings.identity.auth_tenants:
             raise ConfigError("DIFFLANE_AUTH_TENANTS must be a tenant id, a comma-separated list of them, or *")
-        authority = settings.auth_authority.rstrip("/")
+        authority = settings.identity.auth_authority.rstrip("/")
         single = next(iter(tenants)) if tenants is not None and len(tenants) == 1 else None
         sources = {}
-        for version in sorted(set(settings.auth_token_versions)):
+        for version in sorted(set(settings.identity.auth_token_versions)):
             # One tenant: its own document (a concrete issuer). Several or any: the shared
             # document, whose issuer holds {tenantid}.
             segment = single or ("organizations" if version == "2" else "common")
@@ -219,19 +219,19 @@ def from_settings(
             sources[f"{version}.0"] = source(f"{authority}/{segment}/{path}")
         if not sources:
             raise ConfigError("DIFFLANE_AUTH_TOKEN_VERSIONS must accept 1, 2 or both")
-        return TokenValidator(TokenRules("entra", sources, audiences, tenants, settings.auth_leeway_seconds))
-    if settings.auth == "oidc":
-        issuer = settings.auth_issuer
+        return TokenValidator(TokenRules("entra", sources, audiences, tenants, settings.identity.auth_leeway_seconds))
+    if settings.identity.auth == "oidc":
+        issuer = settings.identity.auth_issuer
         if not issuer:
             raise ConfigError("DIFFLANE_AUTH=oidc needs DIFFLANE_AUTH_ISSUER")
         metadata = issuer.rstrip("/") + "/.well-known/openid-configuration"
         sources = {"": source(metadata, expected_issuer=issuer)}
-        default = settings.auth_default_tenant
+        default = settings.identity.auth_default_tenant
         if default is not None and not _TENANT_PART.match(default):
             raise ConfigError(f"DIFFLANE_AUTH_DEFAULT_TENANT: {default!r} is not a tenant id")
-        rules = TokenRules("oidc", sources, audiences, tenants, settings.auth_leeway_seconds, default)
+        rules = TokenRules("oidc", sources, audiences, tenants, settings.identity.auth_leeway_seconds, default)
         return TokenValidator(rules)
-    raise ConfigError(f"DIFFLANE_AUTH={settings.auth} does not use tokens")
+    raise ConfigError(f"DIFFLANE_AUTH={settings.identity.auth} does not use tokens")
 
 
 def _tenants(values: list[str], *, guids: bool) -> frozenset[str] | None:

@@ -256,8 +256,12 @@ def from_settings(settings: Any, store: Any, lanes: Lanes) -> LiveForecaster | N
     """The API's forecaster: on where the store can list unfinished jobs and workers exist."""
     from difflane.capacity import costs as costs_mod
 
-    workers = settings.forecast_workers if settings.forecast_workers is not None else settings.workers
+    workers = (
+        settings.capacity.forecast_workers
+        if settings.capacity.forecast_workers is not None
+        else settings.worker.workers
+    )
     if workers <= 0 or not hasattr(store, "list_unfinished"):
         return None
-    model = costs_mod.load(settings.costs) if settings.costs else costs_mod.builtin()
+    model = costs_mod.load(settings.capacity.costs) if settings.capacity.costs else costs_mod.builtin()
     return LiveForecaster(store, lanes, model, workers)

@@ -25,13 +25,13 @@ log = logging.getLogger(__name__)
 
 def config_from(settings: Settings) -> ControllerConfig:
     return ControllerConfig(
-        lease_name=settings.controller_lease_name,
-        lease_seconds=settings.controller_lease_seconds,
-        retry_seconds=max(0.5, settings.controller_lease_seconds / 7),  # client-go: 15 s lease, 2 s retry
-        resync_seconds=settings.controller_resync_seconds,
+        lease_name=settings.controller.controller_lease_name,
+        lease_seconds=settings.controller.controller_lease_seconds,
+        retry_seconds=max(0.5, settings.controller.controller_lease_seconds / 7),  # client-go: 15 s lease, 2 s retry
+        resync_seconds=settings.controller.controller_resync_seconds,
         rules=Rules(
-            image_pull_grace_s=settings.controller_image_pull_grace_seconds,
-            dispatch_after_s=settings.controller_dispatch_after_seconds,
+            image_pull_grace_s=settings.controller.controller_image_pull_grace_seconds,
+            dispatch_after_s=settings.controller.controller_dispatch_after_seconds,
         ),
     )
 
@@ -63,7 +63,7 @@ def build(settings: Settings, parts: wiring.Components, *, name: str | None = No
 
 def run(settings: Settings) -> None:
     check_controller(settings)  # DIFFLANE_DISPATCH=kubernetes with a worker image
-    log_setup.setup(settings.log_level, settings.log_format)
+    log_setup.setup(settings.logging.log_level, settings.logging.log_format)
     parts = wiring.build(settings)
     controller = build(settings, parts)
     stop = threading.Event()
@@ -84,7 +84,7 @@ def run(settings: Settings) -> None:
         return ok, {"status": "ok" if ok else "stuck", "role": "leader" if controller.leading else "standby"}
 
     health = ProbeServer({"/livez": probe, "/readyz": probe}, name="controller-probes")
-    port = health.serve(settings.host, settings.controller_health_port)
+    port = health.serve(settings.api.host, settings.controller.controller_health_port)
     log.info("controller %s started; probes on port %d", controller.elector.identity, port)
     try:
         controller.run(stop)

@@ -84,33 +84,33 @@ class KubernetesDispatcher:
 
 
 def template_from(settings: Settings) -> spec.JobTemplate:
-    if not settings.kubernetes_worker_image:
+    if not settings.kubernetes.kubernetes_worker_image:
         raise ConfigError("DIFFLANE_DISPATCH=kubernetes needs DIFFLANE_KUBERNETES_WORKER_IMAGE (the worker image)")
     return spec.JobTemplate(
-        namespace=settings.kubernetes_namespace,
-        image=settings.kubernetes_worker_image,
-        service_account=settings.kubernetes_worker_service_account,
+        namespace=settings.kubernetes.kubernetes_namespace,
+        image=settings.kubernetes.kubernetes_worker_image,
+        service_account=settings.kubernetes.kubernetes_worker_service_account,
         # An empty variable switches a mount off (e.g. a worker image with its config baked in).
-        env_config_map=settings.kubernetes_env_config_map or None,
-        files_config_map=settings.kubernetes_files_config_map or None,
-        model_cache_claim=settings.kubernetes_model_cache_claim or None,
-        model_cache_host_path=settings.kubernetes_model_cache_host_path or None,
-        kueue=settings.kubernetes_kueue,
-        queue_prefix=settings.kubernetes_queue_prefix,
-        priority_class_prefix=settings.kubernetes_priority_class_prefix,
-        backoff_limit=settings.kubernetes_backoff_limit,
-        ttl_seconds=settings.kubernetes_ttl_seconds,
-        startup_allowance_s=settings.kubernetes_startup_allowance_seconds,
-        capacity_label=settings.kubernetes_capacity_label,
+        env_config_map=settings.kubernetes.kubernetes_env_config_map or None,
+        files_config_map=settings.kubernetes.kubernetes_files_config_map or None,
+        model_cache_claim=settings.kubernetes.kubernetes_model_cache_claim or None,
+        model_cache_host_path=settings.kubernetes.kubernetes_model_cache_host_path or None,
+        kueue=settings.kubernetes.kubernetes_kueue,
+        queue_prefix=settings.kubernetes.kubernetes_queue_prefix,
+        priority_class_prefix=settings.kubernetes.kubernetes_priority_class_prefix,
+        backoff_limit=settings.kubernetes.kubernetes_backoff_limit,
+        ttl_seconds=settings.kubernetes.kubernetes_ttl_seconds,
+        startup_allowance_s=settings.kubernetes.kubernetes_startup_allowance_seconds,
+        capacity_label=settings.kubernetes.kubernetes_capacity_label,
     )
 
 
 def from_settings(settings: Settings, lanes: Iterable[spec.LaneSpec]) -> KubernetesDispatcher:
     def api() -> KubeApi:
         return KubeApi(
-            connect(settings.kubernetes_api_url),
-            settings.kubernetes_namespace,
-            timeout=settings.kubernetes_request_timeout_seconds,
+            connect(settings.kubernetes.kubernetes_api_url),
+            settings.kubernetes.kubernetes_namespace,
+            timeout=settings.kubernetes.kubernetes_request_timeout_seconds,
         )
 
     return KubernetesDispatcher(api, template_from(settings), {lane.name: lane for lane in lanes})

@@ -51,7 +51,7 @@ async def create_images(
     if finished is None:
         raise OpenAIError(
             504,
-            f"job {job.id} is still {job.state.value} after {ctx.settings.openai_wait_seconds:g} s; "
+            f"job {job.id} is still {job.state.value} after {ctx.settings.openai.openai_wait_seconds:g} s; "
             f"fetch it later at /v1/jobs/{job.id}",
             "job_pending",
             headers=headers,
@@ -85,7 +85,7 @@ def to_job_body(body: ImageGenerationRequest, ctx: ApiContext) -> JobCreate:
 
 async def wait_for(ctx: ApiContext, request: Request, caller: Caller, job: Job) -> Job | None:
     """The finished job, or None when the wait bound passed or the client went away (the job goes on)."""
-    deadline = time.monotonic() + ctx.settings.openai_wait_seconds
+    deadline = time.monotonic() + ctx.settings.openai.openai_wait_seconds
     while not job.state.terminal:
         if time.monotonic() >= deadline or await request.is_disconnected():
             return None
@@ -103,7 +103,7 @@ async def images(ctx: ApiContext, request: Request, job: Job, response_format: s
         return [{"b64_json": base64.b64encode(png).decode()} for png in await ctx.call(read_all)]
     # The job's own output URLs: signed where the result storage signs, else the /v1 route
     # (which needs the same credentials as this request).
-    path = job_path(job, base_url(request, ctx.settings.public_url))
+    path = job_path(job, base_url(request, ctx.settings.api.public_url))
     rendered = await ctx.call(lambda: [output_json(o, path, ctx.blobs) for o in job.outputs])  # signing may do I/O
     return [{"url": o["url"]} for o in rendered]
 

@@ -43,7 +43,7 @@ async def ui_root() -> Response:
 @router.get("/config.json")
 async def ui_config(ctx: Annotated[ApiContext, Depends(get_context)]) -> JSONResponse:
     """What the page needs before it can call the API: whether to ask for a bearer token."""
-    return JSONResponse({"auth": ctx.settings.auth}, headers={"Cache-Control": "no-store"})
+    return JSONResponse({"auth": ctx.settings.identity.auth}, headers={"Cache-Control": "no-store"})
 
 
 @router.get("/")

@@ -33,10 +33,10 @@ class Webhooks:
 
 
 def secret_from_settings(settings: Settings) -> Secret | None:
-    if settings.webhook_secret is None:
+    if settings.webhooks.webhook_secret is None:
         return None
     try:
-        return Secret.parse(settings.webhook_secret.get_secret_value())
+        return Secret.parse(settings.webhooks.webhook_secret.get_secret_value())
     except ValueError as exc:
         raise ConfigError(f"DIFFLANE_WEBHOOK_SECRET: {exc}") from exc
 
@@ -45,15 +45,15 @@ def outbox_for(settings: Settings, store: JobStore) -> Outbox:
     """Where watches and pending deliveries live: beside the job records. Records in Azure Blob
     Storage mean API pods with no lasting disk, so the webhook state goes into the same
     container (docs/architecture/0009-webhook-state-in-the-store.md)."""
-    if settings.store == "azure":
+    if settings.backends.store == "azure":
         from difflane.store.azure_blob import AzureBlobJobStore
 
         if isinstance(store, AzureBlobJobStore):
             from difflane.webhooks.outbox_blob import BlobOutbox
 
             return BlobOutbox(store.io)
-    state: str | Path = settings.webhook_state or (
-        ":memory:" if settings.store == "memory" else settings.data_dir / "webhooks.db"
+    state: str | Path = settings.webhooks.webhook_state or (
+        ":memory:" if settings.backends.store == "memory" else settings.paths.data_dir / "webhooks.db"
     )
     return SqliteOutbox(state)
 
@@ -63,21 +63,21 @@ def build(settings: Settings, store: JobStore) -> Webhooks | None:
     if secret is None:
         return None
     guard = Guard(
-        settings.webhook_allowed_hosts,
-        allow_http=settings.webhook_allow_http,
-        allow_private=settings.webhook_allow_private_networks,
+        settings.webhooks.webhook_allowed_hosts,
+        allow_http=settings.webhooks.webhook_allow_http,
+        allow_private=settings.webhooks.webhook_allow_private_networks,
     )
     outbox = outbox_for(settings, store)
-    sender = Sender(guard, secret, timeout=settings.webhook_timeout_seconds)
+    sender = Sender(guard, secret, timeout=settings.webhooks.webhook_timeout_seconds)
     notifier = Notifier(
         store,
         outbox,
         sender,
-        base_url=settings.public_url or f"http://{settings.host}:{settings.port}",
-        max_attempts=settings.webhook_max_attempts,
-        backoff_seconds=settings.webhook_backoff_seconds,
-        backoff_max_seconds=settings.webhook_backoff_max_seconds,
-        concurrency=settings.webhook_concurrency,
-        caps=Caps(settings.webhook_per_host_concurrency, settings.webhook_per_owner_concurrency),
+        base_url=settings.api.public_url or f"http://{settings.api.host}:{settings.api.port}",
+        max_attempts=settings.webhooks.webhook_max_attempts,
+        backoff_seconds=settings.webhooks.webhook_backoff_seconds,
+        backoff_max_seconds=settings.webhooks.webhook_backoff_max_seconds,
+        concurrency=settings.webhooks.webhook_concurrency,
+        caps=Caps(settings.webhooks.webhook_per_host_concurrency, settings.webhooks.webhook_per_owner_concurrency),
     )
     return Webhooks(WebhookIntake(guard, outbox), notifier, outbox)

@@ -42,12 +42,12 @@ def new_worker_id() -> str:
 
 def isolated_runtime(settings: Settings, parts: wiring.Components, lanes: list[str]) -> IsolatedRuntime:
     compiled = frozenset(m.name for m in parts.catalog if m.lane in lanes and parts.lanes[m.lane].compile)
-    budget = settings.model_memory_budget_gb
+    budget = settings.worker.model_memory_budget_gb
     return IsolatedRuntime(
         RuntimeConfig(
-            kind=settings.runtime,
-            hf_home=str(settings.hf_home_path),
-            device=settings.device,
+            kind=settings.worker.runtime,
+            hf_home=str(settings.paths.hf_home_path),
+            device=settings.worker.device,
             memory_budget_bytes=int(budget * 2**30) if budget else None,
             compile_models=compiled,
         )
@@ -57,9 +57,9 @@ def isolated_runtime(settings: Settings, parts: wiring.Components, lanes: list[s
 def _executor(settings: Settings, parts: wiring.Components, runtime: Runtime, *, can_move: bool = True) -> Executor:
     config = WorkerConfig(
         worker_id=new_worker_id(),
-        lease_seconds=settings.lease_seconds,
-        max_attempts=settings.max_attempts,
-        retry_backoff_seconds=settings.retry_backoff_seconds,
+        lease_seconds=settings.backends.lease_seconds,
+        max_attempts=settings.backends.max_attempts,
+        retry_backoff_seconds=settings.backends.retry_backoff_seconds,
     )
     # Without a dispatcher an out-of-memory job fails with `oom` instead of moving lanes.
     dispatcher = parts.dispatcher if can_move else None
@@ -67,7 +67,7 @@ def _executor(settings: Settings, parts: wiring.Components, runtime: Runtime, *,
 
 
 def served_lanes(settings: Settings, parts: wiring.Components) -> list[Lane]:
-    names = settings.worker_lanes or sorted(parts.catalog.lanes())
+    names = settings.worker.worker_lanes or sorted(parts.catalog.lanes())
     unknown = [n for n in names if parts.lanes.get(n) is None]
     if unknown:
         raise ConfigError(
@@ -78,7 +78,7 @@ def served_lanes(settings: Settings, parts: wiring.Components) -> list[Lane]:
 
 def check_capacity(settings: Settings, lanes: list[Lane]) -> device_mod.DeviceInfo:
     """Refuse to start on a device that cannot meet a served lane's capacity class."""
-    device = device_mod.detect(settings.device)
+    device = device_mod.detect(settings.worker.device)
     problems = [p for lane in lanes if (p := device_mod.unmet(device, lane))]
     if problems:
         raise ConfigError("; ".join(problems))
@@ -106,7 +106,7 @@ def warm_up(runtime: Runtime, models: list[ModelSpec], lanes: dict[str, Lane]) -
 
 
 def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: int | None = None) -> None:
-    log_setup.setup(settings.log_level, settings.log_format)
+    log_setup.setup(settings.logging.log_level, settings.logging.log_format)
     check_worker(settings)  # a worker process of its own cannot share a memory store
     if _orphaned():
         log.warning("the `difflane serve` that started this worker is gone: not starting")
@@ -120,11 +120,11 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
     device = check_capacity(settings, lanes)
     names = [lane.name for lane in lanes]
     # What `difflane serve`'s /readyz reads: this worker is up, then warm (worker/heartbeat.py).
-    beats = Heartbeat(settings.data_dir, names)
+    beats = Heartbeat(settings.paths.data_dir, names)
     runtime = runtime or isolated_runtime(settings, parts, names)
     executor = _executor(settings, parts, runtime)
-    batcher = Batcher(source, parts.store, executor.lane, names, lease_seconds=settings.lease_seconds)
-    worker = Worker(batcher, executor, grace_seconds=settings.shutdown_grace_seconds)
+    batcher = Batcher(source, parts.store, executor.lane, names, lease_seconds=settings.backends.lease_seconds)
+    worker = Worker(batcher, executor, grace_seconds=settings.worker.shutdown_grace_seconds)
     ready = threading.Event()  # set once every served model is loaded and warm
     health = ProbeServer(
         {
@@ -133,8 +133,8 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
         },
         name="worker-probes",
     )
-    if settings.health_port is not None:
-        port = health.serve("0.0.0.0", settings.health_port)  # probes come from the node, not loopback
+    if settings.worker.health_port is not None:
+        port = health.serve("0.0.0.0", settings.worker.health_port)  # probes come from the node, not loopback
         log.info("worker health on port %d", port)
 
     def on_signal(signum: int, frame: FrameType | None) -> None:
@@ -151,7 +151,7 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
         beats.start()
         if isinstance(runtime, IsolatedRuntime):
             runtime.start()
-        if settings.preload:
+        if settings.worker.preload:
             warm_up(runtime, [m for m in parts.catalog if m.lane in names], {lane.name: lane for lane in lanes})
         ready.set()
         if beats.state is WorkerState.STARTING:  # a SIGTERM during warm-up stays `stopping`
@@ -226,7 +226,7 @@ def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) 
     """One job, then exit. A SIGTERM (eviction, node drain, Kueue preemption) gives the job back
     at once without spending an attempt; a duplicate pod waits out the live lease of the pod
     that holds the job instead of failing (which would spend the Job's backoffLimit)."""
-    log_setup.setup(settings.log_level, settings.log_format)
+    log_setup.setup(settings.logging.log_level, settings.logging.log_format)
     tracing.setup("difflane-worker")
     check_worker(settings)
     if not is_job_id(job_id):

@@ -84,7 +84,7 @@ async def job_events(
     slot = request.app.state.streams.take(caller.principal)  # 429 over the principal's cap
     # ASCII digits only: str.isdigit() also accepts "²", which int() refuses.
     after = int(last_event_id) if last_event_id and last_event_id.isascii() and last_event_id.isdigit() else 0
-    base = base_url(request, ctx.settings.public_url)
+    base = base_url(request, ctx.settings.api.public_url)
     return StreamingResponse(
         _held(slot, _stream(ctx, request, job_id, after, base, caller.expires_at)),
         media_type="text/event-stream",

@@ -57,10 +57,10 @@ def workers_check(settings: Settings) -> str:
     """``always``: a worker writing heartbeats into this data dir must be warm. ``difflane serve``
     turns ``auto`` into ``always`` when it starts workers, else ``never``; an app started any
     other way (tests, an ASGI server by hand) treats ``auto`` as ``never``."""
-    if settings.ready_requires_worker != "always":
+    if settings.api.ready_requires_worker != "always":
         return NOT_REQUIRED
     # A scandir and a few tiny reads: cheaper than a hop to the threadpool.
-    return heartbeat.readiness(heartbeat.read_all(settings.data_dir)).describe()
+    return heartbeat.readiness(heartbeat.read_all(settings.paths.data_dir)).describe()
 
 
 @router.get(

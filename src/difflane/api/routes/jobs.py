@@ -42,7 +42,7 @@ async def submit_job(
     idempotency_key: Annotated[str | None, Header(alias="Idempotency-Key", max_length=200)] = None,
 ) -> JSONResponse:
     job, created = await ctx.call(ctx.service.submit, caller, body, idempotency_key)
-    content = await ctx.call(job_json, job, base_url(request, ctx.settings.public_url), ctx.blobs)
+    content = await ctx.call(job_json, job, base_url(request, ctx.settings.api.public_url), ctx.blobs)
     headers = {"Location": content["links"]["self"]}
     if not created:
         headers["Idempotent-Replayed"] = "true"
@@ -61,7 +61,7 @@ async def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
 ) -> JSONResponse:
     jobs, next_cursor = await ctx.call(ctx.service.list, caller, state, cursor, limit)
-    base = base_url(request, ctx.settings.public_url)
+    base = base_url(request, ctx.settings.api.public_url)
     rendered = await ctx.call(lambda: [job_json(j, base, ctx.blobs) for j in jobs])  # signing may do I/O
     return JSONResponse({"jobs": rendered, "next_cursor": next_cursor})
 
@@ -69,7 +69,7 @@ async def list_jobs(
 @router.get("/{job_id}", response_model=JobOut, responses=_ERRORS, summary="Get a job")
 async def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Reader) -> JSONResponse:
     job = await ctx.call(ctx.service.get, caller, job_id)
-    return JSONResponse(await ctx.call(job_json, job, base_url(request, ctx.settings.public_url), ctx.blobs))
+    return JSONResponse(await ctx.call(job_json, job, base_url(request, ctx.settings.api.public_url), ctx.blobs))
 
 
 @router.post(
@@ -81,7 +81,7 @@ async def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Reader) -> 
 )
 async def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Canceller) -> JSONResponse:
     job = await ctx.call(ctx.service.cancel, caller, job_id)
-    content = await ctx.call(job_json, job, base_url(request, ctx.settings.public_url), ctx.blobs)
+    content = await ctx.call(job_json, job, base_url(request, ctx.settings.api.public_url), ctx.blobs)
     return JSONResponse(content, status_code=202)
 
 
