@@ -309,3 +309,11 @@ def test_the_commands_call_their_check_before_starting_anything(
     monkeypatch.delenv("DIFFLANE_STORE")
     result = CliRunner().invoke(cli.main, ["controller"])
     assert result.exit_code == 1 and "needs DIFFLANE_DISPATCH=kubernetes" in result.output
+
+
+def test_every_setting_is_in_the_reference_under_its_group() -> None:
+    reference = (Path(__file__).resolve().parents[2] / "docs" / "settings.md").read_text(encoding="utf-8")
+    sections = reference.split("\n### ")
+    for name, group in FIELD_GROUP.items():
+        section = next((s for s in sections if s.startswith(f"`settings.{group}`")), "")
+        assert f"| `{env_name(name)}` |" in section, f"{env_name(name)} is not documented under settings.{group}"
