@@ -25,6 +25,7 @@ from difflane.dispatch.servicebus import ServiceBusDispatcher, ServiceBusWorkSou
 from difflane.dispatch.sweeper import OutboxDispatcher, Sweeper
 from difflane.settings import Settings
 from difflane.testing import FakeRuntime
+from difflane.worker.assembly import build_executor
 from difflane.worker.executor import Executor, WorkerConfig
 from difflane.worker.runtime import RenderedImage, RenderTask, Runtime, StepCallback
 from tests import azurite
@@ -43,9 +44,7 @@ class Shape:
 
     def executor(self, runtime: Runtime, **config: Any) -> Executor:
         values: dict[str, Any] = {"lease_seconds": self.settings.backends.lease_seconds, **config}
-        return Executor(
-            self.worker.store, self.worker.blobs, self.worker.catalog, runtime, WorkerConfig("worker-1", **values)
-        )
+        return build_executor(self.worker, runtime, WorkerConfig("worker-1", **values))
 
     def close(self) -> None:
         self.api.close()

@@ -19,6 +19,7 @@ from difflane.dispatch import doorbell
 from difflane.dispatch.base import Dispatcher, WorkSource
 from difflane.dispatch.embedded import EmbeddedQueue
 from difflane.errors import ConfigError
+from difflane.jobs import Job
 from difflane.lanes import Lanes
 from difflane.settings import Settings
 from difflane.store.base import JobStore
@@ -57,7 +58,7 @@ def build(settings: Settings) -> Components:
 
 
 def _backends(settings: Settings, catalog: Catalog) -> Components:
-    if settings.backends.store == "memory" or settings.backends.dispatch == "memory":
+    if settings.backends.store == "memory":  # settings refuse memory beside another backend
         queue = MemoryQueue(lease_seconds=settings.backends.lease_seconds)
         return Components(MemoryJobStore(), MemoryBlobStore(), queue, queue, catalog)
     if settings.backends.dispatch == "kubernetes":
@@ -123,28 +124,25 @@ def _azure(settings: Settings, catalog: Catalog) -> Components:
         )
     from difflane.dispatch.sweeper import OutboxDispatcher, Sweeper
 
-    store, blobs, outbox = _azure_store(settings)
-    bell_dir: Path | None = None
     inner: Dispatcher
     source: WorkSource
     if settings.backends.dispatch == "servicebus":
+        store, blobs, outbox = _azure_store(settings)
+        bell_dir: Path | None = None
         inner, source = _servicebus(settings, store.running)
     else:  # one machine: the embedded queue in SQLite beside records in Blob Storage
-        bell_dir = doorbell.socket_dir(settings.paths.data_dir)
-        queue = EmbeddedQueue(
-            _database(settings),
-            bell_dir,
-            lease_seconds=settings.backends.lease_seconds,
-        )
-        inner = source = queue
-        ring = bell_dir
-        store.on_update = lambda job: doorbell.ring(ring, "api")
+        bell_dir = ring = doorbell.socket_dir(settings.paths.data_dir)
+        store, blobs, outbox = _azure_store(settings, on_update=lambda job: doorbell.ring(ring, "api"))
+        inner = source = EmbeddedQueue(_database(settings), ring, lease_seconds=settings.backends.lease_seconds)
     sweeper = Sweeper(store, outbox, inner.dispatch, interval_s=settings.azure.azure_sweep_seconds)
     return Components(store, blobs, OutboxDispatcher(inner, outbox, sweeper), source, catalog, bell_dir=bell_dir)
 
 
-def _azure_store(settings: Settings) -> tuple[AzureBlobJobStore, BlobStore, BlobDispatchOutbox]:
-    """The Blob job store, result store and outbox (reusable with any dispatch)."""
+def _azure_store(
+    settings: Settings, *, on_update: Callable[[Job], None] | None = None
+) -> tuple[AzureBlobJobStore, BlobStore, BlobDispatchOutbox]:
+    """The Blob job store, result store and outbox (reusable with any dispatch). ``on_update``
+    runs after each write: the embedded queue's doorbell, which wakes this machine's streams."""
     from difflane import azure_auth
 
     azure_auth.require("azure.storage.blob")
@@ -163,7 +161,7 @@ def _azure_store(settings: Settings) -> tuple[AzureBlobJobStore, BlobStore, Blob
     outbox = BlobDispatchOutbox(io)
     # Create makes the job deliverable (store.base.JobStore): no transaction to share, so the
     # outbox entry is written before the record (MakeDeliverable) and the sweeper dispatches it.
-    store = AzureBlobJobStore(io, on_create=outbox.add)
+    store = AzureBlobJobStore(io, on_create=outbox.add, on_update=on_update)
     blobs = AzureBlobStore(
         io, signer=_azure_signer(settings, service), max_ttl_seconds=settings.azure.azure_result_url_ttl_seconds
     )

@@ -21,7 +21,8 @@ from difflane.api.app import create_app
 from difflane.settings import Settings
 from difflane.store import azure_layout as layout
 from difflane.testing import FakeRuntime
-from difflane.worker.executor import Executor, Outcome, WorkerConfig
+from difflane.worker.assembly import build_executor
+from difflane.worker.executor import Outcome, WorkerConfig
 from tests import azurite
 
 pytestmark = pytest.mark.integration
@@ -50,7 +51,7 @@ def _run_one(parts: wiring.Components) -> Outcome:
     # Every step written (the Azure store's default is one progress write a second): the stream's
     # replay of each version is what these tests check.
     config = WorkerConfig("w1", lease_seconds=5, progress_interval_s=0.0)
-    executor = Executor(parts.store, parts.blobs, parts.catalog, FakeRuntime(), config)
+    executor = build_executor(parts, FakeRuntime(), config)
     return executor.execute(delivery)
 
 

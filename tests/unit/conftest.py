@@ -13,9 +13,9 @@ from difflane import wiring
 from difflane.api.app import create_app
 from difflane.settings import Settings
 from difflane.testing import FakeRuntime
-from difflane.worker.batching import Batcher
+from difflane.worker.assembly import build_worker
 from difflane.worker.consumer import Worker
-from difflane.worker.executor import Executor, WorkerConfig
+from difflane.worker.executor import WorkerConfig
 
 
 @dataclass
@@ -27,20 +27,10 @@ class Platform:
     thread: threading.Thread | None = None
 
     def start_worker(self, *, lease_seconds: float = 5.0, max_attempts: int = 3) -> Worker:
-        executor = Executor(
-            self.parts.store,
-            self.parts.blobs,
-            self.parts.catalog,
-            self.runtime,
-            WorkerConfig(
-                "test-worker", lease_seconds=lease_seconds, max_attempts=max_attempts, retry_backoff_seconds=0.01
-            ),
-            lanes=self.parts.lanes,
-            dispatcher=self.parts.dispatcher,
+        config = WorkerConfig(
+            "test-worker", lease_seconds=lease_seconds, max_attempts=max_attempts, retry_backoff_seconds=0.01
         )
-        assert self.parts.source is not None
-        batcher = Batcher(self.parts.source, self.parts.store, executor.lane, ["fast"], lease_seconds=lease_seconds)
-        self.worker = Worker(batcher, executor, grace_seconds=1.0)
+        self.worker = build_worker(self.parts, self.runtime, ["fast"], config, grace_seconds=1.0)
         self.thread = threading.Thread(target=self.worker.run, daemon=True)
         self.thread.start()
         return self.worker

@@ -11,6 +11,7 @@ from difflane.jobs import ErrorCode, Job, JobState
 from difflane.testing import FakeRuntime, MemoryBlobStore, MemoryJobStore, MemoryQueue
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
 from difflane.worker.runtime import ModelUnavailable
+from difflane.worker.shutdown import Shutdown
 from tests.conftest import make_job
 
 
@@ -21,6 +22,7 @@ class Rig:
     queue: MemoryQueue
     runtime: FakeRuntime
     executor: Executor
+    shutdown: Shutdown
 
     def submit(self, **changes: object) -> Job:
         job, _ = self.store.create(make_job(**changes))
@@ -42,7 +44,9 @@ class Rig:
 def rig() -> Rig:
     store, blobs, queue, runtime = MemoryJobStore(), MemoryBlobStore(), MemoryQueue(lease_seconds=5), FakeRuntime()
     config = WorkerConfig("w1", lease_seconds=5, max_attempts=3, retry_backoff_seconds=0.0)
-    return Rig(store, blobs, queue, runtime, Executor(store, blobs, catalog.builtin(), runtime, config))
+    shutdown = Shutdown(grace_seconds=0.0)
+    executor = Executor(store, blobs, catalog.builtin(), runtime, config, should_give_back=shutdown.past_grace)
+    return Rig(store, blobs, queue, runtime, executor, shutdown)
 
 
 def test_success_uploads_and_acks(rig: Rig) -> None:
@@ -155,7 +159,7 @@ def test_out_of_memory_fails_with_oom(rig: Rig) -> None:
 
 def test_shutdown_past_grace_gives_the_job_back(rig: Rig) -> None:
     job = rig.submit(steps=10)
-    rig.executor.should_give_back = lambda: True
+    rig.shutdown.request()  # no grace: the batch in hand goes back at its next step
     assert rig.executor.execute(rig.deliver()) is Outcome.REQUEUED
     back = rig.get(job.id)
     assert back.state is JobState.QUEUED and back.lease is None

@@ -27,6 +27,7 @@ from difflane.settings import Settings
 from difflane.telemetry import tracing
 from difflane.telemetry.logging import JsonFormatter
 from difflane.testing import FakeRuntime, MemoryBlobStore, MemoryJobStore
+from difflane.worker.assembly import build_executor
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
 from tests.conftest import make_job
 
@@ -173,7 +174,7 @@ def embedded(tmp_path: Path) -> Iterator[tuple[TestClient, wiring.Components]]:
 
 def executor(parts: wiring.Components) -> Executor:
     config = WorkerConfig("w1", lease_seconds=5, max_attempts=3, retry_backoff_seconds=0.0)
-    return Executor(parts.store, parts.blobs, catalog.builtin(), FakeRuntime(), config, lanes=parts.lanes)
+    return build_executor(parts, FakeRuntime(), config)
 
 
 def submit(client: TestClient, **body: Any) -> str:

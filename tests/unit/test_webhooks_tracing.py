@@ -19,7 +19,7 @@ pytest.importorskip("opentelemetry.sdk")
 from opentelemetry.sdk.trace import ReadableSpan
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-from difflane import catalog, wiring
+from difflane import wiring
 from difflane.api.app import create_app
 from difflane.jobs import Webhook
 from difflane.settings import Settings
@@ -32,8 +32,9 @@ from difflane.webhooks.notifier import Notifier
 from difflane.webhooks.outbox import context_from_text, context_of
 from difflane.webhooks.outbox_sqlite import FAIRNESS_KEYS, SCHEMA, SqliteOutbox
 from difflane.webhooks.sender import SendResult
-from difflane.worker.executor import Executor, WorkerConfig
+from difflane.worker.assembly import build_executor
 from difflane.worker.executor import Outcome as Run
+from difflane.worker.executor import WorkerConfig
 from tests.conftest import make_job
 from tests.unit.test_webhooks import FAIL, SECRET, Clock, FakeSender
 
@@ -87,7 +88,7 @@ def test_one_trace_holds_the_request_the_worker_and_the_webhook_delivery(
         delivery = parts.source.receive(["fast"], timeout=1)
         assert delivery is not None
         config = WorkerConfig("w1", lease_seconds=5, max_attempts=3, retry_backoff_seconds=0.0)
-        worker = Executor(parts.store, parts.blobs, catalog.builtin(), FakeRuntime(), config, lanes=parts.lanes)
+        worker = build_executor(parts, FakeRuntime(), config)
         assert worker.execute(delivery) is Run.SUCCEEDED
         sender = FakeSender()
         outbox = client.app.state.ctx.webhooks.outbox  # type: ignore[attr-defined]

@@ -9,6 +9,7 @@ import time
 from difflane.telemetry import metrics
 from difflane.worker.batching import Batcher
 from difflane.worker.executor import Executor, Outcome
+from difflane.worker.shutdown import Shutdown
 
 log = logging.getLogger(__name__)
 
@@ -17,13 +18,12 @@ ERROR_PAUSE_S = 1.0
 
 
 class Worker:
-    def __init__(self, batcher: Batcher, executor: Executor, *, grace_seconds: float) -> None:
+    """Built by ``worker.assembly.build_worker``, which hands the executor the same ``shutdown``."""
+
+    def __init__(self, batcher: Batcher, executor: Executor, shutdown: Shutdown) -> None:
         self.batcher = batcher
         self.executor = executor
-        self.grace_seconds = grace_seconds
-        self._stopping = threading.Event()
-        self._give_back_at: float | None = None
-        executor.should_give_back = self._past_grace
+        self.shutdown = shutdown
         self.processed: dict[Outcome, int] = {o: 0 for o in Outcome}
         self.batches = 0
 
@@ -37,7 +37,7 @@ class Worker:
         keeper = threading.Thread(target=self._renew_held, name="held-leases", daemon=True)
         keeper.start()
         done = 0
-        while not self._stopping.is_set() and (max_jobs is None or done < max_jobs):
+        while not self.shutdown.requested and (max_jobs is None or done < max_jobs):
             try:
                 batch = self.batcher.next_batch(RECEIVE_TIMEOUT_S)
                 if not batch:
@@ -51,21 +51,16 @@ class Worker:
                 done += len(outcomes)
             except Exception:
                 log.exception("worker loop error; pausing before the next receive")
-                self._stopping.wait(ERROR_PAUSE_S)
+                self.shutdown.wait(ERROR_PAUSE_S)
         self.batcher.give_back()
-        self._stopping.set()
+        self.shutdown.request()  # ends the lease keeper too when max_jobs ended the loop
         log.info("worker stopped", extra={"processed": {k.value: v for k, v in self.processed.items() if v}})
 
     def request_stop(self) -> None:
         """Stop taking work; the batch in hand may finish within the grace period, else it is given back."""
-        if not self._stopping.is_set():
-            self._give_back_at = time.monotonic() + self.grace_seconds
-            self._stopping.set()
+        if self.shutdown.request():
             self.batcher.source.wake()
 
-    def _past_grace(self) -> bool:
-        return self._give_back_at is not None and time.monotonic() >= self._give_back_at
-
     def _renew_held(self) -> None:
-        while not self._stopping.wait(self.batcher.lease_seconds / 3):
+        while not self.shutdown.wait(self.batcher.lease_seconds / 3):
             self.batcher.renew_held()

@@ -5,15 +5,12 @@ from __future__ import annotations
 import logging
 import os
 import signal
-import socket
 import threading
 import time
-import uuid
 from types import FrameType
 
 from difflane import wiring
 from difflane.catalog import ModelSpec
-from difflane.dispatch.base import WorkSource
 from difflane.errors import ConfigError, InvalidInput
 from difflane.exitcodes import RunJobExit
 from difflane.jobs import ErrorCode, JobState, is_job_id
@@ -23,9 +20,9 @@ from difflane.telemetry import logging as log_setup
 from difflane.telemetry import metrics, tracing
 from difflane.telemetry.probes import ProbeServer
 from difflane.worker import device as device_mod
-from difflane.worker.batching import Batcher
+from difflane.worker.assembly import build_executor, build_worker, worker_config
 from difflane.worker.consumer import Worker
-from difflane.worker.executor import Executor, Outcome, WorkerConfig
+from difflane.worker.executor import Executor, Outcome
 from difflane.worker.heartbeat import Heartbeat, WorkerState
 from difflane.worker.isolation import IsolatedRuntime
 from difflane.worker.model_messages import RuntimeConfig
@@ -34,10 +31,6 @@ from difflane.worker.runtime import RenderTask, Runtime
 log = logging.getLogger(__name__)
 
 WARMUP_STEPS = 2
-
-
-def new_worker_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
 def isolated_runtime(settings: Settings, parts: wiring.Components, lanes: list[str]) -> IsolatedRuntime:
@@ -52,18 +45,6 @@ def isolated_runtime(settings: Settings, parts: wiring.Components, lanes: list[s
             compile_models=compiled,
         )
     )
-
-
-def _executor(settings: Settings, parts: wiring.Components, runtime: Runtime, *, can_move: bool = True) -> Executor:
-    config = WorkerConfig(
-        worker_id=new_worker_id(),
-        lease_seconds=settings.backends.lease_seconds,
-        max_attempts=settings.backends.max_attempts,
-        retry_backoff_seconds=settings.backends.retry_backoff_seconds,
-    )
-    # Without a dispatcher an out-of-memory job fails with `oom` instead of moving lanes.
-    dispatcher = parts.dispatcher if can_move else None
-    return Executor(parts.store, parts.blobs, parts.catalog, runtime, config, lanes=parts.lanes, dispatcher=dispatcher)
 
 
 def served_lanes(settings: Settings, parts: wiring.Components) -> list[Lane]:
@@ -115,16 +96,15 @@ def run_worker(settings: Settings, *, runtime: Runtime | None = None, max_jobs: 
     parts = wiring.build(settings)
     if parts.source is None:
         raise InvalidInput("this dispatch backend hands jobs to `difflane run-job`; there is no queue to serve")
-    source: WorkSource = parts.source
     lanes = served_lanes(settings, parts)
     device = check_capacity(settings, lanes)
     names = [lane.name for lane in lanes]
     # What `difflane serve`'s /readyz reads: this worker is up, then warm (worker/heartbeat.py).
     beats = Heartbeat(settings.paths.data_dir, names)
     runtime = runtime or isolated_runtime(settings, parts, names)
-    executor = _executor(settings, parts, runtime)
-    batcher = Batcher(source, parts.store, executor.lane, names, lease_seconds=settings.backends.lease_seconds)
-    worker = Worker(batcher, executor, grace_seconds=settings.worker.shutdown_grace_seconds)
+    worker = build_worker(
+        parts, runtime, names, worker_config(settings), grace_seconds=settings.worker.shutdown_grace_seconds
+    )
     ready = threading.Event()  # set once every served model is loaded and warm
     health = ProbeServer(
         {
@@ -249,9 +229,7 @@ def run_one(settings: Settings, job_id: str, *, runtime: Runtime | None = None) 
             check_capacity(settings, [lane])
         runtime = runtime or isolated_runtime(settings, parts, [job.lane])
         try:
-            # run-job (a Kubernetes Job per job) cannot hand a job to another lane: the Job's
-            # name is the job's, so a new Job for the new lane could not be created. OOM fails.
-            executor = _executor(settings, parts, runtime, can_move=False)
+            executor = build_executor(parts, runtime, worker_config(settings), can_move=False)
             return _run_until_settled(executor, parts, job_id)
         finally:
             runtime.close()
