@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +64,16 @@ def read_sse(lines: Iterable[str]) -> list[tuple[str, dict[str, Any]]]:
         elif line.startswith("data: ") and event:
             out.append((event, json.loads(line[6:])))
     return out
+
+
+@pytest.fixture
+def spans() -> Iterator[Any]:
+    """Every span the platform ends, kept in memory: tracing on for this test only."""
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from difflane.telemetry import tracing
+
+    exporter = InMemorySpanExporter()
+    assert tracing.setup("difflane-test", env={}, span_exporter=exporter)
+    yield exporter
+    tracing.shutdown()

@@ -34,14 +34,6 @@ from tests.otlp_receiver import OtlpReceiver
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    tracing.setup("difflane-api", env={}, span_exporter=exporter)
-    yield exporter
-    tracing.shutdown()
-
-
 def test_service_bus_message_carries_the_trace_to_the_worker(spans: InMemorySpanExporter) -> None:
     store, queue = MemoryJobStore(), FakeServiceBusQueue(["fast"], running=lambda lane: 0)
     job, _ = store.create(make_job())

@@ -8,7 +8,6 @@ from __future__ import annotations
 import base64
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,6 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from difflane.api.app import create_app
 from difflane.jobs import Webhook
 from difflane.store.base import mutate
-from difflane.telemetry import tracing
 from difflane.testing import MemoryJobStore
 from difflane.webhooks.notifier import Notifier
 from difflane.webhooks.outbox_blob import DELIVERIES, WATCHES, BlobOutbox
@@ -33,14 +31,6 @@ pytestmark = pytest.mark.integration
 
 SECRET = "whsec_MfKQ9r8GKYqrTwjUPD8ILPZIo2LaLaSw"
 HOOK = "https://hooks.example.com/in?token=s3cr3t"
-
-
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    assert tracing.setup("difflane-test", env={}, span_exporter=exporter)
-    yield exporter
-    tracing.shutdown()
 
 
 def test_a_replica_s_delivery_joins_the_trace_of_the_request_another_replica_served(

@@ -34,14 +34,6 @@ from tests.conftest import make_job
 PROMPT = "a secret prompt about a red fox"
 
 
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    assert tracing.setup("difflane-test", env={}, span_exporter=exporter)
-    yield exporter
-    tracing.shutdown()
-
-
 def by_name(exported: tuple[ReadableSpan, ...], name: str) -> list[ReadableSpan]:
     return [s for s in exported if s.name == name]
 

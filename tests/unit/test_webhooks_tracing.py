@@ -43,14 +43,6 @@ PROMPT = "a secret prompt about a red fox"
 HOOK = "https://hooks.example.com/in?token=s3cr3t-token"
 
 
-@pytest.fixture
-def spans() -> Iterator[InMemorySpanExporter]:
-    exporter = InMemorySpanExporter()
-    assert tracing.setup("difflane-test", env={}, span_exporter=exporter)
-    yield exporter
-    tracing.shutdown()
-
-
 def named(spans: InMemorySpanExporter, name: str) -> list[ReadableSpan]:
     return [s for s in spans.get_finished_spans() if s.name == name]
 
