@@ -26,7 +26,6 @@ import argparse
 import contextlib
 import json
 import os
-import signal
 import statistics
 import subprocess
 import sys
@@ -37,7 +36,7 @@ from pathlib import Path
 
 import httpx
 
-from bench.harness import free_port
+from bench.harness import clean_env, free_port, serving
 from difflane.worker import heartbeat
 
 PHASES = ("api up", "deps ok", "worker up", "worker warm", "beat seen", "ready", "first image", "model load")
@@ -48,28 +47,12 @@ DEPS = ("store", "dispatch", "blobs")
 @contextlib.contextmanager
 def serve(data_dir: Path, port: int) -> Iterator[tuple[subprocess.Popen[bytes], Path, float, float]]:
     """``difflane serve`` with nothing but a data dir and a port set; yields (proc, log, t0, wall0)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DIFFLANE_", "PROMETHEUS_", "HF_"))}
+    env = clean_env("HF_")
     env.update(DIFFLANE_DATA_DIR=str(data_dir), DIFFLANE_LOG_FORMAT="json", HF_HUB_OFFLINE="1")
     log = data_dir.parent / f"serve-{time.monotonic_ns()}.log"
-    with open(log, "wb") as out:
-        wall0, t0 = time.time(), time.perf_counter()
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "difflane", "serve", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-        try:
-            yield proc, log, t0, wall0
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGTERM)
-            try:
-                proc.wait(60)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait(10)
+    wall0, t0 = time.time(), time.perf_counter()
+    with serving(["--port", str(port)], env, log) as proc:
+        yield proc, log, t0, wall0
 
 
 def one_start(data_dir: Path, timeout: float = 300) -> dict[str, float]:
@@ -204,8 +187,8 @@ def main() -> None:
         runs = results[kind]
         cells = [f"{statistics.median(r.get(p, float('nan')) for r in runs):.2f}" for p in PHASES]
         print(f"| {kind} | " + " | ".join(cells) + " |")
-    steps = results["steps"]
-    medians = ", ".join(f"{k} {statistics.median(r[k] for r in steps):.2f}" for k in steps[0])
+    in_process = results["steps"]
+    medians = ", ".join(f"{k} {statistics.median(r[k] for r in in_process):.2f}" for k in in_process[0])
     print(f"model process, seconds each (median): {medians}")
     print(f"load average (1, 5, 15 min): {', '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
