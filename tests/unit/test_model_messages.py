@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import pickle
 
 import pytest
@@ -41,3 +42,14 @@ def test_an_empty_message_takes_the_default() -> None:
 def test_an_unclassified_error_comes_back_as_runtime_error() -> None:
     back = Failed(UNCLASSIFIED, "ValueError: bad shape").exception()
     assert type(back) is RuntimeError and str(back) == "ValueError: bad shape"
+
+
+def test_two_kinds_cannot_share_a_code() -> None:
+    with pytest.raises(TypeError, match="OutOfMemory") as refused:
+
+        class AnotherOom(runtime.RuntimeFailure):  # the parent could not tell the two apart
+            code = "oom"
+
+    assert runtime.FAILURES["oom"] is runtime.OutOfMemory
+    del refused  # the half-made class lives in the traceback; let it go before other tests look
+    gc.collect()

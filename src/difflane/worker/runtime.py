@@ -7,7 +7,7 @@ that PNG encoding (and its byte-for-byte determinism) stays ours, not the engine
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -43,14 +43,24 @@ class RenderedImage:
     rgb: bytes  # row-major, 3 bytes per pixel, len == width * height * 3
 
 
+FAILURES: dict[str, type[RuntimeFailure]] = {}  # code -> class, filled as the subclasses below are defined
+
+
 class RuntimeFailure(DifflaneError):
     """A load or render that produced no images, for a reason the worker acts on (by class).
 
     Each kind has a stable ``code``; the code is what crosses the model process's pipe
-    (``model_messages.Failed``), and ``FAILURES`` turns it back into the class.
+    (``model_messages.Failed``), and ``FAILURES`` turns it back into the class. A subclass is
+    registered there by being defined: no table to keep in step.
     """
 
     code = "runtime_failure"
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        if cls.code in FAILURES:
+            raise TypeError(f"{cls.__name__}.code {cls.code!r} is {FAILURES[cls.code].__name__}'s already")
+        FAILURES[cls.code] = cls
 
     def __init__(self, message: str = "", **details: Any) -> None:
         super().__init__(message, **details)
@@ -84,11 +94,6 @@ class RuntimeCrashed(RuntimeFailure):
     """The process running the model died; a fresh one is started for the next call."""
 
     code = "crashed"
-
-
-FAILURES: Mapping[str, type[RuntimeFailure]] = {
-    kind.code: kind for kind in (Interrupted, ModelUnavailable, OutOfMemory, RenderTimeout, RuntimeCrashed)
-}
 
 
 @dataclass(frozen=True)
