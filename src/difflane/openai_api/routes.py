@@ -18,14 +18,21 @@ from difflane.auth.caller import Caller
 from difflane.errors import InvalidInput, NotFound
 from difflane.jobs import ErrorCode, Job
 from difflane.openai_api.errors import OpenAIError, OpenAIRoute
-from difflane.openai_api.schemas import SIZE, ErrorOut, ImageGenerationRequest, ImagesResponse, ModelList, ModelOut
+from difflane.openai_api.schemas import (
+    SIZE,
+    ImageGenerationRequest,
+    ImagesResponse,
+    OpenAIErrorOut,
+    OpenAIModelList,
+    OpenAIModelOut,
+)
 from difflane.views import base_url, job_path, output_json
 
 log = logging.getLogger(__name__)
 
 JOB_HEADER = "X-Difflane-Job-Id"
 _ERRORS: dict[int | str, dict[str, Any]] = {
-    s: {"model": ErrorOut} for s in (400, 401, 403, 404, 409, 429, 500, 503, 504)
+    s: {"model": OpenAIErrorOut} for s in (400, 401, 403, 404, 409, 429, 500, 503, 504)
 }
 
 router = APIRouter(prefix="/openai/v1", tags=["openai"], route_class=OpenAIRoute, responses=_ERRORS)
@@ -108,12 +115,12 @@ async def images(ctx: ApiContext, request: Request, job: Job, response_format: s
     return [{"url": o["url"]} for o in rendered]
 
 
-@router.get("/models", response_model=ModelList, summary="List models (OpenAI shape)")
+@router.get("/models", response_model=OpenAIModelList, summary="List models (OpenAI shape)")
 async def list_models(ctx: Ctx, caller: AnyPermission) -> dict[str, Any]:
     return {"object": "list", "data": [model_out(name) for name in ctx.catalog.names()]}
 
 
-@router.get("/models/{model_id}", response_model=ModelOut, summary="Get a model (OpenAI shape)")
+@router.get("/models/{model_id}", response_model=OpenAIModelOut, summary="Get a model (OpenAI shape)")
 async def get_model(model_id: str, ctx: Ctx, caller: AnyPermission) -> dict[str, Any]:
     if ctx.catalog.get(model_id) is None:
         raise OpenAIError(404, f"the model {model_id!r} does not exist", "model_not_found", "model")

@@ -52,16 +52,16 @@ class ImagesResponse(BaseModel):
     size: str
 
 
-class ModelOut(BaseModel):
+class OpenAIModelOut(BaseModel):
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str
 
 
-class ModelList(BaseModel):
+class OpenAIModelList(BaseModel):
     object: Literal["list"] = "list"
-    data: list[ModelOut]
+    data: list[OpenAIModelOut]
 
 
 class ErrorDetail(BaseModel):
@@ -71,5 +71,5 @@ class ErrorDetail(BaseModel):
     code: str | None
 
 
-class ErrorOut(BaseModel):
+class OpenAIErrorOut(BaseModel):
     error: ErrorDetail
