@@ -10,11 +10,12 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import Field, model_validator
 
 from difflane import yamlfile
 from difflane.errors import ConfigError
 from difflane.lanes import Lanes
+from difflane.yamlfile import Entry
 
 # The snapshot name `difflane models create-tiny` writes; pinned so the built-in catalog can
 # name a revision without a hub.
@@ -24,11 +25,7 @@ TINY_REVISION = "d1ff1a2e00000000000000000000000000000001"
 _HEX40 = re.compile(r"^[0-9a-f]{40}$")
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Defaults(_Strict):
+class Defaults(Entry):
     width: int = 512
     height: int = 512
     steps: int = 30
@@ -36,7 +33,7 @@ class Defaults(_Strict):
     negative_prompt: str = ""
 
 
-class Limits(_Strict):
+class Limits(Entry):
     max_width: Annotated[int, Field(gt=0)] = 1024
     max_height: Annotated[int, Field(gt=0)] = 1024
     max_pixels: Annotated[int, Field(gt=0)] = 1024 * 1024
@@ -50,7 +47,7 @@ class Limits(_Strict):
 PipelineKind = Literal["text2image", "stable-diffusion", "stable-diffusion-xl"]
 
 
-class ModelSpec(_Strict):
+class ModelSpec(Entry):
     """One catalog entry. ``source`` is a hub repo id (``org/name``) or a local directory."""
 
     name: str

@@ -39,7 +39,7 @@ def queue_note(job: dict[str, Any]) -> str:
     return f"queued, position {position}" if position else "queued"
 
 
-class Progress:
+class ProgressLine:
     """A one-line bar on stderr, redrawn in place on a terminal; plain lines otherwise."""
 
     def __init__(self) -> None:
@@ -71,7 +71,7 @@ class Progress:
 
 def follow(client: Client, job: dict[str, Any], *, json_events: bool = False) -> dict[str, Any]:
     """Follow a job's events to its final state; returns the final job."""
-    progress = Progress()
+    progress = ProgressLine()
     if job["state"] == "queued" and not json_events:
         progress.show(queue_note(job))
     for event, data in client.events(job["id"]):

@@ -17,18 +17,17 @@ import re
 from pathlib import Path
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import Field, field_validator
 
 from difflane import yamlfile
 from difflane.errors import ConfigError
+from difflane.yamlfile import Entry
 
 _CAPACITY = re.compile(r"^(cpu|gpu|mig-[1-9]g\.[0-9]+gb)$")
 _NAME = re.compile(r"^[a-z][a-z0-9-]{0,30}$")  # also a Kubernetes label value and a queue name part
 
 
-class Lane(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Lane(Entry):
     name: str
     capacity: str = "cpu"
     max_batch: Annotated[int, Field(ge=1, le=64)] = 1

@@ -7,11 +7,18 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from difflane.errors import ConfigError
 
 T = TypeVar("T")
+
+
+class Entry(BaseModel):
+    """An entry of a data file (catalog, lanes, costs, scaling): frozen, and an unknown key is
+    refused, so a misspelt setting is an error at load instead of a default silently kept."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 def entries(text: str, key: str, origin: str) -> dict[str, dict[str, Any]]:

@@ -23,21 +23,18 @@ from pathlib import Path
 from typing import Annotated
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator
 
 from difflane.errors import ConfigError
+from difflane.yamlfile import Entry
 
 
-class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-class Size(_Strict):
+class Size(Entry):
     width: Annotated[int, Field(gt=0)] = 512
     height: Annotated[int, Field(gt=0)] = 512
 
 
-class ModelCost(_Strict):
+class ModelCost(Entry):
     reference: Size = Size()
     seconds_per_step_per_image: dict[int, Annotated[float, Field(ge=0)]]
     batch_overhead_s: Annotated[float, Field(ge=0)] = 0.0
@@ -70,7 +67,7 @@ class ModelCost(_Strict):
         return self.batch_overhead_s + images * self.image_overhead_s + compute
 
 
-class CostModel(_Strict):
+class CostModel(Entry):
     price_per_node_hour: Annotated[float, Field(ge=0)] = 0.0
     gpus_per_node: Annotated[int, Field(ge=0)] = 1
     models: dict[str, ModelCost]

@@ -19,20 +19,17 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any, Protocol
+from typing import Any
 
 from difflane.api.limits import TooManyRequests
 from difflane.capacity import plan, policy
 from difflane.capacity.costs import CostModel
 from difflane.jobs import Job, JobState
 from difflane.lanes import Lanes
+from difflane.store.base import UnfinishedJobs
 
 DEFAULT_TTL_S = 0.5
 DEFAULT_LIMIT = 1000
-
-
-class UnfinishedJobs(Protocol):
-    def list_unfinished(self, limit: int) -> list[Job]: ...
 
 
 def queue_full(lane: str, predicted_wait_s: float, limit_s: float) -> TooManyRequests:

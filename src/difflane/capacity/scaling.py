@@ -25,7 +25,9 @@ import math
 from enum import StrEnum
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+
+from difflane.yamlfile import Entry
 
 
 class Mode(StrEnum):
@@ -34,9 +36,7 @@ class Mode(StrEnum):
     KUEUE = "kueue"
 
 
-class Scaling(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
-
+class Scaling(Entry):
     mode: Mode = Mode.FIXED
     workers: Annotated[int, Field(ge=1)] = 1  # fixed
     min_replicas: Annotated[int, Field(ge=0)] = 0  # keda

@@ -9,17 +9,10 @@ sees as Kubernetes Jobs, and says so at start-up.
 
 from __future__ import annotations
 
-from typing import Any, Protocol, runtime_checkable
+from typing import Any
 
 from difflane.jobs import Job
-from difflane.store.base import JobStore
-
-
-@runtime_checkable
-class UnfinishedJobs(Protocol):
-    def list_unfinished(self, limit: int) -> list[Job]:
-        """Jobs that are queued or running, oldest first, at most ``limit``."""
-        ...
+from difflane.store.base import JobStore, UnfinishedJobs
 
 
 class _OutboxUnfinished:

@@ -20,13 +20,12 @@ from prometheus_client import Counter
 from difflane.controller.decide import Act, Decision, Observed, Rules, decide
 from difflane.controller.informer import Informer
 from difflane.controller.leader import LeaderElector
-from difflane.controller.pending import UnfinishedJobs
 from difflane.dispatch import kubernetes_spec as spec
 from difflane.dispatch.kubernetes import KubernetesDispatcher
 from difflane.dispatch.kubernetes_api import KubeApi, Obj
 from difflane.errors import DifflaneError, IllegalTransition, NotFound, VersionConflict
 from difflane.jobs import Job
-from difflane.store.base import JobStore
+from difflane.store.base import JobStore, UnfinishedJobs
 from difflane.telemetry import metrics
 from difflane.telemetry.logging import job_context
 

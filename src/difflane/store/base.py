@@ -116,6 +116,16 @@ class ChangeLog(Protocol):
         ...
 
 
+@runtime_checkable
+class UnfinishedJobs(Protocol):
+    """What a store offers when it can list its queued and running jobs cheaply (SQLite, memory):
+    the controller's sweep and the API's queue forecast read it."""
+
+    def list_unfinished(self, limit: int) -> list[Job]:
+        """Jobs that are queued or running, oldest first, at most ``limit``."""
+        ...
+
+
 def mutate(store: JobStore, job_id: str, change: Callable[[Job], Job], *, attempts: int = 20) -> Job:
     """Apply ``change`` (a transition from ``difflane.jobs``) with compare-and-set.
 
