@@ -17,7 +17,7 @@ def percentile(values: Sequence[float], q: float) -> float:
 
 
 @dataclasses.dataclass(frozen=True)
-class Sample:
+class TimelinePoint:
     t: float
     workers: int  # pods that exist (starting, idle or busy)
     depth: int  # jobs admitted and not started
@@ -39,7 +39,7 @@ class LaneResult:
     gpu_hours: float
     cost: float
     horizon_s: float
-    timeline: tuple[Sample, ...]
+    timeline: tuple[TimelinePoint, ...]
 
     def summary(self) -> dict[str, Any]:
         """The JSON record of the lane (no per-job lists)."""

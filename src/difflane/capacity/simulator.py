@@ -20,7 +20,7 @@ from typing import Any
 from difflane.capacity import plan, policy
 from difflane.capacity.costs import CostModel
 from difflane.capacity.policy import Forming, Item
-from difflane.capacity.results import LaneResult, Sample
+from difflane.capacity.results import LaneResult, TimelinePoint
 from difflane.capacity.scaling import KedaModel, Mode, Node, NodePool, Scaling
 from difflane.capacity.trace import Arrival
 from difflane.lanes import Lane
@@ -76,7 +76,7 @@ class LaneSimulation:
         self.completed = 0
         self.peak_depth = 0
         self.peak_workers = 0
-        self.timeline: list[Sample] = []
+        self.timeline: list[TimelinePoint] = []
         self.arrived = 0
         self._load: float | None = None
         self.retired_ready_s = 0.0
@@ -310,7 +310,7 @@ class LaneSimulation:
     def _on_sample(self, t: float, _: None) -> None:
         workers = sum(1 for w in self.workers if w.state != "gone")
         self.peak_workers = max(self.peak_workers, workers)
-        self.timeline.append(Sample(round(t, 3), workers, self._depth()))
+        self.timeline.append(TimelinePoint(round(t, 3), workers, self._depth()))
         if self._go_on(t):
             self._at(t + max(self.horizon / 400, 0.05), "sample", None)
 
