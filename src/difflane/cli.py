@@ -25,7 +25,7 @@ def _fail(message: str, code: int = 1) -> None:
     sys.exit(code)
 
 
-class _Group(click.Group):
+class _OneLineErrors(click.Group):
     """Turns our own errors into one line on stderr instead of a traceback."""
 
     def invoke(self, ctx: click.Context) -> Any:
@@ -35,7 +35,7 @@ class _Group(click.Group):
             _fail(exc.message)
 
 
-@click.group(cls=_Group)
+@click.group(cls=_OneLineErrors)
 @click.version_option(__version__, prog_name="difflane")
 def main() -> None:
     """difflane: serve diffusion image-generation workloads."""

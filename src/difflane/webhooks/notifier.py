@@ -29,7 +29,7 @@ from difflane.store.base import JobStore
 from difflane.telemetry import metrics, tracing
 from difflane.webhooks import events
 from difflane.webhooks.fairness import DEFAULT_CAPS, Caps
-from difflane.webhooks.outbox import NewDelivery, Outbox, Pending, Watch
+from difflane.webhooks.outbox import HookWatch, NewDelivery, Outbox, Pending
 from difflane.webhooks.sender import Sender, SendResult
 
 log = logging.getLogger(__name__)
@@ -129,7 +129,7 @@ class Notifier:
 
     # --- tailing ---------------------------------------------------------------------------------
 
-    def _tail_one(self, watch: Watch) -> None:
+    def _tail_one(self, watch: HookWatch) -> None:
         now = self.clock()
         versions = self.store.history(watch.job_id, max(watch.last_version - 1, 0))
         if not versions:

@@ -28,7 +28,7 @@ from difflane.webhooks.fairness import Caps
 
 
 @dataclasses.dataclass(frozen=True)
-class Watch:
+class HookWatch:
     job_id: str
     last_version: int
     created_at: float
@@ -66,7 +66,7 @@ class Outbox(Protocol):
 
     def unwatch(self, job_id: str) -> None: ...
 
-    def watches(self) -> list[Watch]: ...
+    def watches(self) -> list[HookWatch]: ...
 
     def advance(
         self, job_id: str, expected: int, version: int, deliveries: Sequence[NewDelivery], finished: bool, now: float

@@ -25,7 +25,7 @@ from urllib.parse import quote, unquote
 
 from difflane.azure_io import WRITE_ID, Blob, BlobIO, Exists, Listed, Modified
 from difflane.webhooks import fairness
-from difflane.webhooks.outbox import NewDelivery, Pending, Watch, context_of
+from difflane.webhooks.outbox import HookWatch, NewDelivery, Pending, context_of
 
 log = logging.getLogger(__name__)
 
@@ -50,9 +50,9 @@ class BlobOutbox:
 
     # --- notifier side -------------------------------------------------------------------------
 
-    def watches(self) -> list[Watch]:
+    def watches(self) -> list[HookWatch]:
         return [
-            Watch(
+            HookWatch(
                 item.name[len(WATCHES) :],
                 int(item.metadata["lastversion"]),
                 float(item.metadata["createdat"]),

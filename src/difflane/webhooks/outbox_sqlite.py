@@ -18,7 +18,7 @@ from typing import Any
 
 from difflane.store.sqlite import Database
 from difflane.webhooks import fairness
-from difflane.webhooks.outbox import NewDelivery, Pending, Watch, context_from_text, context_text
+from difflane.webhooks.outbox import HookWatch, NewDelivery, Pending, context_from_text, context_text
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS watches (
@@ -88,12 +88,12 @@ class SqliteOutbox:
 
     # --- notifier side -------------------------------------------------------------------------
 
-    def watches(self) -> list[Watch]:
+    def watches(self) -> list[HookWatch]:
         with self._read() as conn:
             rows = conn.execute(
                 "SELECT job_id, last_version, created_at, trace_context FROM watches ORDER BY job_id"
             ).fetchall()
-        return [Watch(job, last, created, context_from_text(trace)) for job, last, created, trace in rows]
+        return [HookWatch(job, last, created, context_from_text(trace)) for job, last, created, trace in rows]
 
     def advance(
         self, job_id: str, expected: int, version: int, deliveries: Sequence[NewDelivery], finished: bool, now: float
