@@ -85,3 +85,23 @@ def test_malformed_json_and_unserved_routes_are_openai_errors(platform: Platform
     r = platform.client.put(GENERATE, json={})
     assert r.status_code == 405 and r.headers["allow"] == "POST"
     assert r.json()["error"]["code"] == "method_not_allowed"
+
+
+def test_a_waiting_request_reads_its_job_only_when_the_feed_says_it_moved() -> None:
+    settings = Settings(store="memory", dispatch="memory", openai_wait_seconds=1.5)
+    app = create_app(settings)
+    with TestClient(app) as client:  # no worker: the job stays queued for the whole wait
+        store = app.state.ctx.store
+        reads: list[str] = []
+        original = store.get
+
+        def counted(job_id: str):  # type: ignore[no-untyped-def]
+            reads.append(job_id)
+            return original(job_id)
+
+        store.get = counted
+        r = client.post(GENERATE, json={"prompt": "a fox"})
+        assert r.status_code == 504
+        job_id = r.headers["x-difflane-job-id"]
+        # The first look after the watch is registered; polling every 0.25 s made it six or more.
+        assert reads.count(job_id) <= 2, reads

@@ -1,8 +1,8 @@
 """Waking the API process when a job changes.
 
 Writers in other processes ring the API's doorbell; this turns rings into an asyncio wake-up.
-Its listeners are the change feed (``api.feed``, which serves every event stream) and the OpenAI
-route's wait. They still look at the store every ``poll_seconds``, so a missed ring only delays.
+Its listener is the change feed (``api.feed``), which serves every event stream and the OpenAI
+route's wait. It still looks at the store every ``poll_seconds``, so a missed ring only delays.
 """
 
 from __future__ import annotations

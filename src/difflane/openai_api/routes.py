@@ -13,6 +13,7 @@ from starlette.routing import Match
 
 from difflane.api.context import ApiContext, get_context
 from difflane.api.deps import AnyPermission, Submitter
+from difflane.api.feed import ChangeFeed
 from difflane.api.schemas import JobCreate
 from difflane.auth.caller import Caller
 from difflane.errors import InvalidInput, NotFound
@@ -31,6 +32,7 @@ from difflane.views import base_url, job_path, output_json
 log = logging.getLogger(__name__)
 
 JOB_HEADER = "X-Difflane-Job-Id"
+DISCONNECT_CHECK_S = 1.0  # a client that went away stops its wait within this
 _ERRORS: dict[int | str, dict[str, Any]] = {
     s: {"model": OpenAIErrorOut} for s in (400, 401, 403, 404, 409, 429, 500, 503, 504)
 }
@@ -91,13 +93,20 @@ def to_job_body(body: ImageGenerationRequest, ctx: ApiContext) -> JobCreate:
 
 
 async def wait_for(ctx: ApiContext, request: Request, caller: Caller, job: Job) -> Job | None:
-    """The finished job, or None when the wait bound passed or the client went away (the job goes on)."""
+    """The finished job, or None when the wait bound passed or the client went away (the job goes on).
+
+    The process's change feed (``api.feed``) says when the job moved, as for an event stream:
+    a waiting request reads the store only then, not on every write of any job."""
     deadline = time.monotonic() + ctx.settings.openai.openai_wait_seconds
-    while not job.state.terminal:
-        if time.monotonic() >= deadline or await request.is_disconnected():
-            return None
-        await ctx.changes.wait()  # a doorbell ring or the poll interval
-        job = await ctx.call(ctx.service.get, caller, job.id)
+    feed: ChangeFeed = request.app.state.feed
+    with feed.watch(job.id, job.version) as watch:
+        while not job.state.terminal:
+            left = deadline - time.monotonic()
+            if left <= 0 or await request.is_disconnected():
+                return None
+            await watch.wait(min(left, DISCONNECT_CHECK_S))
+            if watch.take_changed():
+                job = await ctx.call(ctx.service.get, caller, job.id)
     return job
 
 
