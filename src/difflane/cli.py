@@ -115,11 +115,12 @@ def controller() -> None:
 
 
 def _api_client(api_url: str | None):  # type: ignore[no-untyped-def]
+    from difflane import settings
     from difflane.client import Client
 
-    settings = _settings(api_url=api_url)
-    token = settings.client.client_token.get_secret_value() if settings.client.client_token else None
-    return Client(settings.client.api_url, token=token)
+    client = settings.load_client(api_url=api_url)
+    token = client.client_token.get_secret_value() if client.client_token else None
+    return Client(client.api_url, token=token)
 
 
 def _run_client(action: Any) -> None:

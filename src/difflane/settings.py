@@ -456,6 +456,21 @@ def load(**overrides: Any) -> Settings:
         raise ConfigError(f"invalid settings: {exc}") from exc
 
 
+def load_client(**overrides: Any) -> ClientSettings:
+    """Only the client's settings (``difflane generate``, ``difflane jobs``): a client reads its
+    API URL and token, and is not refused for a server combination it never builds."""
+    from pydantic import ValidationError
+
+    values: dict[str, Any] = {}
+    for source in (_FileSource(Settings), _EnvSource(Settings)):  # a variable beats its _FILE, as in Settings
+        values.update(source().get("client", {}))
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ClientSettings(**values)
+    except ValidationError as exc:
+        raise ConfigError(f"invalid settings: {exc}") from exc
+
+
 # --- combinations ---------------------------------------------------------------------------------
 
 

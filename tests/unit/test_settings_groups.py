@@ -317,3 +317,26 @@ def test_every_setting_is_in_the_reference_under_its_group() -> None:
     for name, group in FIELD_GROUP.items():
         section = next((s for s in sections if s.startswith(f"`settings.{group}`")), "")
         assert f"| `{env_name(name)}` |" in section, f"{env_name(name)} is not documented under settings.{group}"
+
+
+def test_a_client_command_is_not_refused_for_a_server_combination(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DIFFLANE_STORE", "azure")  # no account: a server would refuse to start
+    monkeypatch.setenv("DIFFLANE_CLIENT_TOKEN", "t0ken")
+    client = settings_mod.load_client(api_url="http://127.0.0.1:1")
+    assert client.api_url == "http://127.0.0.1:1" and client.client_token is not None
+    assert client.client_token.get_secret_value() == "t0ken"
+    result = CliRunner().invoke(cli.main, ["jobs", "show", "0" * 26, "--api-url", "http://127.0.0.1:1"])
+    assert "DIFFLANE_STORE=azure needs" not in result.output  # it tried the API instead
+    assert "127.0.0.1:1" in result.output
+
+
+def test_the_client_token_file_is_read_and_loses_to_the_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "token").write_text("from-file\n")
+    monkeypatch.setenv("DIFFLANE_CLIENT_TOKEN_FILE", str(tmp_path / "token"))
+    token = settings_mod.load_client().client_token
+    assert token is not None and token.get_secret_value() == "from-file"
+    monkeypatch.setenv("DIFFLANE_CLIENT_TOKEN", "from-variable")
+    token = settings_mod.load_client().client_token
+    assert token is not None and token.get_secret_value() == "from-variable"
