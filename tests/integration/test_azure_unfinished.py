@@ -4,20 +4,23 @@ reading it costs: the queue forecast lists it, admission counts an owner's part 
 from __future__ import annotations
 
 import pytest
+from fastapi.testclient import TestClient
 
+from difflane.api.app import create_app
 from difflane.azure_io import BlobIO
 from difflane.jobs import Job, JobState
 from difflane.store import azure_layout as layout
 from difflane.store import records
 from difflane.store.azure_blob import AzureBlobJobStore
 from difflane.store.base import mutate
-from tests import azurite
+from tests import azure_shape, azurite
 from tests.conftest import ALICE, BOB, make_job
 from tests.operations import Ledger, recording
 
 pytestmark = pytest.mark.integration
 
 T0 = 1_790_000_000.0
+TINY = {"model": "tiny", "prompt": "a red fox", "steps": 2}
 
 
 def _markers(store: AzureBlobJobStore) -> set[str]:
@@ -150,3 +153,18 @@ def test_a_listed_record_is_the_stored_one() -> None:
     listed: list[Job] = store.list_unfinished(1)
     found = io.get(layout.record_name(ALICE, job.id))
     assert found is not None and listed == [records.loads(found.data)] == [running]
+
+
+def test_the_outstanding_cap_counts_from_the_index() -> None:
+    settings = azure_shape.settings(limit_outstanding_jobs=2, forecast_workers=0)
+    shape = azure_shape.build(settings)
+    try:
+        with TestClient(create_app(settings, components=shape.api)) as client:
+            first, second = (client.post("/v1/jobs", json=TINY).json() for _ in range(2))
+            refused = client.post("/v1/jobs", json=TINY)
+            assert refused.status_code == 429 and refused.json()["error"]["code"] == "too_many_outstanding_jobs"
+            mutate(shape.worker.store, first["id"], lambda j: j.cancel())  # ended elsewhere: the marker goes
+            assert client.post("/v1/jobs", json=TINY).status_code == 202
+            assert second["state"] == "queued"
+    finally:
+        shape.close()

@@ -469,14 +469,13 @@ class AzureBlobJobStore:
         """The owner's queued and running jobs, counted up to ``limit`` from the index: one
         ListBlobs (per 5,000), and a HEAD of each record whose marker this process cannot vouch
         for (admission's cap on outstanding jobs asks this on every submit)."""
-        count = 0
-        for item in self.io.list(layout.unfinished_prefix(owner), metadata=True, page_size=_INDEX_PAGE):
-            marker = _Marker.of(item)
-            if is_job_id(marker.job_id) and (self._believed_marker(marker, _RECHECK_S) or self._verify(marker)):
-                count += 1
-                if count >= limit:
-                    break
-        return count
+        listed = self.io.list(layout.unfinished_prefix(owner), metadata=True, page_size=_INDEX_PAGE)
+        markers = [m for m in map(_Marker.of, listed) if is_job_id(m.job_id)]
+        doubtful = [m for m in markers if self._believed_marker(m, _RECHECK_S) is None]
+        believed = len(markers) - len(doubtful)
+        if believed >= limit or not doubtful:
+            return min(believed, limit)
+        return min(believed + sum(self._pool.map(self._verify, doubtful)), limit)
 
     def _believed_marker(self, marker: _Marker, fresh_s: float) -> _Known | None:
         """What this process knows of the record, when it agrees with the marker and is recent."""
