@@ -60,7 +60,7 @@ def row_of(op: Op) -> str:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    changes: dict[str, Any] = {"lease_seconds": args.lease_seconds}
+    changes: dict[str, Any] = {"lease_seconds": args.lease_seconds, "forecast_workers": 0}  # as deployed: --workers 0
     if args.limits:
         changes.update(PRODUCTION_LIMITS)
     settings = azure_shape.settings(**changes)

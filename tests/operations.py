@@ -68,6 +68,7 @@ def kind_of(name: str) -> str:
         ("outbox/", "outbox entry"),
         ("outputs/", "output image"),
         ("lanes/", "running marker"),
+        ("unfinished/", "unfinished marker"),
         ("webhooks/", "webhook state"),
     ):
         if name.startswith(prefix):

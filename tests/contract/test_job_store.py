@@ -14,7 +14,7 @@ from difflane.errors import Conflict, IllegalTransition, NotFound, Unavailable, 
 from difflane.jobs import Job, JobState
 from difflane.store import azure_layout
 from difflane.store.azure_blob import AzureBlobJobStore, BlobDispatchOutbox
-from difflane.store.base import ChangeLog, IdempotencyKey, JobStore, mutate
+from difflane.store.base import ChangeLog, IdempotencyKey, JobStore, OwnersUnfinished, mutate
 from difflane.store.sqlite import Database, SqliteJobStore
 from difflane.testing import MemoryJobStore
 from tests import azurite
@@ -156,6 +156,25 @@ def test_list_unfinished_spans_owners_oldest_first(store: JobStore) -> None:
     store.update(c.cancel(), c.version)
     assert [j.id for j in store.list_unfinished(10)] == [a.id, b.id]  # type: ignore[attr-defined]
     assert [j.id for j in store.list_unfinished(1)] == [a.id]  # type: ignore[attr-defined]
+
+
+def test_count_unfinished_counts_one_owners_queued_and_running_jobs(store: JobStore) -> None:
+    if not isinstance(store, OwnersUnfinished):
+        pytest.skip("this store counts by listing the owner's jobs (api/limits.py)")
+    a, _ = store.create(make_job(ALICE))
+    b, _ = store.create(make_job(ALICE))
+    c, _ = store.create(make_job(ALICE))
+    store.create(make_job(BOB))
+    store.update(b.start("w1", 30), b.version)
+    store.update(c.cancel(), c.version)
+    assert store.count_unfinished(ALICE, 10) == 2
+    assert store.count_unfinished(ALICE, 1) == 1
+    assert store.count_unfinished(MALLORY, 10) == 0
+    running = store.get(b.id)
+    assert running is not None
+    store.update(running.succeed("w1", ()), running.version)
+    store.update(a.cancel(), a.version)
+    assert store.count_unfinished(ALICE, 10) == 0
 
 
 def test_find_replay_answers_without_writing(store: JobStore) -> None:

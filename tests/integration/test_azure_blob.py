@@ -36,7 +36,7 @@ def test_records_live_under_the_owners_prefix() -> None:
     assert layout.idempotency_name(ALICE, "k") in names
     assert layout.pointer_name(job.id) in names
     owned = {n for n in names if n.startswith(prefix)}
-    assert owned == names - {layout.pointer_name(job.id)}
+    assert owned == names - {layout.pointer_name(job.id), layout.unfinished_name(ALICE, job.id)}
 
 
 def test_cursor_pages_walk_back_across_days_newest_first() -> None:

@@ -13,8 +13,10 @@ import math
 from collections.abc import Iterator
 
 import pytest
+from fastapi.testclient import TestClient
 from prometheus_client import REGISTRY
 
+from difflane.api.app import create_app
 from difflane.jobs import JobState
 from difflane.store.base import mutate
 from difflane.testing import FakeRuntime
@@ -31,7 +33,9 @@ STEPS = 20
 @pytest.fixture(scope="module")
 def job_run() -> Iterator[tuple[Ledger, azure_shape.Run]]:
     """One job, submit to download, with a client on its event stream (run once, read by each test)."""
-    settings = azure_shape.settings(lease_seconds=1.5)  # the lease keeper's rounds every 0.5 s
+    # The lease keeper's rounds every 0.5 s. No queue forecast: the API pods run `--workers 0`
+    # (deploy/k8s), so it is on only with DIFFLANE_FORECAST_WORKERS; its cost has a test of its own.
+    settings = azure_shape.settings(lease_seconds=1.5, forecast_workers=0)
     ledger = Ledger(settings.azure.azure_container)
     with recording(ledger):
         shape = azure_shape.build(settings, ledger)
@@ -47,10 +51,11 @@ def _blob(ledger: Ledger, phase: str, operation: str, **where: str) -> int:
     return ledger.count(service="blob", phase=phase, operation=operation, **where)
 
 
-def test_submit_writes_four_blobs_and_reads_none(job_run: tuple[Ledger, azure_shape.Run]) -> None:
+def test_submit_writes_five_blobs_and_reads_none(job_run: tuple[Ledger, azure_shape.Run]) -> None:
     ledger, _ = job_run
     assert ledger.tally(service="blob", phase="submit", side="api") == {
         ("blob", "PutBlob", "id pointer", "create-only"): 1,
+        ("blob", "PutBlob", "unfinished marker", ""): 1,  # the index the forecast and the outstanding cap read
         ("blob", "PutBlob", "outbox entry", ""): 1,
         ("blob", "PutBlob", "record", "create-only"): 1,
         ("blob", "PutBlob", "version copy", ""): 1,
@@ -61,10 +66,12 @@ def test_submit_writes_four_blobs_and_reads_none(job_run: tuple[Ledger, azure_sh
 
 def test_the_claim_reads_the_record_once(job_run: tuple[Ledger, azure_shape.Run]) -> None:
     ledger, _ = job_run
-    assert _blob(ledger, "claim", "GetBlob", target="record") == 1  # not again before the claim's write
+    # The worker's side only: the event stream's reads of the new version are budgeted on their own.
+    assert _blob(ledger, "claim", "GetBlob", target="record", side="worker") == 1  # not again before the write
     assert _blob(ledger, "claim", "GetBlob", target="id pointer") == 1  # a worker process knows no owner yet
     assert _blob(ledger, "claim", "PutBlob", target="record", condition="If-Match") == 1
-    assert ledger.count(phase="claim", service="blob") <= 6
+    # 2 reads; the unfinished marker (now "running"), the running marker, the record, its copy.
+    assert ledger.count(phase="claim", service="blob", side="worker") <= 6
     assert ledger.tally(service="servicebus", phase="claim") == {("servicebus", "receive", "message", ""): 1}
 
 
@@ -93,6 +100,7 @@ def test_the_final_write_and_settlement_read_nothing(job_run: tuple[Ledger, azur
     assert ledger.tally(phase="finish", thread="worker-1") == {
         ("blob", "PutBlob", "output image", ""): 1,
         ("blob", "PutBlob", "record", "If-Match"): 1,  # no version copy: a final record never changes
+        ("blob", "DeleteBlob", "unfinished marker", ""): 1,
         ("blob", "DeleteBlob", "running marker", ""): 1,
         ("servicebus", "complete", "", ""): 1,
     }
@@ -207,3 +215,28 @@ def test_listing_reads_only_records_this_process_does_not_hold() -> None:
         assert [j.id for j in running] == [jobs[0].id] and running[0].lease is not None
         assert len(api.list_by_owner(jobs[0].owner, state=JobState.QUEUED)) == 2
     assert ledger.count(operation="GetBlob") == 1  # the record the worker changed, once
+
+
+def test_admission_and_the_forecast_read_the_index_not_the_history() -> None:
+    """With the outstanding cap on, a submit counts the caller's part of the index (one ListBlobs,
+    however many jobs the caller ever had); with the forecast on, the submit's answer lists the
+    whole index once (cached for half a second) and reads no record this process wrote."""
+    settings = azure_shape.settings(limit_outstanding_jobs=100, forecast_workers=1)
+    ledger = Ledger(settings.azure.azure_container)
+    with recording(ledger):
+        shape = azure_shape.build(settings, ledger)
+        try:
+            for _ in range(3):  # history: finished jobs of the same caller
+                job, _ = shape.api.store.create(make_job())
+                mutate(shape.api.store, job.id, lambda j: j.cancel())
+            with TestClient(create_app(settings, components=shape.api)) as client:
+                ledger.phase = "submit"
+                submitted = client.post("/v1/jobs", json={"model": "tiny", "prompt": "a red fox", "steps": 4})
+                assert submitted.status_code == 202, submitted.text
+                assert submitted.json()["queue"]["position"] == 1
+        finally:
+            shape.close()
+    reads = ledger.tally(service="blob", phase="submit", side="api", operation="ListBlobs")
+    assert reads == {("blob", "ListBlobs", "list of unfinished marker", ""): 2}  # the count, the forecast
+    assert ledger.count(service="blob", phase="submit", side="api", operation="GetBlob") == 0
+    assert ledger.count(service="blob", phase="submit", side="api", target="list of record") == 0

@@ -24,7 +24,7 @@ from difflane.dispatch.base import Dispatcher
 from difflane.errors import ConfigError, DifflaneError
 from difflane.jobs import JobState, Principal
 from difflane.settings import Settings
-from difflane.store.base import JobStore
+from difflane.store.base import JobStore, OwnersUnfinished
 
 # Production defaults, used when a limit is unset and authentication is on.
 DEFAULT_OUTSTANDING = 100
@@ -178,15 +178,18 @@ class Admission:
         cap = self.config.outstanding
         if not cap:
             return
-        count = 0
-        for state in (JobState.QUEUED, JobState.RUNNING):
-            count += len(self.store.list_by_owner(owner, state=state, limit=cap - count))
-            if count >= cap:
-                raise TooManyRequests(
-                    f"you have {cap} jobs queued or running, the most allowed; wait for some to finish",
-                    code="too_many_outstanding_jobs",
-                    retry_after=self.config.retry_after,
-                )
+        if isinstance(self.store, OwnersUnfinished):  # an index (Azure Blob): not the owner's whole history
+            count = self.store.count_unfinished(owner, cap)
+        else:
+            count = len(self.store.list_by_owner(owner, state=JobState.QUEUED, limit=cap))
+            if count < cap:
+                count += len(self.store.list_by_owner(owner, state=JobState.RUNNING, limit=cap - count))
+        if count >= cap:
+            raise TooManyRequests(
+                f"you have {cap} jobs queued or running, the most allowed; wait for some to finish",
+                code="too_many_outstanding_jobs",
+                retry_after=self.config.retry_after,
+            )
 
 
 def from_settings(settings: Settings, store: JobStore, dispatcher: Dispatcher) -> Admission | None:

@@ -20,6 +20,13 @@ The layout is in ``azure_layout``. The rules that keep it correct without transa
 - **Running markers are advisory.** ``lanes/<lane>/running/<id>`` is written before the claim and
   removed after the job leaves ``running``; ``running()`` checks each marker against its record
   and clears stale ones, so a crash costs one extra read, never a wrong count.
+- **The index of unfinished jobs follows the same rule.** ``unfinished/<owner>/<id>`` is written
+  before the record at creation and again before every write that changes the job's state or
+  lane (its metadata names that state and version), and removed after the final write. So every
+  queued or running record has a marker, and a marker that says what this process last saw of
+  the record lets it skip the read. A marker whose record is final (the removal was lost) is
+  removed by the next reader that reads the record; believed markers are checked again every
+  ``_RECHECK_S``, so a crash leaves a finished job in the index for minutes, never for good.
 """
 
 from __future__ import annotations
@@ -46,6 +53,11 @@ log = logging.getLogger(__name__)
 _CACHE_SIZE = 50_000
 _RECORDS_CACHED = 5_000  # whole records (a few KB each) kept by ETag, for listings
 _STALE_MARKER_S = 120.0  # a running marker whose record is not running, older than this, is removed
+_RECHECK_S = 300.0  # an unfinished marker believed from what this process saw is checked this often
+_RUNNING_FRESH_S = 5.0  # a running record read this recently is not read again to list it (progress moves)
+_ORPHAN_MARKER_S = 3600.0  # an unfinished marker without a record (a create that died) is removed after this
+_INDEX_PAGE = 5000  # the service's largest listing page: markers are small
+_TERMINAL = frozenset(s.value for s in JobState if s.terminal)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -56,6 +68,41 @@ class _Seen:
     etag: str
     state: str
     lane: str
+
+
+@dataclasses.dataclass(frozen=True)
+class _Known:
+    """A record's state and version as this process last read or wrote it, and when."""
+
+    state: str
+    version: int
+    at: float
+
+
+@dataclasses.dataclass(frozen=True)
+class _Marker:
+    """An entry of the index of unfinished jobs, as listed: the state and version the record
+    reached (or was about to reach) at the job's last change of state."""
+
+    name: str
+    job_id: str
+    state: str
+    version: int
+    record: str
+    at: float
+
+    @classmethod
+    def of(cls, item: Listed) -> _Marker:
+        meta = item.metadata
+        version = meta.get("version", "0")
+        return cls(
+            item.name,
+            item.name.rsplit("/", 1)[-1],
+            meta.get("state", ""),
+            int(version) if version.isdigit() else 0,
+            meta.get("record", ""),
+            _written_at(item),
+        )
 
 
 class _Lru(OrderedDict[str, object]):
@@ -103,6 +150,7 @@ class AzureBlobJobStore:
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=readers, thread_name_prefix="blob-read")
         self._believed: dict[str, float] = {}  # running marker → until when it needs no new check
         self._believed_lock = threading.Lock()
+        self._known = _Lru(_CACHE_SIZE)  # job id → _Known, for the index of unfinished jobs
         self._clock = clock
 
     # --- creating --------------------------------------------------------------------------
@@ -120,6 +168,7 @@ class AzureBlobJobStore:
                 candidate = dataclasses.replace(job, id=first_id)
         stored = dataclasses.replace(candidate, version=1)
         self._write_pointer(stored)
+        self._write_marker(stored)  # before the record: no queued job is missing from the index
         if self.on_create is not None:
             self.on_create(stored)
         name = layout.record_name(stored.owner, stored.id)
@@ -292,6 +341,9 @@ class AzureBlobJobStore:
         name = layout.record_name(job.owner, job.id)
         before = self._current(job, expected_version)
         stored = dataclasses.replace(job, version=expected_version + 1)
+        moving = not stored.state.terminal and (stored.state.value != before.state or stored.lane != before.lane)
+        if moving:  # before the record, as at creation: the marker names the state being written
+            self._write_marker(stored)
         entering = stored.state is JobState.RUNNING and before.state != JobState.RUNNING.value
         if entering:  # before the claim is written: a crash leaves a stale marker, never a missing one
             marker = layout.running_name(stored.lane, stored.id)
@@ -306,6 +358,8 @@ class AzureBlobJobStore:
         leaving = before.state == JobState.RUNNING.value and (
             stored.state is not JobState.RUNNING or stored.lane != before.lane
         )
+        if stored.state.terminal:  # first: a reader never sees a finished job as queued between the two
+            self._quietly(lambda: self.io.delete(layout.unfinished_name(stored.owner, stored.id)))
         if leaving:
             self._quietly(lambda: self.io.delete(layout.running_name(before.lane, stored.id)))
         if not stored.state.terminal:  # a final version is never overwritten: read from the record
@@ -338,6 +392,7 @@ class AzureBlobJobStore:
         if not isinstance(seen, _Seen) or seen.version <= job.version:
             self._seen.put(job.id, _Seen(job.version, etag, job.state.value, job.lane))
             self._records.put(name, (etag, job))
+            self._known.put(job.id, _Known(job.state.value, job.version, self._clock()))
 
     def _write_version(self, job: Job) -> None:
         name = layout.version_name(job.owner, job.id, job.version)
@@ -383,6 +438,93 @@ class AzureBlobJobStore:
             for name in [n for n in self._believed if n.startswith(prefix) and n not in listed]:
                 del self._believed[name]
         return count
+
+    # --- the index of unfinished jobs ------------------------------------------------------------
+
+    def _write_marker(self, job: Job) -> None:
+        name = layout.record_name(job.owner, job.id)
+        meta = {**_metadata(job), "record": name, "at": f"{self._clock():.3f}"}
+        self.io.put(layout.unfinished_name(job.owner, job.id), b"", content_type="text/plain", metadata=meta)
+
+    def list_unfinished(self, limit: int) -> list[Job]:
+        """Queued and running jobs of every owner, oldest first: one ListBlobs per 5,000
+        unfinished jobs, and a read of each record this process does not hold as the marker says
+        (running records are read again after ``_RUNNING_FRESH_S``: their progress moves)."""
+        if limit <= 0:
+            return []
+        listed = self.io.list(layout.UNFINISHED_PREFIX, metadata=True, page_size=_INDEX_PAGE)
+        markers = sorted((m for m in map(_Marker.of, listed) if is_job_id(m.job_id)), key=lambda m: m.job_id)
+        out: list[Job] = []
+        start = 0
+        while start < len(markers) and len(out) < limit:
+            batch = markers[start : start + limit - len(out)]
+            start += len(batch)
+            held = {m.name: self._held_unfinished(m) for m in batch}
+            missing = [m for m in batch if held[m.name] is None]
+            held.update(zip((m.name for m in missing), self._pool.map(self._read_unfinished, missing), strict=True))
+            out.extend(job for m in batch if (job := held[m.name]) is not None)
+        return out
+
+    def count_unfinished(self, owner: Principal, limit: int) -> int:
+        """The owner's queued and running jobs, counted up to ``limit`` from the index: one
+        ListBlobs (per 5,000), and a HEAD of each record whose marker this process cannot vouch
+        for (admission's cap on outstanding jobs asks this on every submit)."""
+        listed = self.io.list(layout.unfinished_prefix(owner), metadata=True, page_size=_INDEX_PAGE)
+        markers = [m for m in map(_Marker.of, listed) if is_job_id(m.job_id)]
+        doubtful = [m for m in markers if self._believed_marker(m, _RECHECK_S) is None]
+        believed = len(markers) - len(doubtful)
+        if believed >= limit or not doubtful:
+            return min(believed, limit)
+        return min(believed + sum(self._pool.map(self._verify, doubtful)), limit)
+
+    def _believed_marker(self, marker: _Marker, fresh_s: float) -> _Known | None:
+        """What this process knows of the record, when it agrees with the marker and is recent."""
+        known = self._known.get_item(marker.job_id)
+        if not isinstance(known, _Known) or known.state != marker.state or known.version < marker.version:
+            return None
+        return known if self._clock() - known.at < fresh_s else None
+
+    def _held_unfinished(self, marker: _Marker) -> Job | None:
+        fresh = _RUNNING_FRESH_S if marker.state == JobState.RUNNING.value else _RECHECK_S
+        known = self._believed_marker(marker, fresh)
+        cached = self._records.get_item(marker.record) if known is not None else None
+        if known is None or not isinstance(cached, tuple) or not isinstance(cached[1], Job):
+            return None
+        return cached[1] if cached[1].version == known.version else None
+
+    def _read_unfinished(self, marker: _Marker) -> Job | None:
+        found = self.io.get(marker.record) if marker.record else None
+        if found is None:
+            self._drop_orphan(marker)
+            return None
+        job = records.loads(found.data)
+        if job.id != marker.job_id:
+            return None
+        self._remember(job, found.etag, marker.record)
+        if job.state.terminal:  # the final write's removal of the marker was lost
+            self._quietly(functools.partial(self.io.delete, marker.name))
+            return None
+        return job
+
+    def _verify(self, marker: _Marker) -> bool:
+        """HEAD the record: True when it is unfinished; a marker of a final record is removed."""
+        props = self.io.properties(marker.record) if marker.record else None
+        if props is None:
+            self._drop_orphan(marker)
+            return False
+        state = props.metadata.get("state", "")
+        if state in _TERMINAL:
+            self._quietly(functools.partial(self.io.delete, marker.name))
+            return False
+        version = props.metadata.get("version", "0")
+        self._known.put(marker.job_id, _Known(state, int(version) if version.isdigit() else 0, self._clock()))
+        return True
+
+    def _drop_orphan(self, marker: _Marker) -> None:
+        """A marker with no record is a create still on its way, or one that died: removed only when
+        old enough that no create can still be writing behind it (a retry writes it again)."""
+        if self._clock() - marker.at > _ORPHAN_MARKER_S:
+            self._quietly(functools.partial(self.io.delete, marker.name))
 
     def ping(self) -> None:
         self.io.ping()

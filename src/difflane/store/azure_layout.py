@@ -6,6 +6,8 @@ t/<tenant>/s/<subject>/versions/<id>/<version>    every written version but a fi
 t/<tenant>/s/<subject>/idempotency/<sha256(key)>  create-only: {fingerprint, job_id}
 ids/<id>                                           create-only: which owner a job id belongs to
 lanes/<lane>/running/<id>                          marker while the job runs (backlog = messages - running)
+unfinished/<tenant>/<subject>/<id>                 marker while the job is queued or running, metadata:
+                                                   state, version, lane, record (the index of unfinished jobs)
 outbox/<id>                                        accepted but not yet dispatched (the sweeper's work list)
 outputs/<id>/<attempt>/<n>.png                     results (the BlobStore's keys), one folder per attempt
 ```
@@ -95,6 +97,17 @@ def running_prefix(lane: str) -> str:
 
 def running_name(lane: str, job_id: str) -> str:
     return running_prefix(lane) + job_id
+
+
+UNFINISHED_PREFIX = "unfinished/"
+
+
+def unfinished_prefix(owner: Principal) -> str:
+    return f"{UNFINISHED_PREFIX}{segment(owner.tenant)}/{segment(owner.subject)}/"
+
+
+def unfinished_name(owner: Principal, job_id: str) -> str:
+    return unfinished_prefix(owner) + job_id
 
 
 OUTBOX_PREFIX = "outbox/"

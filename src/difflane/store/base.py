@@ -126,6 +126,16 @@ class UnfinishedJobs(Protocol):
         ...
 
 
+@runtime_checkable
+class OwnersUnfinished(Protocol):
+    """What a store offers when counting one owner's queued and running jobs is cheaper than
+    listing them (Azure Blob: its index of unfinished jobs, not the owner's whole history)."""
+
+    def count_unfinished(self, owner: Principal, limit: int) -> int:
+        """The owner's queued and running jobs, counted up to ``limit``."""
+        ...
+
+
 def mutate(store: JobStore, job_id: str, change: Callable[[Job], Job], *, attempts: int = 20) -> Job:
     """Apply ``change`` (a transition from ``difflane.jobs``) with compare-and-set.
 
