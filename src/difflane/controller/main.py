@@ -46,7 +46,7 @@ def build(settings: Settings, parts: wiring.Components, *, name: str | None = No
     dispatcher = getattr(parts.dispatcher, "inner", parts.dispatcher)
     if not isinstance(dispatcher, KubernetesDispatcher):
         raise ConfigError("`difflane controller` needs DIFFLANE_DISPATCH=kubernetes")
-    unfinished = pending.for_store(parts.store, getattr(parts.dispatcher, "outbox", None))
+    unfinished = pending.for_store(parts.store)
     if unfinished is None:
         log.warning(
             "this job store cannot list unfinished jobs: records whose Job was never created are not re-dispatched"
