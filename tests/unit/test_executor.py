@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 
 from difflane import catalog
+from difflane.errors import Unavailable
 from difflane.jobs import ErrorCode, Job, JobState
 from difflane.testing import FakeRuntime, MemoryBlobStore, MemoryJobStore, MemoryQueue
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
@@ -266,3 +268,35 @@ def test_duplicates_while_another_worker_holds_the_job_do_not_use_up_attempts(ri
         assert rig.executor.execute(d) is Outcome.DEFERRED
         rig.queue._entries[job.id].available_at = 0  # type: ignore[attr-defined]  # skip the wait
     assert rig.get(job.id).state is JobState.RUNNING and rig.get(job.id).error is None
+
+
+def test_the_jobs_of_a_batch_store_their_images_side_by_side(rig: Rig) -> None:
+    # Encoding and uploading release the GIL: a batch's jobs are stored at once, not in a row
+    # while the accelerator waits. Each put waits until the others have started (the barrier's
+    # timeout only guards against a hang: one job after the other would break it).
+    barrier = threading.Barrier(3, timeout=10)
+    put = rig.blobs.put
+
+    def meeting(key: str, data: bytes, content_type: str) -> None:
+        barrier.wait()
+        put(key, data, content_type)
+
+    rig.blobs.put = meeting  # type: ignore[method-assign]
+    jobs = batch(rig, 3)
+    assert rig.executor.execute_batch(deliver_all(rig, 3)) == [Outcome.SUCCEEDED] * 3
+    assert all(len(rig.get(job.id).outputs) == 1 for job in jobs)
+
+
+def test_a_failed_upload_in_a_batch_touches_only_its_job(rig: Rig) -> None:
+    put = rig.blobs.put
+    jobs = batch(rig, 3)
+
+    def failing_for_the_second(key: str, data: bytes, content_type: str) -> None:
+        if jobs[1].id in key:
+            raise Unavailable("result store unavailable (test)")
+        put(key, data, content_type)
+
+    rig.blobs.put = failing_for_the_second  # type: ignore[method-assign]
+    outcomes = rig.executor.execute_batch(deliver_all(rig, 3))
+    assert outcomes == [Outcome.SUCCEEDED, Outcome.REQUEUED, Outcome.SUCCEEDED]
+    assert rig.get(jobs[1].id).state is JobState.QUEUED and not any(jobs[1].id in k for k in rig.blobs.blobs)
