@@ -251,16 +251,8 @@ class Executor:
         lane = self.lane(first.lane)
         task = _task(spec, [item.job for item in items])
         started = time.perf_counter()
-        load_s = 0.0
-        # Renewals cover the model load and long steps too; progress writes run beside the steps.
-        self._bookkeeper.begin(lambda: self._renew_all(items), self.config.lease_seconds / 3)
         try:
-            with tracing.span("model.load", {"difflane.model": spec.name}):
-                load_s = self.runtime.load(spec)
-            with tracing.span("render", {"difflane.model": spec.name, "difflane.batch.size": len(task.seeds)}):
-                images = self.runtime.render(
-                    task, lambda step, total: self._on_step(items, step, total), timeout=lane.timeout_s
-                )
+            images, load_s = self._render(items, spec, task, lane)
         except Interrupted:
             self._after_interrupt(items)
             return
@@ -277,8 +269,6 @@ class Executor:
             log.exception("render failed")
             self._retry_all(items, f"{type(exc).__name__}: {exc}")
             return
-        finally:
-            self._bookkeeper.end()  # every write of the render is done before the final ones
         elapsed = time.perf_counter() - started
         stats = self.runtime.last_stats
         execution_s = stats.seconds if stats else elapsed - load_s
@@ -312,6 +302,24 @@ class Executor:
                     self._complete(item, stored, dataclasses.replace(run, queue_wait_s=round(item.queue_wait_s, 4)))
                 except Exception as exc:  # noqa: BLE001 - one job's failure must not touch its neighbours
                     item.outcome = self._after_upload_error(item, exc)
+
+    def _render(
+        self, items: list[_Item], spec: ModelSpec, task: RenderTask, lane: Lane
+    ) -> tuple[list[RenderedImage], float]:
+        """(images, load seconds). Lease renewals cover the model load and long steps, progress
+        writes run beside the steps; every write they made is done when this returns or raises,
+        so the batch's final writes (and settlements) never race them."""
+        self._bookkeeper.begin(lambda: self._renew_all(items), self.config.lease_seconds / 3)
+        try:
+            with tracing.span("model.load", {"difflane.model": spec.name}):
+                load_s = self.runtime.load(spec)
+            with tracing.span("render", {"difflane.model": spec.name, "difflane.batch.size": len(task.seeds)}):
+                images = self.runtime.render(
+                    task, lambda step, total: self._on_step(items, step, total), timeout=lane.timeout_s
+                )
+            return images, load_s
+        finally:
+            self._bookkeeper.end()
 
     def _on_step(self, items: list[_Item], step: int, total: int) -> bool:
         tracing.event("step", {"step": step, "total": total})
