@@ -300,3 +300,25 @@ def test_a_failed_upload_in_a_batch_touches_only_its_job(rig: Rig) -> None:
     outcomes = rig.executor.execute_batch(deliver_all(rig, 3))
     assert outcomes == [Outcome.SUCCEEDED, Outcome.REQUEUED, Outcome.SUCCEEDED]
     assert rig.get(jobs[1].id).state is JobState.QUEUED and not any(jobs[1].id in k for k in rig.blobs.blobs)
+
+
+def test_the_first_job_of_a_batch_settles_while_the_others_upload(rig: Rig) -> None:
+    jobs = batch(rig, 2)
+    first_done = threading.Event()
+    update, put = rig.store.update, rig.blobs.put
+
+    def noting(job: Job, expected_version: int) -> Job:
+        stored = update(job, expected_version)
+        if job.id == jobs[0].id and job.state is JobState.SUCCEEDED:
+            first_done.set()
+        return stored
+
+    def after_the_first(key: str, data: bytes, content_type: str) -> None:
+        # The timeout only guards against a hang: settling after every upload would run into it.
+        if jobs[1].id in key and not first_done.wait(10):
+            raise Unavailable("the first job was not settled while this one uploaded")
+        put(key, data, content_type)
+
+    rig.store.update = noting  # type: ignore[method-assign]
+    rig.blobs.put = after_the_first  # type: ignore[method-assign]
+    assert rig.executor.execute_batch(deliver_all(rig, 2)) == [Outcome.SUCCEEDED] * 2

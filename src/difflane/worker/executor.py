@@ -28,7 +28,7 @@ import functools
 import hashlib
 import logging
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from difflane import __version__, png
 from difflane.blobs.base import BlobStore, output_key
@@ -359,16 +359,17 @@ class Executor:
 
     def _store_all(
         self, spec: ModelSpec, rendered: list[tuple[_Item, list[RenderedImage]]]
-    ) -> list[list[Output] | Exception]:
+    ) -> Iterator[list[Output] | Exception]:
         """Each job's images encoded and uploaded, the jobs of a batch side by side on a small pool
         (zlib and file or network writes release the GIL): at 1024x1024 one PNG costs ~50-100 ms of
-        CPU, and eight in a row kept the accelerator waiting for the next batch. A lone job's are
-        stored inline: a thread hop would only add to its latency."""
+        CPU, and eight in a row kept the accelerator waiting for the next batch. Results come in
+        the batch's order, each as soon as it is ready, so the first job settles while the others
+        upload. A lone job's are stored inline: a thread hop would only add to its latency."""
         if len(rendered) <= 1:
-            return [self._store_or_error(spec, item, images) for item, images in rendered]
+            return iter([self._store_or_error(spec, item, images) for item, images in rendered])
         if self._pool is None:
             self._pool = concurrent.futures.ThreadPoolExecutor(MAX_STORE_THREADS, thread_name_prefix="outputs")
-        return list(self._pool.map(lambda work: self._store_or_error(spec, *work), rendered))
+        return self._pool.map(lambda work: self._store_or_error(spec, *work), rendered)
 
     def _store_or_error(self, spec: ModelSpec, item: _Item, images: list[RenderedImage]) -> list[Output] | Exception:
         """The job's outputs, or why they could not be stored (its uploads undone): the caller
