@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
+from difflane.errors import Unavailable
 from tests import pngdecode
 from tests.conftest import read_sse
 from tests.unit.conftest import Platform
@@ -203,6 +205,22 @@ def test_job_runs_to_pngs_with_parameters(platform: Platform) -> None:
         assert (info.width, info.height) == (64, 64) and info.text["seed"] == str(out["seed"])
         assert info.text["prompt"] == TINY["prompt"] and len(r.content) == out["bytes"]
     assert platform.client.get(f"/v1/jobs/{job['id']}/outputs/2").status_code == 404
+
+
+def test_an_output_that_cannot_be_read_is_a_503_before_any_byte(platform: Platform) -> None:
+    # An output is read whole before the answer starts: a failing read is a clear 503, never a
+    # 200 whose body breaks off.
+    platform.start_worker()
+    job = submit(platform)
+    assert wait_for(platform, job["id"], ("succeeded", "failed"))["state"] == "succeeded"
+
+    def failing(key: str, chunk_size: int = 64 * 1024) -> Iterator[bytes]:
+        raise Unavailable("result store unavailable (read)")
+        yield b""  # a generator: the failure comes with the first chunk, as a dropped connection's does
+
+    platform.parts.blobs.open = failing  # type: ignore[method-assign]
+    r = platform.client.get(f"/v1/jobs/{job['id']}/outputs/0")
+    assert r.status_code == 503 and r.json()["error"]["code"] == "unavailable"
 
 
 def test_outputs_of_an_unfinished_job_are_409(platform: Platform) -> None:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import threading
 
 import pytest
 
 from difflane import catalog
+from difflane.errors import Unavailable
 from difflane.jobs import ErrorCode, Job, JobState
 from difflane.testing import FakeRuntime, MemoryBlobStore, MemoryJobStore, MemoryQueue
 from difflane.worker.executor import Executor, Outcome, WorkerConfig
@@ -266,3 +268,57 @@ def test_duplicates_while_another_worker_holds_the_job_do_not_use_up_attempts(ri
         assert rig.executor.execute(d) is Outcome.DEFERRED
         rig.queue._entries[job.id].available_at = 0  # type: ignore[attr-defined]  # skip the wait
     assert rig.get(job.id).state is JobState.RUNNING and rig.get(job.id).error is None
+
+
+def test_the_jobs_of_a_batch_store_their_images_side_by_side(rig: Rig) -> None:
+    # Encoding and uploading release the GIL: a batch's jobs are stored at once, not in a row
+    # while the accelerator waits. Each put waits until the others have started (the barrier's
+    # timeout only guards against a hang: one job after the other would break it).
+    barrier = threading.Barrier(3, timeout=10)
+    put = rig.blobs.put
+
+    def meeting(key: str, data: bytes, content_type: str) -> None:
+        barrier.wait()
+        put(key, data, content_type)
+
+    rig.blobs.put = meeting  # type: ignore[method-assign]
+    jobs = batch(rig, 3)
+    assert rig.executor.execute_batch(deliver_all(rig, 3)) == [Outcome.SUCCEEDED] * 3
+    assert all(len(rig.get(job.id).outputs) == 1 for job in jobs)
+
+
+def test_a_failed_upload_in_a_batch_touches_only_its_job(rig: Rig) -> None:
+    put = rig.blobs.put
+    jobs = batch(rig, 3)
+
+    def failing_for_the_second(key: str, data: bytes, content_type: str) -> None:
+        if jobs[1].id in key:
+            raise Unavailable("result store unavailable (test)")
+        put(key, data, content_type)
+
+    rig.blobs.put = failing_for_the_second  # type: ignore[method-assign]
+    outcomes = rig.executor.execute_batch(deliver_all(rig, 3))
+    assert outcomes == [Outcome.SUCCEEDED, Outcome.REQUEUED, Outcome.SUCCEEDED]
+    assert rig.get(jobs[1].id).state is JobState.QUEUED and not any(jobs[1].id in k for k in rig.blobs.blobs)
+
+
+def test_the_first_job_of_a_batch_settles_while_the_others_upload(rig: Rig) -> None:
+    jobs = batch(rig, 2)
+    first_done = threading.Event()
+    update, put = rig.store.update, rig.blobs.put
+
+    def noting(job: Job, expected_version: int) -> Job:
+        stored = update(job, expected_version)
+        if job.id == jobs[0].id and job.state is JobState.SUCCEEDED:
+            first_done.set()
+        return stored
+
+    def after_the_first(key: str, data: bytes, content_type: str) -> None:
+        # The timeout only guards against a hang: settling after every upload would run into it.
+        if jobs[1].id in key and not first_done.wait(10):
+            raise Unavailable("the first job was not settled while this one uploaded")
+        put(key, data, content_type)
+
+    rig.store.update = noting  # type: ignore[method-assign]
+    rig.blobs.put = after_the_first  # type: ignore[method-assign]
+    assert rig.executor.execute_batch(deliver_all(rig, 2)) == [Outcome.SUCCEEDED] * 2

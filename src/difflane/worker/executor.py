@@ -10,6 +10,10 @@ the record says succeeded, so a late upload by a worker that lost its lease neve
 winner's images. Whoever ends a job removes what other attempts left behind: a cancelled or
 failed job keeps no files, a succeeded one only those its record names.
 
+Store writes during a render (lease renewals, each step's progress) run on a bookkeeping thread
+beside it (``worker/bookkeeping.py``), never between two steps of the model: a step's answer
+judges by the previous step's writes, so a cancel stops the batch one step after a write met it.
+
 In a batch every job keeps its own fate: one job's cancel drops only its images, one job's lost
 lease or failing upload touches only that job. What happens to the pipeline call (timeout, out
 of memory, crash) happens to every job still in it.
@@ -17,13 +21,14 @@ of memory, crash) happens to every job still in it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 import enum
+import functools
 import hashlib
 import logging
-import threading
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 
 from difflane import __version__, png
 from difflane.blobs.base import BlobStore, output_key
@@ -36,6 +41,7 @@ from difflane.store.base import JobStore, mutate
 from difflane.telemetry import gpu, metrics, tracing
 from difflane.telemetry.logging import job_context
 from difflane.worker.batching import batch_key
+from difflane.worker.bookkeeping import Bookkeeper
 from difflane.worker.runtime import (
     Interrupted,
     ModelUnavailable,
@@ -47,6 +53,10 @@ from difflane.worker.runtime import (
 )
 
 log = logging.getLogger(__name__)
+
+# A batch's jobs whose images are encoded and uploaded at once: not capped by the cores, since an
+# upload to Azure mostly waits on the network (CPU-bound encodes share the cores, as in a row).
+MAX_STORE_THREADS = 8
 
 
 class Outcome(enum.StrEnum):
@@ -111,6 +121,8 @@ class Executor:
         self.should_give_back = should_give_back  # True once a shutdown's grace period is over
         interval = config.progress_interval_s
         self.progress_interval_s = float(getattr(store, "progress_interval_s", 0.0)) if interval is None else interval
+        self._bookkeeper = Bookkeeper()  # a batch's renewals and progress writes, beside its render
+        self._pool: concurrent.futures.ThreadPoolExecutor | None = None  # a batch's uploads, started on first use
 
     def lane(self, name: str) -> Lane:
         found = self.lanes.get(name) if self.lanes is not None else None
@@ -238,17 +250,9 @@ class Executor:
         assert spec is not None  # checked at admission
         lane = self.lane(first.lane)
         task = _task(spec, [item.job for item in items])
-        keeper = _LeaseKeeper(self, items)
         started = time.perf_counter()
-        load_s = 0.0
-        keeper.start()
         try:
-            with tracing.span("model.load", {"difflane.model": spec.name}):
-                load_s = self.runtime.load(spec)
-            with tracing.span("render", {"difflane.model": spec.name, "difflane.batch.size": len(task.seeds)}):
-                images = self.runtime.render(
-                    task, lambda step, total: self._on_step(items, keeper, step, total), timeout=lane.timeout_s
-                )
+            images, load_s = self._render(items, spec, task, lane)
         except Interrupted:
             self._after_interrupt(items)
             return
@@ -265,8 +269,6 @@ class Executor:
             log.exception("render failed")
             self._retry_all(items, f"{type(exc).__name__}: {exc}")
             return
-        finally:
-            keeper.stop()
         elapsed = time.perf_counter() - started
         stats = self.runtime.last_stats
         execution_s = stats.seconds if stats else elapsed - load_s
@@ -284,61 +286,108 @@ class Executor:
         )
         if run.peak_memory_bytes is not None:
             metrics.PEAK_DEVICE_MEMORY.labels(spec.name).set(run.peak_memory_bytes)
+        rendered: list[tuple[_Item, list[RenderedImage]]] = []
         offset = 0
         for item in items:
             count = item.job.request.num_images
             mine = images[offset : offset + count]
             offset += count
-            if item.outcome is not None or item.stop is not None:
-                continue  # cancelled (already settled) or lost mid-batch: its images are dropped
+            if item.outcome is None and item.stop is None:  # else cancelled or lost: its images are dropped
+                rendered.append((item, mine))
+        for (item, _), stored in zip(rendered, self._store_all(spec, rendered), strict=True):
             with job_context(item.job.id):
                 try:
-                    self._complete(item, spec, mine, dataclasses.replace(run, queue_wait_s=round(item.queue_wait_s, 4)))
+                    if isinstance(stored, Exception):
+                        raise stored
+                    self._complete(item, stored, dataclasses.replace(run, queue_wait_s=round(item.queue_wait_s, 4)))
                 except Exception as exc:  # noqa: BLE001 - one job's failure must not touch its neighbours
                     item.outcome = self._after_upload_error(item, exc)
 
-    def _on_step(self, items: list[_Item], keeper: _LeaseKeeper, step: int, total: int) -> bool:
+    def _render(
+        self, items: list[_Item], spec: ModelSpec, task: RenderTask, lane: Lane
+    ) -> tuple[list[RenderedImage], float]:
+        """(images, load seconds). Lease renewals cover the model load and long steps, progress
+        writes run beside the steps; every write they made is done when this returns or raises,
+        so the batch's final writes (and settlements) never race them."""
+        self._bookkeeper.begin(lambda: self._renew_all(items), self.config.lease_seconds / 3)
+        try:
+            with tracing.span("model.load", {"difflane.model": spec.name}):
+                load_s = self.runtime.load(spec)
+            with tracing.span("render", {"difflane.model": spec.name, "difflane.batch.size": len(task.seeds)}):
+                images = self.runtime.render(
+                    task, lambda step, total: self._on_step(items, step, total), timeout=lane.timeout_s
+                )
+            return images, load_s
+        finally:
+            self._bookkeeper.end()
+
+    def _on_step(self, items: list[_Item], step: int, total: int) -> bool:
         tracing.event("step", {"step": step, "total": total})
         if self.should_give_back():
             for item in items:
                 item.stop = item.stop or _Stop.SHUTDOWN
             return False
+        # Judge by what the previous step's writes met (a cancel, a lost lease): they ran beside
+        # this step and are done unless writes are slower than steps. This step's own writes run
+        # beside the next one, so a cancel stops the batch at most one step after its write saw it.
+        self._bookkeeper.wait_submitted()
         now = time.monotonic()
         for item in items:
             if item.stop is not None or item.outcome is not None:
-                continue
-            # Throttled (Azure: each write is billed): a cancel is then seen at the next write,
-            # or at the lease keeper's, within about the interval instead of a step.
-            if now - item.progress_at >= self.progress_interval_s and not self._advance(item, keeper, step, total):
                 continue
             if item.job.cancel_requested:
                 item.stop = _Stop.CANCEL
                 with job_context(item.job.id):
                     item.outcome = self._settle_cancel(item.job, item.delivery)
+                continue
+            # Throttled (Azure: each write is billed): a cancel is then seen after the next write,
+            # or the lease renewal's, within about the interval instead of a step.
+            if now - item.progress_at >= self.progress_interval_s:
+                item.progress_at = now
+                self._bookkeeper.submit(functools.partial(self._advance, item, step, total))
         # Go on while any job still wants its images.
         return any(item.stop is None for item in items)
 
-    def _advance(self, item: _Item, keeper: _LeaseKeeper, step: int, total: int) -> bool:
-        """Write the step; False when the job must be skipped this step (lost, or not written)."""
-        item.progress_at = time.monotonic()
+    def _advance(self, item: _Item, step: int, total: int) -> None:
+        """Write the step (on the bookkeeper's thread, which alone writes item.job during a render)."""
         try:
-            with keeper.lock:
-                item.job = self._write(item.job, lambda j: j.advance(self.config.worker_id, step, total))
+            item.job = self._write(item.job, lambda j: j.advance(self.config.worker_id, step, total))
         except (IllegalTransition, NotFound):
             item.stop = _Stop.LOST
-            return False
-        except Exception:  # progress is best effort; the lease keeper guards the claim
+        except Exception:  # progress is best effort; the lease renewals guard the claim
             log.warning("could not record progress", exc_info=True, extra={"job_id": item.job.id})
-            return False
-        return True
 
-    def _complete(self, item: _Item, spec: ModelSpec, images: list[RenderedImage], run: RunMetrics) -> None:
-        job = item.job
+    def _store_all(
+        self, spec: ModelSpec, rendered: list[tuple[_Item, list[RenderedImage]]]
+    ) -> Iterator[list[Output] | Exception]:
+        """Each job's images encoded and uploaded, the jobs of a batch side by side on a small pool
+        (zlib and file or network writes release the GIL): at 1024x1024 one PNG costs ~50-100 ms of
+        CPU, and eight in a row kept the accelerator waiting for the next batch. Results come in
+        the batch's order, each as soon as it is ready, so the first job settles while the others
+        upload. A lone job's are stored inline: a thread hop would only add to its latency."""
+        if len(rendered) <= 1:
+            return iter([self._store_or_error(spec, item, images) for item, images in rendered])
+        if self._pool is None:
+            self._pool = concurrent.futures.ThreadPoolExecutor(MAX_STORE_THREADS, thread_name_prefix="outputs")
+        return self._pool.map(lambda work: self._store_or_error(spec, *work), rendered)
+
+    def _store_or_error(self, spec: ModelSpec, item: _Item, images: list[RenderedImage]) -> list[Output] | Exception:
+        """The job's outputs, or why they could not be stored (its uploads undone): the caller
+        settles each job in order, on its own thread."""
         outputs: list[Output] = []
+        with job_context(item.job.id):
+            try:
+                with tracing.in_job(item.delivery, "upload", {"difflane.images": len(images)}):
+                    for i, image in enumerate(images):
+                        outputs.append(self._upload(item.job, spec, i, image))
+            except Exception as exc:  # noqa: BLE001 - this job's alone
+                self._delete(o.key for o in outputs)
+                return exc
+        return outputs
+
+    def _complete(self, item: _Item, outputs: list[Output], run: RunMetrics) -> None:
+        job = item.job
         try:
-            with tracing.in_job(item.delivery, "upload", {"difflane.images": len(images)}):
-                for i, image in enumerate(images):
-                    outputs.append(self._upload(job, spec, i, image))
             with tracing.in_job(item.delivery, "store.final_state", {"difflane.state": "succeeded"}):
                 done = self._write(job, lambda j: j.succeed(self.config.worker_id, tuple(outputs), metrics=run))
         except IllegalTransition:
@@ -406,6 +455,49 @@ class Executor:
                 "Software": f"difflane {__version__}",
             },
         )
+
+    # --- leases during a render (on the bookkeeper's thread) -----------------------------------
+
+    def _renew_all(self, items: list[_Item]) -> None:
+        """Renew the queue's and the record's leases of every job still running in the batch (model
+        loads and long steps included); a lost lease flags its job, which stops at the next step."""
+        for item in items:
+            if item.outcome is None and item.stop is None:
+                self._renew(item)
+
+    def _renew(self, item: _Item) -> None:
+        config = self.config
+        try:
+            queue_held: bool | None = item.delivery.renew(config.lease_seconds)
+        except Exception:  # the queue did not answer: try again next round, while our lease lasts
+            log.warning("queue lease renewal failed", exc_info=True, extra={"job_id": item.job.id})
+            queue_held = None
+        if queue_held is False:
+            # The queue gave the delivery to someone else (or will): stop at the next step and
+            # let the record lease run out, so the next holder need not wait for a worker that
+            # may be stuck. Never extend the record after the queue said no.
+            self._lost(item, "queue lease lost")
+            return
+        if queue_held:
+            try:
+                item.job = self._write(item.job, lambda j: j.renew(config.worker_id, config.lease_seconds))
+                return
+            except (IllegalTransition, NotFound):
+                self._lost(item, "someone else holds the job")
+                return
+            except Exception:  # retried next round, while our lease lasts
+                log.warning("record lease renewal failed", exc_info=True, extra={"job_id": item.job.id})
+        metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "error").inc()
+        lease = item.job.lease
+        if lease is None or time.time() >= lease.expires_at:
+            # Past this point another worker may have taken the job: never write to it again.
+            self._lost(item, "renewals failed until the lease ran out")
+
+    @staticmethod
+    def _lost(item: _Item, why: str) -> None:
+        metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "lost").inc()
+        log.warning("lease lost (%s); the job stops at the next step", why, extra={"job_id": item.job.id})
+        item.stop = _Stop.LOST
 
     # --- endings -------------------------------------------------------------------------------
 
@@ -613,65 +705,3 @@ def _groups(claimed: list[tuple[int, _Item]]) -> list[list[tuple[int, _Item]]]:
     for entry in claimed:
         groups.setdefault(batch_key(entry[1].job), []).append(entry)
     return list(groups.values())
-
-
-class _LeaseKeeper:
-    """Renews the queue's and the record's leases of every job in a batch while it runs (model
-    loads and long steps included), and flags a lost lease so that job stops at the next step."""
-
-    def __init__(self, executor: Executor, items: list[_Item]) -> None:
-        self.lock = threading.Lock()
-        self._executor = executor
-        self._items = items
-        self._done = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="lease-keeper", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._done.set()
-        self._thread.join()
-
-    def _loop(self) -> None:
-        config = self._executor.config
-        while not self._done.wait(config.lease_seconds / 3):
-            for item in self._items:
-                if item.outcome is None and item.stop is None:
-                    self._renew(item)
-
-    def _renew(self, item: _Item) -> None:
-        config = self._executor.config
-        try:
-            queue_held: bool | None = item.delivery.renew(config.lease_seconds)
-        except Exception:  # the queue did not answer: try again next round, while our lease lasts
-            log.warning("queue lease renewal failed", exc_info=True, extra={"job_id": item.job.id})
-            queue_held = None
-        if queue_held is False:
-            # The queue gave the delivery to someone else (or will): stop at the next step and
-            # let the record lease run out, so the next holder need not wait for a worker that
-            # may be stuck. Never extend the record after the queue said no.
-            self._lost(item, "queue lease lost")
-            return
-        if queue_held:
-            try:
-                with self.lock:
-                    item.job = self._executor._write(
-                        item.job, lambda j: j.renew(config.worker_id, config.lease_seconds)
-                    )
-                return
-            except (IllegalTransition, NotFound):
-                self._lost(item, "someone else holds the job")
-                return
-            except Exception:  # retried next round, while our lease lasts
-                log.warning("record lease renewal failed", exc_info=True, extra={"job_id": item.job.id})
-        metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "error").inc()
-        lease = item.job.lease
-        if lease is None or time.time() >= lease.expires_at:
-            # Past this point another worker may have taken the job: never write to it again.
-            self._lost(item, "renewals failed until the lease ran out")
-
-    def _lost(self, item: _Item, why: str) -> None:
-        metrics.LEASE_RENEWAL_FAILURES.labels(item.job.lane, "lost").inc()
-        log.warning("lease lost (%s); the job stops at the next step", why, extra={"job_id": item.job.id})
-        item.stop = _Stop.LOST
