@@ -6,7 +6,8 @@ REST operation (PutBlob, GetBlob, ...) and by what it touches (the job record, a
 id pointer, ...). Service Bus calls are counted on the SDK-shaped fake's sender, receiver and
 administration client. Each operation is booked to the ``phase`` the test or benchmark has set,
 and to a side: ``worker`` for calls made on threads whose name starts with ``worker`` (and the
-executor's ``lease-keeper``), ``background`` for the API's timers, ``api`` for everything else.
+executor's: ``lease-keeper`` renewing leases, ``batch-bookkeeper`` writing progress, ``outputs``
+storing a batch's images), ``background`` for the API's timers, ``api`` for everything else.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 from azure.core.pipeline.transport import RequestsTransport
 
 _BACKGROUND = ("backlog-refresher", "outbox-sweeper", "webhook")
-_WORKER = ("worker", "lease-keeper")
+_WORKER = ("worker", "lease-keeper", "batch-bookkeeper", "outputs")
 
 
 @dataclasses.dataclass(frozen=True)

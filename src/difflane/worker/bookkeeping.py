@@ -23,6 +23,8 @@ from collections.abc import Callable
 log = logging.getLogger(__name__)
 
 IDLE_EXIT_S = 30.0  # a thread with no batch for this long ends; the next batch starts another
+THREAD_NAME = "batch-bookkeeper"
+PERIODIC_NAME = "lease-keeper"  # while it runs the periodic call (the batch's lease renewals)
 
 
 class Bookkeeper:
@@ -66,7 +68,7 @@ class Bookkeeper:
 
     def _ensure_thread(self) -> None:
         if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="batch-bookkeeper", daemon=True)
+            self._thread = threading.Thread(target=self._loop, name=THREAD_NAME, daemon=True)
             self._thread.start()
 
     def _loop(self) -> None:
@@ -78,6 +80,9 @@ class Bookkeeper:
                     return
                 call, periodic = got
                 self._periodic_running = periodic
+            # Named for what it runs now: thread dumps, and the tests' operation ledger, tell a
+            # lease renewal (the periodic call) from a progress write.
+            threading.current_thread().name = PERIODIC_NAME if periodic else THREAD_NAME
             try:
                 call()
             except Exception:  # the calls handle their own failures; this keeps the thread alive
