@@ -17,7 +17,7 @@ from difflane import wiring
 from difflane.api import problems
 from difflane.api.app import create_app
 from difflane.api.limits import TooManyRequests
-from difflane.capacity import costs, live
+from difflane.capacity import costs, live, plan
 from difflane.jobs import GenerationRequest, Job, Principal, new_job
 from difflane.settings import Settings
 from difflane.testing import MemoryJobStore
@@ -174,7 +174,25 @@ def test_a_submit_behind_limit_waiting_jobs_gets_no_position_and_costs_no_replan
     f = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=60, limit=3, clock=lambda: now[0])
     assert [f.annotate(j)["queue"]["position"] for j in queued] == [1, 2, 3]
     late = store.create(job(T0))[0]  # created after the listing, behind `limit` waiting jobs
-    planned = f._plan
-    f._plan = lambda *a: pytest.fail("replanned the lane for a job past the limit")  # type: ignore[method-assign]
-    assert f.annotate(late) == {"queue": None, "eta_finish_s": None}
-    f._plan = planned  # type: ignore[method-assign]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plan.Plan, "extend", lambda *a: pytest.fail("planned a job past the limit"))
+        assert f.annotate(late) == {"queue": None, "eta_finish_s": None}
+
+
+@pytest.mark.parametrize("lane", ["{max_batch: 1}", "{max_batch: 8, max_wait_ms: 20, max_queue_wait_s: 600}"])
+def test_jobs_submitted_after_the_listing_get_what_a_fresh_listing_plans(lane: str) -> None:
+    store, now = MemoryJobStore(), [T0]
+    running = store.create(job(T0 - 5))[0]
+    store.update(running.start("w1", 30, now=T0 - 0.25), running.version)
+    lanes = lanes_mod.parse(f"lanes:\n  fast: {lane}\n")
+    cached = live.LiveForecaster(store, lanes, COSTS, 2, ttl_s=60.0, clock=lambda: now[0])
+    fresh = forecaster(store, lane, 2, now)  # lists the store again for every call
+    submitted = []
+    for i in range(40):
+        j = job(T0 + i * 0.001, steps=[4, 4, 8][i % 3])
+        cached.admit(j)  # the submit's path: admit, write, answer
+        store.create(j)
+        assert cached.annotate(j) == fresh.annotate(j)
+        submitted.append(j)
+    assert [cached.annotate(j) for j in submitted] == [fresh.annotate(j) for j in submitted]
+    assert {cached.annotate(j)["queue"]["position"] for j in submitted} == set(range(1, 41))

@@ -4,8 +4,11 @@ Live state is one listing of unfinished jobs (``list_unfinished``: SQLite and me
 cached for ``ttl_s`` so that reads and submits do not each list the queue: queued jobs in
 creation order, and running jobs grouped by the worker that holds them (``lease.owner``). Each
 worker is free at its batch's expected end (the cost model, from the batch's start, or from the
-steps still to go if it overran); the ones with no running job are free now. ``plan.forecast``
-then runs the lane forward with the worker's batching rules.
+steps still to go if it overran); the ones with no running job are free now. ``plan.Plan``
+then runs the lane forward with the worker's batching rules: once per listing and lane, the
+lane's whole queue; after that, each job admitted by this process joins at the tail in
+O(batch), so a submit costs the same whatever the backlog. The plan's clock is the time it was
+made (at most ``ttl_s`` ago): a worker idle then is counted free from then.
 
 Assumptions, said plainly: the pool is ``workers`` processes that serve every lane (the
 embedded shape, ``DIFFLANE_WORKERS``); other lanes' waiting jobs are not counted against this
@@ -14,6 +17,7 @@ lane; a job past the first ``limit`` unfinished ones gets no position.
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import threading
@@ -25,7 +29,7 @@ from difflane.api.limits import TooManyRequests
 from difflane.capacity import plan, policy
 from difflane.capacity.costs import CostModel
 from difflane.jobs import Job, JobState
-from difflane.lanes import Lanes
+from difflane.lanes import Lane, Lanes
 from difflane.store.base import UnfinishedJobs
 
 DEFAULT_TTL_S = 0.5
@@ -41,11 +45,45 @@ def queue_full(lane: str, predicted_wait_s: float, limit_s: float) -> TooManyReq
     )
 
 
-def item_of(job: Job, ready_at: float) -> policy.Item:
+def item_of(job: Job, ref: int) -> policy.Item:
     r = job.request
     key = policy.key_of(job.lane, r.model, r.width, r.height, r.steps, r.guidance_scale, r.negative_prompt)
-    # Position in the id order: ids are creation order, which is also the key the plan reports by.
-    return policy.Item(0, key, r.model, r.width, r.height, r.steps, r.num_images, ready_at)
+    return policy.Item(ref, key, r.model, r.width, r.height, r.steps, r.num_images, job.created_at.timestamp())
+
+
+class _LanePlan:
+    """One lane's waiting jobs, in id order (creation order: the queue's), and their forecast,
+    which a job admitted after the listing joins at its tail in O(batch) (``plan.Plan``)."""
+
+    def __init__(self, plan_: plan.Plan, costs: CostModel) -> None:
+        self.plan = plan_
+        self.costs = costs
+        self.ids: list[str] = []  # every waiting job, sorted: a position is a bisection
+        self.refs: dict[str, int] = {}  # job id -> plan item (jobs the cost model knows)
+
+    def __contains__(self, job_id: str) -> bool:
+        i = bisect.bisect_left(self.ids, job_id)
+        return i < len(self.ids) and self.ids[i] == job_id
+
+    def add(self, jobs: list[Job]) -> None:
+        items = []
+        for j in jobs:
+            bisect.insort(self.ids, j.id)
+            if j.request.model in self.costs.models:
+                self.refs[j.id] = len(self.refs)
+                items.append(item_of(j, self.refs[j.id]))
+        self.plan.extend(items)
+
+    def what_if(self, job: Job) -> plan.Eta:
+        """The ETA ``job`` (a model with a cost) would get behind everything planned."""
+        return self.plan.what_if(item_of(job, len(self.refs)))
+
+    def eta(self, job_id: str) -> plan.Eta | None:
+        ref = self.refs.get(job_id)
+        return self.plan.etas.get(ref) if ref is not None else None
+
+    def position(self, job_id: str) -> int:
+        return bisect.bisect_left(self.ids, job_id) + 1
 
 
 class _Snapshot:
@@ -56,8 +94,9 @@ class _Snapshot:
         for j in jobs:
             if j.state is JobState.RUNNING and j.lease is not None:
                 self.running.setdefault(j.lease.owner, []).append(j)
-        self.recent: list[Job] = []  # admitted by this process since the listing
-        self.etas: dict[str, dict[str, plan.Eta]] = {}  # lane -> job id -> eta
+        # lane -> its plan, made on first use from the listing and the workers' state then; jobs
+        # admitted by this process since the listing join it.
+        self.lanes: dict[str, _LanePlan] = {}
 
 
 class LiveForecaster:
@@ -108,60 +147,43 @@ class LiveForecaster:
         """Raise TooManyRequests (``queue_full``) when ``job`` (not yet written) would start after its lane's limit."""
         lane = self.lanes.get(job.lane)
         limit = lane.max_queue_wait_s if lane is not None else None
-        if limit is None or job.request.model not in self.costs.models:
+        if lane is None or limit is None or job.request.model not in self.costs.models:
             return
         with self._lock:
-            snap = self._fresh()
-            waiting = [j for j in snap.queued + snap.recent if j.lane == job.lane] + [job]
-            etas = self._plan(snap, waiting)
-            wait = etas[job.id].start - self.clock()
+            planned = self._lane_plan(self._fresh(), lane)
+            wait = planned.what_if(job).start - self.clock()
             if wait > limit:
                 raise queue_full(job.lane, wait, limit)
-            snap.recent.append(job)
-            snap.etas.pop(job.lane, None)
+            planned.add([job])
 
     # --- the plan -----------------------------------------------------------------------------
 
     def _eta(self, job: Job) -> tuple[int, plan.Eta] | None:
-        if job.request.model not in self.costs.models:
+        lane = self.lanes.get(job.lane)
+        if lane is None or job.request.model not in self.costs.models:
             return None
         with self._lock:
-            snap = self._fresh()
-            etas = snap.etas.get(job.lane)
-            if etas is None:
-                waiting = [j for j in snap.queued + snap.recent if j.lane == job.lane]
-                etas = snap.etas[job.lane] = self._plan(snap, waiting)
-            eta = etas.get(job.id)
-            if eta is None and job.id not in {j.id for j in snap.queued + snap.recent}:
-                # Created after the listing (this very submit's answer): it waits behind all of it.
-                waiting = [j for j in snap.queued + snap.recent if j.lane == job.lane]
-                if len(waiting) >= self.limit:
-                    # Behind the first `limit` waiting jobs: no position, as for a job past the
-                    # listing; replanning the whole lane for each submit made admission O(backlog).
+            planned = self._lane_plan(self._fresh(), lane)
+            if job.id not in planned:
+                # Created after the listing (this very submit's answer): it waits behind all of it,
+                # unless that is `limit` jobs or more, as for a job past the listing.
+                if len(planned.ids) >= self.limit:
                     return None
-                snap.recent.append(job)
-                waiting.append(job)
-                etas = snap.etas[job.lane] = self._plan(snap, waiting)
-                eta = etas.get(job.id)
-            if eta is None:
-                return None
-            ahead = sum(1 for j in snap.queued + snap.recent if j.lane == job.lane and j.id < job.id)
-            return ahead + 1, eta
+                planned.add([job])
+            eta = planned.eta(job.id)
+            return (planned.position(job.id), eta) if eta is not None else None
 
-    def _plan(self, snap: _Snapshot, waiting: list[Job]) -> dict[str, plan.Eta]:
-        lane = self.lanes.get(waiting[0].lane) if waiting else None
-        if lane is None:
-            return {}
-        known = [j for j in waiting if j.request.model in self.costs.models]
-        items = [item_of(j, j.created_at.timestamp()) for j in known]
-        items = [policy.Item(i, it.key, it.model, it.width, it.height, it.steps, it.images, it.ready_at)
-                 for i, it in enumerate(items)]  # fmt: skip
-        now = self.clock()
-        busy = [f for group in snap.running.values() if (f := self._group_finish(group)) is not None]
-        free_at = busy[: self.workers] + [now] * max(self.workers - len(busy), 0)
-        etas = plan.forecast(items, free_at, now, max_batch=lane.max_batch, max_wait_s=lane.max_wait_ms / 1000,
-                             cost=self.costs.batch_seconds)  # fmt: skip
-        return {known[ref].id: eta for ref, eta in etas.items()}
+    def _lane_plan(self, snap: _Snapshot, lane: Lane) -> _LanePlan:
+        """The lane's plan in ``snap``: made once per listing (the one full forecast), then extended."""
+        found = snap.lanes.get(lane.name)
+        if found is None:
+            now = self.clock()
+            busy = [f for group in snap.running.values() if (f := self._group_finish(group)) is not None]
+            free_at = busy[: self.workers] + [now] * max(self.workers - len(busy), 0)
+            rules = plan.Rules(lane.max_batch, lane.max_wait_ms / 1000, self.costs.batch_seconds)
+            found = snap.lanes[lane.name] = _LanePlan(plan.Plan(free_at, now, rules), self.costs)
+            found.add([j for j in snap.queued if j.lane == lane.name])
+        return found
 
     def _running_finish(self, job: Job) -> float | None:
         with self._lock:
