@@ -16,8 +16,8 @@ from difflane import lanes as lanes_mod
 from difflane import wiring
 from difflane.api import problems
 from difflane.api.app import create_app
-from difflane.api.limits import TooManyRequests
 from difflane.capacity import costs, live, plan
+from difflane.errors import TooManyRequests
 from difflane.jobs import GenerationRequest, Job, Principal, new_job
 from difflane.settings import Settings
 from difflane.testing import MemoryJobStore
