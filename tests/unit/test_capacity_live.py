@@ -196,3 +196,32 @@ def test_jobs_submitted_after_the_listing_get_what_a_fresh_listing_plans(lane: s
         submitted.append(j)
     assert [cached.annotate(j) for j in submitted] == [fresh.annotate(j) for j in submitted]
     assert {cached.annotate(j)["queue"]["position"] for j in submitted} == set(range(1, 41))
+
+
+def test_following_the_change_log_sees_what_a_new_listing_sees() -> None:
+    store, now = MemoryJobStore(), [T0]
+    lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 2, max_wait_ms: 20}\n")
+    following = live.LiveForecaster(store, lanes, COSTS, 2, ttl_s=0.0, relist_s=1e9, clock=lambda: now[0])
+    listing = live.LiveForecaster(store, lanes, COSTS, 2, ttl_s=0.0, relist_s=0.0, clock=lambda: now[0])
+    jobs = [store.create(job(T0 - 10 + i, steps=[4, 8][i % 2]))[0] for i in range(6)]
+
+    def seen() -> list[dict[str, Any]]:
+        mine = [following.annotate(store.get(j.id)) for j in jobs]  # type: ignore[arg-type]
+        assert mine == [listing.annotate(store.get(j.id)) for j in jobs]  # type: ignore[arg-type]
+        return mine
+
+    assert seen()[0]["queue"]["position"] == 1
+    store.update(jobs[0].start("w1", 30, now=T0 - 0.5), jobs[0].version)  # a worker claims one
+    assert seen()[0]["queue"] is None and seen()[1]["queue"]["position"] == 1
+    now[0] += 2.0  # it overran: its ETA follows its progress
+    running = store.get(jobs[0].id)
+    assert running is not None
+    store.update(dataclasses.replace(running, progress=dataclasses.replace(running.progress, step=2)), running.version)
+    seen()
+    running = store.get(jobs[0].id)
+    assert running is not None
+    store.update(running.cancel(), running.version)  # asked to stop; another process cancels a queued one
+    store.update(jobs[3].cancel(), jobs[3].version)
+    jobs.append(store.create(job(T0 + 1))[0])  # another API process admits one
+    assert seen()[-1]["queue"]["position"] == 5  # behind jobs 1, 2, 4 and 5
+    assert store.change_reads > 0

@@ -1,18 +1,22 @@
 """Queue position, ETA and admission by prediction for the API, from the lane's live state.
 
-Live state is one listing of unfinished jobs (``list_unfinished``: SQLite and memory stores),
-cached for ``ttl_s`` so that reads and submits do not each list the queue: queued jobs in
-creation order, and running jobs grouped by the worker that holds them (``lease.owner``). Each
-worker is free at its batch's expected end (the cost model, from the batch's start, or from the
-steps still to go if it overran); the ones with no running job are free now. ``plan.Plan``
-then runs the lane forward with the worker's batching rules: once per listing and lane, the
-lane's whole queue; after that, each job admitted by this process joins at the tail in
-O(batch), so a submit costs the same whatever the backlog. The plan's clock is the time it was
-made (at most ``ttl_s`` ago): a worker idle then is counted free from then.
+Live state is the unfinished jobs (``list_unfinished``: SQLite and memory stores), looked at
+no more often than every ``ttl_s`` so that reads and submits do not each list the queue: queued
+jobs in creation order, and running jobs grouped by the worker that holds them
+(``lease.owner``). The first look lists them; later looks read the store's change log and
+fetch only the jobs others wrote since (a worker's claim, progress or end, another API
+process's submit), and the whole listing is taken again every ``relist_s``. Each worker is free
+at its batch's expected end (the cost model, from the batch's start, or from the steps still to
+go if it overran); the ones with no running job are free now. ``plan.Plan`` then runs the lane
+forward with the worker's batching rules: once per lane after anything moved, the lane's whole
+queue; after that, each job admitted by this process joins at the tail in O(batch), so a
+submit costs the same whatever the backlog. The plan's clock is the time it was made: a worker
+idle then is counted free from then.
 
 Assumptions, said plainly: the pool is ``workers`` processes that serve every lane (the
 embedded shape, ``DIFFLANE_WORKERS``); other lanes' waiting jobs are not counted against this
-lane; a job past the first ``limit`` unfinished ones gets no position.
+lane; a job past the first ``limit`` unfinished ones gets no position (until a listing finds it
+among the first ``limit``: within ``relist_s``).
 """
 
 from __future__ import annotations
@@ -23,17 +27,31 @@ import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from difflane.capacity import plan, policy
 from difflane.capacity.costs import CostModel
 from difflane.errors import TooManyRequests
 from difflane.jobs import Job, JobState
 from difflane.lanes import Lane, Lanes
-from difflane.store.base import UnfinishedJobs
+from difflane.store.base import Change, UnfinishedJobs
 
 DEFAULT_TTL_S = 0.5
 DEFAULT_LIMIT = 1000
+DEFAULT_RELIST_S = 5.0
+CATCH_UP_MAX = 2000  # more changes than this since the last look: list again instead
+
+
+@runtime_checkable
+class _Followable(Protocol):
+    """A store whose writes can be followed (``store.base.ChangeLog``) and read one by one:
+    SQLite and memory."""
+
+    def last_change(self) -> int: ...
+
+    def changes_since(self, seq: int, limit: int = 1000) -> list[Change]: ...
+
+    def get(self, job_id: str) -> Job | None: ...
 
 
 def queue_full(lane: str, predicted_wait_s: float, limit_s: float) -> TooManyRequests:
@@ -87,16 +105,33 @@ class _LanePlan:
 
 
 class _Snapshot:
-    def __init__(self, jobs: list[Job], taken_at: float) -> None:
-        self.taken_at = taken_at
+    """The unfinished jobs this process knows of (the first ``limit`` listed, then kept up to date
+    from the store's change log), and each lane's plan made from them."""
+
+    def __init__(self, jobs: list[Job], seq: int, now: float, complete: bool) -> None:
+        self.jobs = {j.id: j for j in jobs}
+        self.seq = seq  # the change-log position the jobs reflect
+        self.taken_at = now  # brought up to date
+        self.listed_at = now  # listed whole
+        self.complete = complete  # no unfinished job is missing (nothing past `limit`)
+        self.derive()
+
+    def derive(self) -> None:
+        """The queue and the running batches, from the jobs; every lane is planned again."""
+        jobs = sorted(self.jobs.values(), key=lambda j: j.id)
         self.queued = [j for j in jobs if j.state is JobState.QUEUED and not j.cancel_requested]
         self.running: dict[str, list[Job]] = {}
         for j in jobs:
             if j.state is JobState.RUNNING and j.lease is not None:
                 self.running.setdefault(j.lease.owner, []).append(j)
-        # lane -> its plan, made on first use from the listing and the workers' state then; jobs
-        # admitted by this process since the listing join it.
+        # lane -> its plan, made on first use from the jobs and the workers' state then; jobs
+        # admitted by this process join it (and ``jobs``) as they come.
         self.lanes: dict[str, _LanePlan] = {}
+
+    def knows(self, change: Change) -> bool:
+        known = self.jobs.get(change.job_id)
+        # Version 1 is the create: a job this process admitted is known as it was written.
+        return known is not None and (known.version >= change.version or change.version == 1)
 
 
 class LiveForecaster:
@@ -109,6 +144,7 @@ class LiveForecaster:
         *,
         ttl_s: float = DEFAULT_TTL_S,
         limit: int = DEFAULT_LIMIT,
+        relist_s: float = DEFAULT_RELIST_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -117,9 +153,11 @@ class LiveForecaster:
         self.workers = workers
         self.ttl_s = ttl_s
         self.limit = limit
+        self.relist_s = relist_s
         self.clock = clock
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
+        self._followed = store if isinstance(store, _Followable) else None
 
     # --- what the API shows -------------------------------------------------------------------
 
@@ -150,11 +188,13 @@ class LiveForecaster:
         if lane is None or limit is None or job.request.model not in self.costs.models:
             return
         with self._lock:
-            planned = self._lane_plan(self._fresh(), lane)
+            snap = self._fresh()
+            planned = self._lane_plan(snap, lane)
             wait = planned.what_if(job).start - self.clock()
             if wait > limit:
                 raise queue_full(job.lane, wait, limit)
             planned.add([job])
+            snap.jobs[job.id] = job
 
     # --- the plan -----------------------------------------------------------------------------
 
@@ -163,13 +203,16 @@ class LiveForecaster:
         if lane is None or job.request.model not in self.costs.models:
             return None
         with self._lock:
-            planned = self._lane_plan(self._fresh(), lane)
+            snap = self._fresh()
+            planned = self._lane_plan(snap, lane)
             if job.id not in planned:
                 # Created after the listing (this very submit's answer): it waits behind all of it,
-                # unless that is `limit` jobs or more, as for a job past the listing.
-                if len(planned.ids) >= self.limit:
+                # unless that is `limit` jobs or more (or some are unknown), as for a job past the listing.
+                if len(planned.ids) >= self.limit or not snap.complete:
+                    snap.complete = False
                     return None
                 planned.add([job])
+                snap.jobs[job.id] = job
             eta = planned.eta(job.id)
             return (planned.position(job.id), eta) if eta is not None else None
 
@@ -209,10 +252,43 @@ class LiveForecaster:
 
     def _fresh(self) -> _Snapshot:
         now = self.clock()
-        if self._snapshot is None or now - self._snapshot.taken_at >= self.ttl_s:
-            jobs = sorted(self.store.list_unfinished(self.limit), key=lambda j: j.id)
-            self._snapshot = _Snapshot(jobs, now)
-        return self._snapshot
+        snap = self._snapshot
+        if snap is not None and now - snap.taken_at < self.ttl_s:
+            return snap
+        if snap is None or now - snap.listed_at >= self.relist_s or self._followed is None:
+            self._snapshot = snap = self._listing(now)
+        else:
+            self._snapshot = snap = self._catch_up(self._followed, snap, now)
+        return snap
+
+    def _listing(self, now: float) -> _Snapshot:
+        # The change-log position first: what changes meanwhile is read again, and known already.
+        seq = self._followed.last_change() if self._followed is not None else 0
+        jobs = self.store.list_unfinished(self.limit)
+        return _Snapshot(jobs, seq, now, complete=len(jobs) < self.limit)
+
+    def _catch_up(self, store: _Followable, snap: _Snapshot, now: float) -> _Snapshot:
+        """Read only the jobs other processes wrote since the last look (workers' claims,
+        progress and ends, other API processes' submits), not the whole listing again: a
+        listing of 1,000 jobs cost ~30 ms of the event loop every ``ttl_s`` (issue 10)."""
+        changes = store.changes_since(snap.seq, CATCH_UP_MAX)
+        if len(changes) >= CATCH_UP_MAX:
+            return self._listing(now)
+        moved = {c.job_id for c in changes if not snap.knows(c)}
+        for job_id in sorted(moved):
+            job = store.get(job_id)
+            if job is None or job.state.terminal:
+                snap.jobs.pop(job_id, None)
+            elif job_id in snap.jobs or len(snap.jobs) < self.limit:
+                snap.jobs[job_id] = job
+            else:
+                snap.complete = False  # one more than `limit`: positions behind it are unknown
+        if moved:
+            snap.derive()
+        if changes:
+            snap.seq = changes[-1].seq
+        snap.taken_at = now
+        return snap
 
 
 # --- the API's hooks ---------------------------------------------------------------------------
