@@ -82,3 +82,24 @@ def test_a_newcomer_can_fill_the_open_batch_and_start_it_sooner() -> None:
     assert p.etas[0].start == 0.1
     p.extend(items[1:])
     assert p.etas[0].start == p.etas[1].start == 0.0
+
+
+@pytest.mark.parametrize(("max_batch", "max_wait_s"), LANES)
+def test_an_append_replays_a_few_batches_not_the_queue(
+    max_batch: int, max_wait_s: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    items = backlog(random.Random(3), 501)
+    p = plan.Plan([0.0, 1.0], 0.0, plan.Rules(max_batch, max_wait_s, cost))
+    p.extend(items[:500])
+    steps = 0
+    step = plan._Run.step
+
+    def counted(run: plan._Run, rules: plan.Rules) -> list[tuple[int, plan.Eta]]:
+        nonlocal steps
+        steps += 1
+        return step(run, rules)
+
+    monkeypatch.setattr(plan._Run, "step", counted)
+    p.extend(items[500:])
+    # The batch that reached the queue's end, then what the two workers hold (at most 4 each).
+    assert steps <= 2 + 2 * policy.MAX_HELD

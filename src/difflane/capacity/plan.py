@@ -41,9 +41,10 @@ class Rules:
 
     @property
     def most_taken(self) -> int:
-        """The most items one batch takes from the queue: its first, then the drain, each item
-        adding an image (at least one) or a held job (policy.begin, policy.can_receive)."""
-        return self.max_batch + self.max_held
+        """The most items one batch takes from the queue: its first, then the drain while the
+        batch has room and the worker can hold a misfit, each item adding an image (at least
+        one) or a held job (policy.begin, policy.can_receive). A batch of one never drains."""
+        return self.max_batch + self.max_held if self.max_batch > 1 else 1
 
 
 @dataclasses.dataclass
