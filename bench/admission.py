@@ -14,7 +14,7 @@ machine and the queue-ETA forecast it turns on. ``--workers 0`` measures the API
 (``--forecast-workers 1`` then keeps the forecast on, as if one worker were there).
 
 Besides wrk's figures it reports the CPU time each side spent per accepted job (user + system,
-from /proc, over the measured run): ``api_cpu_ms_per_job`` for the API process and
+from /proc, over the measured run): ``api_cpu_ms_per_job`` for the API process(es) and
 ``worker_cpu_ms_per_job`` for the worker processes and their model processes. These hold on a
 busy machine where the wall-clock figures do not.
 
@@ -170,8 +170,9 @@ def _serve_pid(url: str) -> int:
 
 
 def _cpu_split(serve_pid: int) -> tuple[float, float]:
-    """CPU seconds (user + system) of the serve process itself (the API, with one API process)
-    and of all its descendants (worker processes, their model processes; or API processes)."""
+    """CPU seconds (user + system) so far of the API (the serve process and, with
+    ``--api-workers`` > 1, the API processes it starts) and of the workers (each `difflane
+    worker` process and its model process)."""
     parents: dict[int, int] = {}
     cpu: dict[int, float] = {}
     tick = os.sysconf("SC_CLK_TCK")
@@ -185,13 +186,26 @@ def _cpu_split(serve_pid: int) -> tuple[float, float]:
         pid = int(entry.name)
         parents[pid] = int(fields[1])  # after "pid (comm)": state, ppid, ...; utime, stime are 14, 15
         cpu[pid] = (int(fields[11]) + int(fields[12])) / tick
-    below: list[int] = []
-    frontier = [serve_pid]
+    api, workers = cpu.get(serve_pid, 0.0), 0.0
+    frontier = [(serve_pid, False)]
     while frontier:
-        children = [p for p, parent in parents.items() if parent in frontier]
-        below += children
-        frontier = children
-    return cpu.get(serve_pid, 0.0), sum(cpu[p] for p in below)
+        pid, in_worker = frontier.pop()
+        for child in (p for p, parent in parents.items() if parent == pid):
+            below_worker = in_worker or _is_worker(child)
+            if below_worker:
+                workers += cpu[child]
+            else:
+                api += cpu[child]
+            frontier.append((child, below_worker))
+    return api, workers
+
+
+def _is_worker(pid: int) -> bool:
+    try:
+        argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return b"difflane" in argv and b"worker" in argv
 
 
 def _access_lines(data_dir: Path) -> int:
