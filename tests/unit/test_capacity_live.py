@@ -225,3 +225,17 @@ def test_following_the_change_log_sees_what_a_new_listing_sees() -> None:
     jobs.append(store.create(job(T0 + 1))[0])  # another API process admits one
     assert seen()[-1]["queue"]["position"] == 5  # behind jobs 1, 2, 4 and 5
     assert store.change_reads > 0
+
+
+def test_a_lane_is_planned_from_now_at_every_look_even_when_nothing_moved() -> None:
+    store, now = MemoryJobStore(), [T0]
+    lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 1, max_queue_wait_s: 600}\n")
+    f = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=0.5, relist_s=60.0, clock=lambda: now[0])
+    waiting = store.create(job(T0))[0]
+    assert f.annotate(waiting)["queue"] == {"position": 1, "eta_start_s": 0.0, "eta_finish_s": 1.0}
+    now[0] += 3.0  # nothing written for 3 s (no worker took it); then this process admits a job
+    late = job(now[0])
+    f.admit(late)
+    store.create(late)
+    # The idle worker is free now, not 3 s ago: the waiting job takes it first, then this one.
+    assert f.annotate(late)["queue"] == {"position": 2, "eta_start_s": 1.0, "eta_finish_s": 2.0}

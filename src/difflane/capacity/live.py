@@ -8,10 +8,10 @@ fetch only the jobs others wrote since (a worker's claim, progress or end, anoth
 process's submit), and the whole listing is taken again every ``relist_s``. Each worker is free
 at its batch's expected end (the cost model, from the batch's start, or from the steps still to
 go if it overran); the ones with no running job are free now. ``plan.Plan`` then runs the lane
-forward with the worker's batching rules: once per lane after anything moved, the lane's whole
-queue; after that, each job admitted by this process joins at the tail in O(batch), so a
-submit costs the same whatever the backlog. The plan's clock is the time it was made: a worker
-idle then is counted free from then.
+forward with the worker's batching rules: once per lane and look, the lane's whole queue;
+until the next look, each job admitted by this process joins at the tail in O(batch), so a
+submit costs the same whatever the backlog. The plan's clock is the time it was made (at most
+``ttl_s`` ago): a worker idle then is counted free from then.
 
 Assumptions, said plainly: the pool is ``workers`` processes that serve every lane (the
 embedded shape, ``DIFFLANE_WORKERS``); other lanes' waiting jobs are not counted against this
@@ -283,8 +283,8 @@ class LiveForecaster:
                 snap.jobs[job_id] = job
             else:
                 snap.complete = False  # one more than `limit`: positions behind it are unknown
-        if moved:
-            snap.derive()
+        # Planned again even when nothing moved: a worker idle at the last plan is free from now.
+        snap.derive()
         if changes:
             snap.seq = changes[-1].seq
         snap.taken_at = now
