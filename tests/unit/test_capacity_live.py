@@ -239,3 +239,19 @@ def test_a_lane_is_planned_from_now_at_every_look_even_when_nothing_moved() -> N
     store.create(late)
     # The idle worker is free now, not 3 s ago: the waiting job takes it first, then this one.
     assert f.annotate(late)["queue"] == {"position": 2, "eta_start_s": 1.0, "eta_finish_s": 2.0}
+
+
+def test_jobs_past_the_limit_cost_no_read_when_the_log_is_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    store, now = MemoryJobStore(), [T0]
+    lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 1}\n")
+    f = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=0.5, limit=3, relist_s=60.0, clock=lambda: now[0])
+    first = [store.create(job(T0 - 10 + i))[0] for i in range(3)]
+    assert f.annotate(first[0])["queue"]["position"] == 1
+    reads: list[str] = []
+    get = store.get
+    monkeypatch.setattr(store, "get", lambda job_id: reads.append(job_id) or get(job_id))
+    later = [store.create(job(T0 + i))[0] for i in range(5)]  # a backlog past the limit
+    now[0] += 1.0
+    assert f.annotate(later[-1])["queue"] is None
+    assert f.annotate(first[2])["queue"]["position"] == 3
+    assert reads == []

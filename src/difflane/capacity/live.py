@@ -275,14 +275,22 @@ class LiveForecaster:
         if len(changes) >= CATCH_UP_MAX:
             return self._listing(now)
         moved = {c.job_id for c in changes if not snap.knows(c)}
-        for job_id in sorted(moved):
+        known, new = sorted(moved & snap.jobs.keys()), sorted(moved - snap.jobs.keys())
+        for job_id in known:
             job = store.get(job_id)
             if job is None or job.state.terminal:
-                snap.jobs.pop(job_id, None)
-            elif job_id in snap.jobs or len(snap.jobs) < self.limit:
-                snap.jobs[job_id] = job
+                del snap.jobs[job_id]
             else:
-                snap.complete = False  # one more than `limit`: positions behind it are unknown
+                snap.jobs[job_id] = job
+        for job_id in new:
+            if not snap.complete or len(snap.jobs) >= self.limit:
+                # Past the first `limit` (or behind jobs not known): no position until a listing
+                # finds it among them, and no read for it now (a backlog's every submit).
+                snap.complete = False
+                break
+            job = store.get(job_id)
+            if job is not None and not job.state.terminal:
+                snap.jobs[job_id] = job
         # Planned again even when nothing moved: a worker idle at the last plan is free from now.
         snap.derive()
         if changes:
