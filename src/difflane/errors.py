@@ -4,13 +4,13 @@ Nothing here knows HTTP: the API layer maps classes to statuses in one table
 (``api/problems.py``, ``STATUSES``) and turns any ``DifflaneError`` into
 ``{"error": {"code", "message", ...}}``; anything else that escapes is a bug. The tree is shallow
 (the architecture note on errors draws it): the classes below derive from ``DifflaneError``
-directly; ``auth.tokens.InvalidToken`` refines ``Unauthorized``; ``api.auth.Forbidden`` and
-``api.limits.TooManyRequests`` are the API's own; ``worker.runtime.RuntimeFailure`` heads the
-runtime's failures.
+directly; ``auth.tokens.InvalidToken`` refines ``Unauthorized``; ``api.auth.Forbidden`` is the
+API's own; ``worker.runtime.RuntimeFailure`` heads the runtime's failures.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 
@@ -67,6 +67,18 @@ class IllegalTransition(DifflaneError):
 
 class Unauthorized(DifflaneError):
     code = "unauthorized"
+
+
+class TooManyRequests(DifflaneError):
+    """Over a limit: a principal's rate or outstanding jobs, a lane's cap, or a lane predicted
+    too full to start a job in time (capacity.live). ``retry_after`` also goes into the body."""
+
+    code = "rate_limited"
+
+    def __init__(self, message: str, *, code: str, retry_after: float) -> None:
+        seconds = max(1, math.ceil(retry_after))
+        super().__init__(message, code=code, retry_after=seconds)
+        self.retry_after = seconds
 
 
 class Unavailable(DifflaneError):

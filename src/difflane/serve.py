@@ -46,7 +46,7 @@ def run(settings: Settings) -> None:
     if settings.worker.workers > 0:
         _ensure_builtin_model(settings)
 
-    settings = with_readiness_policy(settings)
+    settings = with_colocated_models(with_readiness_policy(settings))
     os.environ.update(settings.to_env())  # worker and API child processes see the same settings
     # uvicorn answers SIGTERM by shutting down, then raises the signal again with the handler it
     # found: the default one would end this process before `finally` stops the workers.
@@ -69,6 +69,32 @@ def with_readiness_policy(settings: Settings) -> Settings:
         return settings
     policy = "always" if settings.worker.workers > 0 else "never"
     return settings.model_copy(update={"ready_requires_worker": policy})
+
+
+COLOCATED_MODEL_NICE = 10  # the render yields to the API (its weight is about a tenth of the API's)
+
+
+def with_colocated_models(settings: Settings, cores: int | None = None) -> Settings:
+    """The model processes' CPU share when this command runs them beside the API (unless set):
+    torch threads = the cores the API processes leave, shared by the workers (at least one
+    each), and a lower priority. Left alone, torch's threads took every core and the render
+    starved the API on a 2-core machine (issue 10)."""
+    workers = settings.worker.workers
+    if workers <= 0:
+        return settings
+    cores = cores or _usable_cores()
+    update: dict[str, int] = {}
+    if settings.worker.model_threads is None:
+        update["model_threads"] = max(1, (cores - settings.api.api_workers) // workers)
+    if settings.worker.model_nice is None:
+        update["model_nice"] = COLOCATED_MODEL_NICE
+    return settings.model_copy(update=update) if update else settings
+
+
+def _usable_cores() -> int:
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))  # a CPU set (taskset, cpuset cgroup) counts
+    return os.cpu_count() or 1
 
 
 def _exit_on_signal(signum: int, frame: FrameType | None) -> None:

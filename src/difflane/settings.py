@@ -164,6 +164,11 @@ class WorkerSettings(_Group):
     model_memory_budget_gb: float | None = Field(default=None, gt=0)  # LRU bound for loaded pipelines
     health_port: int | None = Field(default=None, ge=0, le=65535)  # worker's /livez /readyz /metrics
     shutdown_grace_seconds: float = Field(default=30.0, ge=0)
+    # The model process's CPU share. Unset: torch's default (a thread per core) and the usual
+    # priority; under `difflane serve`, where the API shares the cores, the cores left after the
+    # API processes (shared by the workers, at least one each) and niceness 10 (serve.py).
+    model_threads: int | None = Field(default=None, ge=1, le=1024)  # torch threads per model process
+    model_nice: int | None = Field(default=None, ge=0, le=19)  # added to the model process's niceness
 
     split_csv = field_validator("worker_lanes", mode="before")(_split_csv)
 

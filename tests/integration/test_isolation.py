@@ -72,3 +72,30 @@ def test_a_crashed_process_is_reported_and_replaced(runtime: IsolatedRuntime) ->
         runtime.render(task("[crash]"), lambda s, t: True, timeout=30)
     assert len(runtime.render(task(), lambda s, t: True, timeout=30)) == 1
     assert runtime.restarts == 1
+
+
+def test_the_model_process_lowers_its_priority_as_configured(tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import os
+
+    rt = IsolatedRuntime(RuntimeConfig(kind="fake", hf_home=str(tmp_path), nice=5))
+    rt.start()
+    try:
+        assert rt.pid is not None
+        assert os.getpriority(os.PRIO_PROCESS, rt.pid) == os.getpriority(os.PRIO_PROCESS, 0) + 5
+    finally:
+        rt.close()
+
+
+def test_the_model_process_sets_torchs_threads_where_it_renders(tiny_hf_home) -> None:  # type: ignore[no-untyped-def]
+    torch = pytest.importorskip("torch")
+    from difflane.worker import child
+
+    before = torch.get_num_threads()
+    try:
+        runtime = child.build_runtime(
+            RuntimeConfig(kind="diffusers", hf_home=str(tiny_hf_home), device="cpu", threads=1)
+        )
+        runtime.close()
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)

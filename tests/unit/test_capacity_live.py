@@ -16,8 +16,8 @@ from difflane import lanes as lanes_mod
 from difflane import wiring
 from difflane.api import problems
 from difflane.api.app import create_app
-from difflane.api.limits import TooManyRequests
-from difflane.capacity import costs, live
+from difflane.capacity import costs, live, plan
+from difflane.errors import TooManyRequests
 from difflane.jobs import GenerationRequest, Job, Principal, new_job
 from difflane.settings import Settings
 from difflane.testing import MemoryJobStore
@@ -174,7 +174,84 @@ def test_a_submit_behind_limit_waiting_jobs_gets_no_position_and_costs_no_replan
     f = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=60, limit=3, clock=lambda: now[0])
     assert [f.annotate(j)["queue"]["position"] for j in queued] == [1, 2, 3]
     late = store.create(job(T0))[0]  # created after the listing, behind `limit` waiting jobs
-    planned = f._plan
-    f._plan = lambda *a: pytest.fail("replanned the lane for a job past the limit")  # type: ignore[method-assign]
-    assert f.annotate(late) == {"queue": None, "eta_finish_s": None}
-    f._plan = planned  # type: ignore[method-assign]
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(plan.Plan, "extend", lambda *a: pytest.fail("planned a job past the limit"))
+        assert f.annotate(late) == {"queue": None, "eta_finish_s": None}
+
+
+@pytest.mark.parametrize("lane", ["{max_batch: 1}", "{max_batch: 8, max_wait_ms: 20, max_queue_wait_s: 600}"])
+def test_jobs_submitted_after_the_listing_get_what_a_fresh_listing_plans(lane: str) -> None:
+    store, now = MemoryJobStore(), [T0]
+    running = store.create(job(T0 - 5))[0]
+    store.update(running.start("w1", 30, now=T0 - 0.25), running.version)
+    lanes = lanes_mod.parse(f"lanes:\n  fast: {lane}\n")
+    cached = live.LiveForecaster(store, lanes, COSTS, 2, ttl_s=60.0, clock=lambda: now[0])
+    fresh = forecaster(store, lane, 2, now)  # lists the store again for every call
+    submitted = []
+    for i in range(40):
+        j = job(T0 + i * 0.001, steps=[4, 4, 8][i % 3])
+        cached.admit(j)  # the submit's path: admit, write, answer
+        store.create(j)
+        assert cached.annotate(j) == fresh.annotate(j)
+        submitted.append(j)
+    assert [cached.annotate(j) for j in submitted] == [fresh.annotate(j) for j in submitted]
+    assert {cached.annotate(j)["queue"]["position"] for j in submitted} == set(range(1, 41))
+
+
+def test_following_the_change_log_sees_what_a_new_listing_sees() -> None:
+    store, now = MemoryJobStore(), [T0]
+    lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 2, max_wait_ms: 20}\n")
+    following = live.LiveForecaster(store, lanes, COSTS, 2, ttl_s=0.0, relist_s=1e9, clock=lambda: now[0])
+    listing = live.LiveForecaster(store, lanes, COSTS, 2, ttl_s=0.0, relist_s=0.0, clock=lambda: now[0])
+    jobs = [store.create(job(T0 - 10 + i, steps=[4, 8][i % 2]))[0] for i in range(6)]
+
+    def seen() -> list[dict[str, Any]]:
+        mine = [following.annotate(store.get(j.id)) for j in jobs]  # type: ignore[arg-type]
+        assert mine == [listing.annotate(store.get(j.id)) for j in jobs]  # type: ignore[arg-type]
+        return mine
+
+    assert seen()[0]["queue"]["position"] == 1
+    store.update(jobs[0].start("w1", 30, now=T0 - 0.5), jobs[0].version)  # a worker claims one
+    assert seen()[0]["queue"] is None and seen()[1]["queue"]["position"] == 1
+    now[0] += 2.0  # it overran: its ETA follows its progress
+    running = store.get(jobs[0].id)
+    assert running is not None
+    store.update(dataclasses.replace(running, progress=dataclasses.replace(running.progress, step=2)), running.version)
+    seen()
+    running = store.get(jobs[0].id)
+    assert running is not None
+    store.update(running.cancel(), running.version)  # asked to stop; another process cancels a queued one
+    store.update(jobs[3].cancel(), jobs[3].version)
+    jobs.append(store.create(job(T0 + 1))[0])  # another API process admits one
+    assert seen()[-1]["queue"]["position"] == 5  # behind jobs 1, 2, 4 and 5
+    assert store.change_reads > 0
+
+
+def test_a_lane_is_planned_from_now_at_every_look_even_when_nothing_moved() -> None:
+    store, now = MemoryJobStore(), [T0]
+    lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 1, max_queue_wait_s: 600}\n")
+    f = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=0.5, relist_s=60.0, clock=lambda: now[0])
+    waiting = store.create(job(T0))[0]
+    assert f.annotate(waiting)["queue"] == {"position": 1, "eta_start_s": 0.0, "eta_finish_s": 1.0}
+    now[0] += 3.0  # nothing written for 3 s (no worker took it); then this process admits a job
+    late = job(now[0])
+    f.admit(late)
+    store.create(late)
+    # The idle worker is free now, not 3 s ago: the waiting job takes it first, then this one.
+    assert f.annotate(late)["queue"] == {"position": 2, "eta_start_s": 1.0, "eta_finish_s": 2.0}
+
+
+def test_jobs_past_the_limit_cost_no_read_when_the_log_is_followed(monkeypatch: pytest.MonkeyPatch) -> None:
+    store, now = MemoryJobStore(), [T0]
+    lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 1}\n")
+    f = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=0.5, limit=3, relist_s=60.0, clock=lambda: now[0])
+    first = [store.create(job(T0 - 10 + i))[0] for i in range(3)]
+    assert f.annotate(first[0])["queue"]["position"] == 1
+    reads: list[str] = []
+    get = store.get
+    monkeypatch.setattr(store, "get", lambda job_id: reads.append(job_id) or get(job_id))
+    later = [store.create(job(T0 + i))[0] for i in range(5)]  # a backlog past the limit
+    now[0] += 1.0
+    assert f.annotate(later[-1])["queue"] is None
+    assert f.annotate(first[2])["queue"]["position"] == 3
+    assert reads == []

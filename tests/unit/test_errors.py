@@ -8,8 +8,8 @@ from difflane import errors
 from difflane.api import app as _app  # noqa: F401 - imports every module with an error class the API raises
 from difflane.api import problems
 from difflane.api.auth import Forbidden
-from difflane.api.limits import TooManyRequests
 from difflane.auth.tokens import InvalidToken
+from difflane.errors import TooManyRequests
 from difflane.worker import runtime
 
 

@@ -37,7 +37,7 @@ from difflane.store.base import ChangeLog, JobStore
 
 log = logging.getLogger(__name__)
 
-QUEUE_SECONDS = 1.0  # queue events move by a second or more (capacity.live.queue_update)
+QUEUE_SECONDS = 1.0  # queue events move by a second or more (api.routes.events.queue_update)
 QUEUE_IDLE_SECONDS = 5.0  # an overrunning batch moves ETAs without any write
 QUEUE_ROUNDS = 2  # the forecaster caches its listing for half a second: look twice after a change
 BATCH = 1000

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 from difflane.dispatch.base import Dispatcher
-from difflane.errors import ConfigError, DifflaneError
+from difflane.errors import ConfigError, TooManyRequests
 from difflane.jobs import JobState, Principal
 from difflane.settings import Settings
 from difflane.store.base import JobStore, OwnersUnfinished
@@ -32,17 +32,6 @@ DEFAULT_RATE = 2.0  # submits per second per principal
 DEFAULT_BURST = 20
 DEFAULT_QUEUED_PER_LANE = 10_000
 MAX_BUCKETS = 100_000  # principals remembered; the least recently seen is forgotten first
-
-
-class TooManyRequests(DifflaneError):
-    """Over a limit of this principal or lane; ``retry_after`` also goes into the body."""
-
-    code = "rate_limited"
-
-    def __init__(self, message: str, *, code: str, retry_after: float) -> None:
-        seconds = max(1, math.ceil(retry_after))
-        super().__init__(message, code=code, retry_after=seconds)
-        self.retry_after = seconds
 
 
 @dataclasses.dataclass(frozen=True)

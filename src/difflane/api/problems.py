@@ -19,7 +19,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from difflane import errors
 from difflane.api.auth import Forbidden
-from difflane.api.limits import TooManyRequests
 from difflane.errors import DifflaneError, Unavailable
 
 log = logging.getLogger(__name__)
@@ -34,7 +33,7 @@ STATUSES: dict[type[DifflaneError], int] = {
     errors.IllegalTransition: 409,
     errors.PayloadTooLarge: 413,
     errors.InvalidInput: 422,
-    TooManyRequests: 429,
+    errors.TooManyRequests: 429,
     errors.Unavailable: 503,
 }
 

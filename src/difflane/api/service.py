@@ -9,13 +9,13 @@ import logging
 import secrets
 
 from difflane.api import access_log
-from difflane.api.limits import Admission, TooManyRequests
+from difflane.api.limits import Admission
 from difflane.api.schemas import JobCreate, WebhookCreate
 from difflane.auth.caller import Caller
 from difflane.capacity.live import LiveForecaster
 from difflane.catalog import Catalog, ModelSpec
 from difflane.dispatch.base import Dispatcher
-from difflane.errors import Conflict, DifflaneError, IllegalTransition, InvalidInput, NotFound
+from difflane.errors import Conflict, DifflaneError, IllegalTransition, InvalidInput, NotFound, TooManyRequests
 from difflane.jobs import MAX_SEED, GenerationRequest, Job, JobState, Webhook, is_job_id, new_job
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import IdempotencyKey, JobStore, mutate

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import threading
 
-from difflane.api.limits import TooManyRequests
+from difflane.errors import TooManyRequests
 from difflane.jobs import Principal
 from difflane.settings import Settings
 

@@ -1,35 +1,57 @@
 """Queue position, ETA and admission by prediction for the API, from the lane's live state.
 
-Live state is one listing of unfinished jobs (``list_unfinished``: SQLite and memory stores),
-cached for ``ttl_s`` so that reads and submits do not each list the queue: queued jobs in
-creation order, and running jobs grouped by the worker that holds them (``lease.owner``). Each
-worker is free at its batch's expected end (the cost model, from the batch's start, or from the
-steps still to go if it overran); the ones with no running job are free now. ``plan.forecast``
-then runs the lane forward with the worker's batching rules.
+Live state is the unfinished jobs (``list_unfinished``: SQLite and memory stores), looked at
+no more often than every ``ttl_s`` so that reads and submits do not each list the queue: queued
+jobs in creation order, and running jobs grouped by the worker that holds them
+(``lease.owner``). The first look lists them; later looks read the store's change log and
+fetch only the jobs others wrote since (a worker's claim, progress or end, another API
+process's submit), and the whole listing is taken again every ``relist_s``. Each worker is free
+at its batch's expected end (the cost model, from the batch's start, or from the steps still to
+go if it overran); the ones with no running job are free now. ``plan.Plan`` then runs the lane
+forward with the worker's batching rules: once per lane and look, the lane's whole queue;
+until the next look, each job admitted by this process joins at the tail in O(batch), so a
+submit costs the same whatever the backlog. The plan's clock is the time it was made (at most
+``ttl_s`` ago): a worker idle then is counted free from then.
 
 Assumptions, said plainly: the pool is ``workers`` processes that serve every lane (the
 embedded shape, ``DIFFLANE_WORKERS``); other lanes' waiting jobs are not counted against this
-lane; a job past the first ``limit`` unfinished ones gets no position.
+lane; a job past the first ``limit`` unfinished ones gets no position (until a listing finds it
+among the first ``limit``: within ``relist_s``).
 """
 
 from __future__ import annotations
 
+import bisect
 import contextlib
 import contextvars
 import threading
 import time
 from collections.abc import Callable, Iterator
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
-from difflane.api.limits import TooManyRequests
 from difflane.capacity import plan, policy
 from difflane.capacity.costs import CostModel
+from difflane.errors import TooManyRequests
 from difflane.jobs import Job, JobState
-from difflane.lanes import Lanes
-from difflane.store.base import UnfinishedJobs
+from difflane.lanes import Lane, Lanes
+from difflane.store.base import Change, UnfinishedJobs
 
 DEFAULT_TTL_S = 0.5
 DEFAULT_LIMIT = 1000
+DEFAULT_RELIST_S = 5.0
+CATCH_UP_MAX = 2000  # more changes than this since the last look: list again instead
+
+
+@runtime_checkable
+class _Followable(Protocol):
+    """A store whose writes can be followed (``store.base.ChangeLog``) and read one by one:
+    SQLite and memory."""
+
+    def last_change(self) -> int: ...
+
+    def changes_since(self, seq: int, limit: int = 1000) -> list[Change]: ...
+
+    def get(self, job_id: str) -> Job | None: ...
 
 
 def queue_full(lane: str, predicted_wait_s: float, limit_s: float) -> TooManyRequests:
@@ -41,23 +63,75 @@ def queue_full(lane: str, predicted_wait_s: float, limit_s: float) -> TooManyReq
     )
 
 
-def item_of(job: Job, ready_at: float) -> policy.Item:
+def item_of(job: Job, ref: int) -> policy.Item:
     r = job.request
     key = policy.key_of(job.lane, r.model, r.width, r.height, r.steps, r.guidance_scale, r.negative_prompt)
-    # Position in the id order: ids are creation order, which is also the key the plan reports by.
-    return policy.Item(0, key, r.model, r.width, r.height, r.steps, r.num_images, ready_at)
+    return policy.Item(ref, key, r.model, r.width, r.height, r.steps, r.num_images, job.created_at.timestamp())
+
+
+class _LanePlan:
+    """One lane's waiting jobs, in id order (creation order: the queue's), and their forecast,
+    which a job admitted after the listing joins at its tail in O(batch) (``plan.Plan``)."""
+
+    def __init__(self, plan_: plan.Plan, costs: CostModel) -> None:
+        self.plan = plan_
+        self.costs = costs
+        self.ids: list[str] = []  # every waiting job, sorted: a position is a bisection
+        self.refs: dict[str, int] = {}  # job id -> plan item (jobs the cost model knows)
+
+    def __contains__(self, job_id: str) -> bool:
+        i = bisect.bisect_left(self.ids, job_id)
+        return i < len(self.ids) and self.ids[i] == job_id
+
+    def add(self, jobs: list[Job]) -> None:
+        items = []
+        for j in jobs:
+            bisect.insort(self.ids, j.id)
+            if j.request.model in self.costs.models:
+                self.refs[j.id] = len(self.refs)
+                items.append(item_of(j, self.refs[j.id]))
+        self.plan.extend(items)
+
+    def what_if(self, job: Job) -> plan.Eta:
+        """The ETA ``job`` (a model with a cost) would get behind everything planned."""
+        return self.plan.what_if(item_of(job, len(self.refs)))
+
+    def eta(self, job_id: str) -> plan.Eta | None:
+        ref = self.refs.get(job_id)
+        return self.plan.etas.get(ref) if ref is not None else None
+
+    def position(self, job_id: str) -> int:
+        return bisect.bisect_left(self.ids, job_id) + 1
 
 
 class _Snapshot:
-    def __init__(self, jobs: list[Job], taken_at: float) -> None:
-        self.taken_at = taken_at
+    """The unfinished jobs this process knows of (the first ``limit`` listed, then kept up to date
+    from the store's change log), and each lane's plan made from them."""
+
+    def __init__(self, jobs: list[Job], seq: int, now: float, complete: bool) -> None:
+        self.jobs = {j.id: j for j in jobs}
+        self.seq = seq  # the change-log position the jobs reflect
+        self.taken_at = now  # brought up to date
+        self.listed_at = now  # listed whole
+        self.complete = complete  # no unfinished job is missing (nothing past `limit`)
+        self.derive()
+
+    def derive(self) -> None:
+        """The queue and the running batches, from the jobs; every lane is planned again."""
+        jobs = sorted(self.jobs.values(), key=lambda j: j.id)
         self.queued = [j for j in jobs if j.state is JobState.QUEUED and not j.cancel_requested]
         self.running: dict[str, list[Job]] = {}
         for j in jobs:
             if j.state is JobState.RUNNING and j.lease is not None:
                 self.running.setdefault(j.lease.owner, []).append(j)
-        self.recent: list[Job] = []  # admitted by this process since the listing
-        self.etas: dict[str, dict[str, plan.Eta]] = {}  # lane -> job id -> eta
+        # lane -> its plan, made on first use from the jobs and the workers' state then; jobs
+        # admitted by this process join it (and ``jobs``) as they come.
+        self.lanes: dict[str, _LanePlan] = {}
+
+    def knows(self, change: Change) -> bool:
+        known = self.jobs.get(change.job_id)
+        # Version 1 is the create: a job this process admitted is known as it was written.
+        return known is not None and (known.version >= change.version or change.version == 1)
 
 
 class LiveForecaster:
@@ -70,6 +144,7 @@ class LiveForecaster:
         *,
         ttl_s: float = DEFAULT_TTL_S,
         limit: int = DEFAULT_LIMIT,
+        relist_s: float = DEFAULT_RELIST_S,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.store = store
@@ -78,9 +153,11 @@ class LiveForecaster:
         self.workers = workers
         self.ttl_s = ttl_s
         self.limit = limit
+        self.relist_s = relist_s
         self.clock = clock
         self._lock = threading.Lock()
         self._snapshot: _Snapshot | None = None
+        self._followed = store if isinstance(store, _Followable) else None
 
     # --- what the API shows -------------------------------------------------------------------
 
@@ -108,60 +185,48 @@ class LiveForecaster:
         """Raise TooManyRequests (``queue_full``) when ``job`` (not yet written) would start after its lane's limit."""
         lane = self.lanes.get(job.lane)
         limit = lane.max_queue_wait_s if lane is not None else None
-        if limit is None or job.request.model not in self.costs.models:
+        if lane is None or limit is None or job.request.model not in self.costs.models:
             return
         with self._lock:
             snap = self._fresh()
-            waiting = [j for j in snap.queued + snap.recent if j.lane == job.lane] + [job]
-            etas = self._plan(snap, waiting)
-            wait = etas[job.id].start - self.clock()
+            planned = self._lane_plan(snap, lane)
+            wait = planned.what_if(job).start - self.clock()
             if wait > limit:
                 raise queue_full(job.lane, wait, limit)
-            snap.recent.append(job)
-            snap.etas.pop(job.lane, None)
+            planned.add([job])
+            snap.jobs[job.id] = job
 
     # --- the plan -----------------------------------------------------------------------------
 
     def _eta(self, job: Job) -> tuple[int, plan.Eta] | None:
-        if job.request.model not in self.costs.models:
+        lane = self.lanes.get(job.lane)
+        if lane is None or job.request.model not in self.costs.models:
             return None
         with self._lock:
             snap = self._fresh()
-            etas = snap.etas.get(job.lane)
-            if etas is None:
-                waiting = [j for j in snap.queued + snap.recent if j.lane == job.lane]
-                etas = snap.etas[job.lane] = self._plan(snap, waiting)
-            eta = etas.get(job.id)
-            if eta is None and job.id not in {j.id for j in snap.queued + snap.recent}:
-                # Created after the listing (this very submit's answer): it waits behind all of it.
-                waiting = [j for j in snap.queued + snap.recent if j.lane == job.lane]
-                if len(waiting) >= self.limit:
-                    # Behind the first `limit` waiting jobs: no position, as for a job past the
-                    # listing; replanning the whole lane for each submit made admission O(backlog).
+            planned = self._lane_plan(snap, lane)
+            if job.id not in planned:
+                # Created after the listing (this very submit's answer): it waits behind all of it,
+                # unless that is `limit` jobs or more (or some are unknown), as for a job past the listing.
+                if len(planned.ids) >= self.limit or not snap.complete:
+                    snap.complete = False
                     return None
-                snap.recent.append(job)
-                waiting.append(job)
-                etas = snap.etas[job.lane] = self._plan(snap, waiting)
-                eta = etas.get(job.id)
-            if eta is None:
-                return None
-            ahead = sum(1 for j in snap.queued + snap.recent if j.lane == job.lane and j.id < job.id)
-            return ahead + 1, eta
+                planned.add([job])
+                snap.jobs[job.id] = job
+            eta = planned.eta(job.id)
+            return (planned.position(job.id), eta) if eta is not None else None
 
-    def _plan(self, snap: _Snapshot, waiting: list[Job]) -> dict[str, plan.Eta]:
-        lane = self.lanes.get(waiting[0].lane) if waiting else None
-        if lane is None:
-            return {}
-        known = [j for j in waiting if j.request.model in self.costs.models]
-        items = [item_of(j, j.created_at.timestamp()) for j in known]
-        items = [policy.Item(i, it.key, it.model, it.width, it.height, it.steps, it.images, it.ready_at)
-                 for i, it in enumerate(items)]  # fmt: skip
-        now = self.clock()
-        busy = [f for group in snap.running.values() if (f := self._group_finish(group)) is not None]
-        free_at = busy[: self.workers] + [now] * max(self.workers - len(busy), 0)
-        etas = plan.forecast(items, free_at, now, max_batch=lane.max_batch, max_wait_s=lane.max_wait_ms / 1000,
-                             cost=self.costs.batch_seconds)  # fmt: skip
-        return {known[ref].id: eta for ref, eta in etas.items()}
+    def _lane_plan(self, snap: _Snapshot, lane: Lane) -> _LanePlan:
+        """The lane's plan in ``snap``: made once per listing (the one full forecast), then extended."""
+        found = snap.lanes.get(lane.name)
+        if found is None:
+            now = self.clock()
+            busy = [f for group in snap.running.values() if (f := self._group_finish(group)) is not None]
+            free_at = busy[: self.workers] + [now] * max(self.workers - len(busy), 0)
+            rules = plan.Rules(lane.max_batch, lane.max_wait_ms / 1000, self.costs.batch_seconds)
+            found = snap.lanes[lane.name] = _LanePlan(plan.Plan(free_at, now, rules), self.costs)
+            found.add([j for j in snap.queued if j.lane == lane.name])
+        return found
 
     def _running_finish(self, job: Job) -> float | None:
         with self._lock:
@@ -187,10 +252,51 @@ class LiveForecaster:
 
     def _fresh(self) -> _Snapshot:
         now = self.clock()
-        if self._snapshot is None or now - self._snapshot.taken_at >= self.ttl_s:
-            jobs = sorted(self.store.list_unfinished(self.limit), key=lambda j: j.id)
-            self._snapshot = _Snapshot(jobs, now)
-        return self._snapshot
+        snap = self._snapshot
+        if snap is not None and now - snap.taken_at < self.ttl_s:
+            return snap
+        if snap is None or now - snap.listed_at >= self.relist_s or self._followed is None:
+            self._snapshot = snap = self._listing(now)
+        else:
+            self._snapshot = snap = self._catch_up(self._followed, snap, now)
+        return snap
+
+    def _listing(self, now: float) -> _Snapshot:
+        # The change-log position first: what changes meanwhile is read again, and known already.
+        seq = self._followed.last_change() if self._followed is not None else 0
+        jobs = self.store.list_unfinished(self.limit)
+        return _Snapshot(jobs, seq, now, complete=len(jobs) < self.limit)
+
+    def _catch_up(self, store: _Followable, snap: _Snapshot, now: float) -> _Snapshot:
+        """Read only the jobs other processes wrote since the last look (workers' claims,
+        progress and ends, other API processes' submits), not the whole listing again: a
+        listing of 1,000 jobs cost ~30 ms of the event loop every ``ttl_s`` (issue 10)."""
+        changes = store.changes_since(snap.seq, CATCH_UP_MAX)
+        if len(changes) >= CATCH_UP_MAX:
+            return self._listing(now)
+        moved = {c.job_id for c in changes if not snap.knows(c)}
+        known, new = sorted(moved & snap.jobs.keys()), sorted(moved - snap.jobs.keys())
+        for job_id in known:
+            job = store.get(job_id)
+            if job is None or job.state.terminal:
+                del snap.jobs[job_id]
+            else:
+                snap.jobs[job_id] = job
+        for job_id in new:
+            if not snap.complete or len(snap.jobs) >= self.limit:
+                # Past the first `limit` (or behind jobs not known): no position until a listing
+                # finds it among them, and no read for it now (a backlog's every submit).
+                snap.complete = False
+                break
+            job = store.get(job_id)
+            if job is not None and not job.state.terminal:
+                snap.jobs[job_id] = job
+        # Planned again even when nothing moved: a worker idle at the last plan is free from now.
+        snap.derive()
+        if changes:
+            snap.seq = changes[-1].seq
+        snap.taken_at = now
+        return snap
 
 
 # --- the API's hooks ---------------------------------------------------------------------------
@@ -225,28 +331,6 @@ class Scope:
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         with using(self.forecaster):
             await self.app(scope, receive, send)
-
-
-def queue_update(job: Job, last: tuple[Any, ...] | None) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
-    """An SSE ``queue`` event for ``job`` when its position changed or its predicted start or
-    finish moved by a second or more since ``last`` (None: nothing new). Returns (marker, data)."""
-    if job.state.terminal:
-        return None
-    data = job_fields(job)
-    if data["queue"] is None and data["eta_finish_s"] is None:
-        return None
-    now = time.time()
-    position = data["queue"]["position"] if data["queue"] else None
-    start = now + data["queue"]["eta_start_s"] if data["queue"] else None
-    finish = now + data["eta_finish_s"]
-    marker = (job.state.value, position, start, finish)
-    if last is not None and last[:2] == marker[:2] and _close(last[2], start) and _close(last[3], finish):
-        return None
-    return marker, {"id": job.id, "state": job.state.value, **data}
-
-
-def _close(a: float | None, b: float | None) -> bool:
-    return (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1.0)
 
 
 def from_settings(settings: Any, store: Any, lanes: Lanes) -> LiveForecaster | None:

@@ -11,6 +11,7 @@ import ctypes
 import gc
 import logging
 import multiprocessing.connection
+import os
 import signal
 import sys
 from typing import Any
@@ -40,6 +41,7 @@ def main(conn: multiprocessing.connection.Connection, config: RuntimeConfig) -> 
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
     _die_with_parent()
+    _yield_cpu(config.nice)
     try:
         runtime = build_runtime(config)
     except Exception as exc:  # noqa: BLE001 - reported to the parent, which fails loudly
@@ -67,6 +69,14 @@ def _die_with_parent() -> None:
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
 
 
+def _yield_cpu(nice: int) -> None:
+    """Lower this process's priority, so that an API on the same cores answers first (the
+    render takes what the API leaves). Never raised back: only root may raise a priority."""
+    if nice > 0 and hasattr(os, "nice"):
+        with contextlib.suppress(OSError):
+            os.nice(nice)
+
+
 def build_runtime(config: RuntimeConfig) -> Runtime:
     if config.kind == "fake":
         from difflane.testing import FakeRuntime
@@ -79,12 +89,18 @@ def build_runtime(config: RuntimeConfig) -> Runtime:
     log_setup.quiet_third_party(interactive=sys.stderr.isatty())  # before diffusers/transformers load
     from difflane.worker.diffusers_runtime import DiffusersRuntime
 
-    return DiffusersRuntime(
+    runtime = DiffusersRuntime(
         Path(config.hf_home),
         device=config.device,
         memory_budget_bytes=config.memory_budget_bytes,
         compile_models=config.compile_models,
     )
+    if config.threads is not None:
+        import torch  # there: the runtime needs it
+
+        # Here, on the thread that will run inference (a call from another thread is slower).
+        torch.set_num_threads(config.threads)
+    return runtime
 
 
 def _handle(runtime: Runtime, conn: multiprocessing.connection.Connection, message: Any) -> Any:

@@ -26,6 +26,10 @@ class RuntimeConfig:
     memory_budget_bytes: int | None = None
     compile_models: frozenset[str] = frozenset()
     fake_step_seconds: float = 0.0
+    # CPU share of the model process (settings.worker.model_threads, model_nice): torch's
+    # intra-op threads (None: torch's default, one per core) and a niceness added to its own.
+    threads: int | None = None
+    nice: int = 0
 
 
 # --- parent → child ------------------------------------------------------------------------------

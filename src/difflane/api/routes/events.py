@@ -174,6 +174,28 @@ async def _queue(
     ctx: ApiContext, job: Job, marker: tuple[Any, ...] | None
 ) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
     try:
-        return await ctx.call(live.queue_update, job, marker)
+        return await ctx.call(queue_update, job, marker)
     except DifflaneError:  # the forecaster's listing failed (store down): the next queue round retries
         return None
+
+
+def queue_update(job: Job, last: tuple[Any, ...] | None) -> tuple[tuple[Any, ...], dict[str, Any]] | None:
+    """An SSE ``queue`` event for ``job`` when its position changed or its predicted start or
+    finish moved by a second or more since ``last`` (None: nothing new). Returns (marker, data)."""
+    if job.state.terminal:
+        return None
+    data = live.job_fields(job)
+    if data["queue"] is None and data["eta_finish_s"] is None:
+        return None
+    now = time.time()
+    position = data["queue"]["position"] if data["queue"] else None
+    start = now + data["queue"]["eta_start_s"] if data["queue"] else None
+    finish = now + data["eta_finish_s"]
+    marker = (job.state.value, position, start, finish)
+    if last is not None and last[:2] == marker[:2] and _close(last[2], start) and _close(last[3], finish):
+        return None
+    return marker, {"id": job.id, "state": job.state.value, **data}
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    return (a is None and b is None) or (a is not None and b is not None and abs(a - b) < 1.0)
