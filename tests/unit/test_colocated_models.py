@@ -4,10 +4,13 @@ model_nice); a worker on its own keeps torch's defaults."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
-from difflane import serve
+from difflane import serve, wiring
 from difflane.settings import Settings
+from difflane.worker import main as worker_main
 
 
 def test_two_cores_one_api_one_worker_leave_the_render_one_thread_at_lower_priority() -> None:
@@ -31,3 +34,15 @@ def test_explicit_values_are_kept_and_an_api_alone_is_left_as_it_is() -> None:
     alone = serve.with_colocated_models(Settings(workers=0), cores=2)
     assert (alone.worker.model_threads, alone.worker.model_nice) == (None, None)
     assert "DIFFLANE_MODEL_THREADS" not in alone.to_env()
+
+
+def test_the_worker_hands_its_share_to_the_model_process_it_starts(tmp_path: Path) -> None:
+    s = Settings(workers=1, model_threads=3, model_nice=7, data_dir=tmp_path)
+    parts = wiring.build(s)
+    try:
+        runtime = worker_main.isolated_runtime(s, parts, ["fast"])
+        assert (runtime.config.threads, runtime.config.nice) == (3, 7)
+        unset = worker_main.isolated_runtime(Settings(data_dir=tmp_path), parts, ["fast"])
+        assert (unset.config.threads, unset.config.nice) == (None, 0)  # torch's defaults
+    finally:
+        parts.close()

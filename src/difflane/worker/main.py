@@ -43,6 +43,8 @@ def isolated_runtime(settings: Settings, parts: wiring.Components, lanes: list[s
             device=settings.worker.device,
             memory_budget_bytes=int(budget * 2**30) if budget else None,
             compile_models=compiled,
+            threads=settings.worker.model_threads,
+            nice=settings.worker.model_nice or 0,
         )
     )
 
