@@ -252,7 +252,7 @@ def jobs_watch(job_id: str, as_json: bool, api_url: str | None) -> None:
 @_JSON
 @_API_URL
 def jobs_cancel(job_id: str, as_json: bool, api_url: str | None) -> None:
-    """Cancel a job (a running job stops within two steps)."""
+    """Cancel a job (a running job stops within a few steps)."""
     from difflane import console
 
     def action() -> int:

@@ -99,3 +99,20 @@ def test_the_model_process_sets_torchs_threads_where_it_renders(tiny_hf_home) ->
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+def test_loading_the_model_the_process_used_last_costs_no_round_trip(
+    runtime: IsolatedRuntime, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    runtime.load(SPEC)  # type: ignore[arg-type]
+    sent: list[object] = []
+    real = runtime._request
+    monkeypatch.setattr(runtime, "_request", lambda message, timeout: sent.append(message) or real(message, timeout))
+    assert runtime.load(SPEC) == 0.0  # type: ignore[arg-type]
+    runtime.render(task(), lambda s, t: True, timeout=30)
+    assert runtime.load(SPEC) == 0.0  # type: ignore[arg-type]
+    assert sent == []
+    with pytest.raises(RenderTimeout):  # a new process has nothing loaded: the next load asks
+        runtime.render(task("[hang]"), lambda s, t: True, timeout=1.0)
+    runtime.load(SPEC)  # type: ignore[arg-type]
+    assert len(sent) == 1

@@ -108,7 +108,11 @@ def _handle(runtime: Runtime, conn: multiprocessing.connection.Connection, messa
         if isinstance(message, Load):
             return Loaded(runtime.load(message.model))
         if isinstance(message, Render):
-            images = runtime.render(message.task, lambda step, total: _ask(conn, step, total))
+            asker = _Asker(conn)
+            try:
+                images = runtime.render(message.task, asker)
+            finally:
+                asker.settle()  # one answer read per Step sent, whatever ended the render
             return Done(images, runtime.last_stats)
         return Failed(UNCLASSIFIED, f"unknown request {type(message).__name__}")
     except RuntimeFailure as exc:
@@ -130,7 +134,27 @@ def _handle(runtime: Runtime, conn: multiprocessing.connection.Connection, messa
 _EMPTY_MESSAGES = {Interrupted.code: "stopped", OutOfMemory.code: "out of memory"}
 
 
-def _ask(conn: multiprocessing.connection.Connection, step: int, total: int) -> bool:
-    conn.send(Step(step, total))
-    reply = conn.recv()
-    return bool(isinstance(reply, GoOn) and reply.go_on)
+class _Asker:
+    """The step callback: tells the parent each step without waiting for its answer, and reads
+    that answer at the next step, by when it has arrived (the parent answers at once). The model
+    never idles for a pipe round trip between two steps; a stop takes effect one step later."""
+
+    def __init__(self, conn: multiprocessing.connection.Connection) -> None:
+        self._conn = conn
+        self._unanswered = False
+
+    def __call__(self, step: int, total: int) -> bool:
+        if self._unanswered and not self._answer():
+            return False
+        self._conn.send(Step(step, total))
+        self._unanswered = True
+        return True
+
+    def settle(self) -> None:
+        if self._unanswered:
+            self._answer()
+
+    def _answer(self) -> bool:
+        self._unanswered = False
+        reply = self._conn.recv()
+        return bool(isinstance(reply, GoOn) and reply.go_on)

@@ -5,8 +5,9 @@ killed: past the lane's timeout, the parent kills the child, reports RenderTimeo
 fresh child for the next call. Out-of-memory errors are caught in the child (which frees what it
 can and goes on); a child that dies is reported as RuntimeCrashed and replaced.
 
-Parent and child exchange small typed messages over a pipe (``model_messages``). Every step is a round trip (the
-child asks "go on?"), so progress and cancellation cross the boundary within one step.
+Parent and child exchange small typed messages over a pipe (``model_messages``). The child
+announces every step and reads the parent's "go on?" answer at the next one (it does not idle for
+the round trip), so progress crosses at once and a stop lands one step later.
 """
 
 from __future__ import annotations
@@ -57,6 +58,7 @@ class IsolatedRuntime:
         self._process: multiprocessing.process.BaseProcess | None = None
         self._conn: multiprocessing.connection.Connection | None = None
         self._loaded: dict[str, ModelSpec] = {}  # what the live child has loaded, to reload after a restart
+        self._recent: ModelSpec | None = None  # the live child's most recently loaded or rendered model
         self._last_stats: RenderStats | None = None
         self._started = False
         self.restarts = 0  # children replaced after a timeout or a crash
@@ -65,8 +67,13 @@ class IsolatedRuntime:
 
     def load(self, model: ModelSpec) -> float:
         self._ensure_child()
+        if self._recent == model:
+            # The live child's most recently used model: its LRU keeps the newest, so it is loaded.
+            # Skipping the round trip saves ~1 ms (two process wake-ups) of every batch's latency.
+            return 0.0
         reply = self._request(Load(model), LOAD_TIMEOUT_S)
         self._loaded[model.name] = model
+        self._recent = model
         assert isinstance(reply, Loaded)
         return reply.seconds
 
@@ -75,6 +82,7 @@ class IsolatedRuntime:
         conn = self._connection()
         deadline = None if timeout is None else time.monotonic() + timeout
         conn.send(Render(task))
+        self._recent = task.model  # the child's render loads it (and makes it its newest) first
         while True:
             message = self._receive(deadline, what=f"render of {task.model.name}")
             if isinstance(message, Step):
@@ -185,6 +193,7 @@ class IsolatedRuntime:
 
     def _kill(self) -> None:
         process, self._process = self._process, None
+        self._recent = None
         if self._conn is not None:
             self._conn.close()
             self._conn = None

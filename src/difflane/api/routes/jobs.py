@@ -79,7 +79,7 @@ async def get_job(job_id: JobId, request: Request, ctx: Ctx, caller: Reader) -> 
     status_code=202,
     response_model=JobOut,
     responses={**_ERRORS, 409: {"model": Problem}},
-    summary="Cancel a job (a running job stops within one step)",
+    summary="Cancel a job (a running job stops within a few steps)",
 )
 async def cancel_job(job_id: JobId, request: Request, ctx: Ctx, caller: Canceller) -> JSONResponse:
     job = await ctx.call(ctx.service.cancel, caller, job_id)
