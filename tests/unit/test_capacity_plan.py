@@ -45,7 +45,7 @@ def test_appending_gives_the_full_replans_etas(seed: int, max_batch: int, max_wa
     now = 100.0
     free_at = workers(rng, now)
     items = backlog(rng, rng.randint(1, 60))
-    rules = plan.Rules(max_batch, max_wait_s, cost, max_held)
+    rules = plan.LaneRules(max_batch, max_wait_s, cost, max_held)
     incremental = plan.Plan(free_at, now, rules)
     done = 0
     while done < len(items):
@@ -64,7 +64,7 @@ def test_appending_gives_the_full_replans_etas(seed: int, max_batch: int, max_wa
 def test_what_if_leaves_the_plan_as_it_was() -> None:
     rng = random.Random(7)
     items = backlog(rng, 30)
-    p = plan.Plan([0.0, 0.5], 0.0, plan.Rules(8, 0.02, cost))
+    p = plan.Plan([0.0, 0.5], 0.0, plan.LaneRules(8, 0.02, cost))
     p.extend(items[:29])
     before = dict(p.etas)
     p.what_if(items[29])
@@ -77,7 +77,7 @@ def test_a_newcomer_can_fill_the_open_batch_and_start_it_sooner() -> None:
     # One worker, max_batch 2, a 0.1 s wait for company: a lone job waits, its partner starts it at once.
     k = KEYS[0]
     items = [policy.Item(i, k, "tiny", 64, 64, 4, 1, 0.0) for i in range(2)]
-    p = plan.Plan([0.0], 0.0, plan.Rules(2, 0.1, cost))
+    p = plan.Plan([0.0], 0.0, plan.LaneRules(2, 0.1, cost))
     p.extend(items[:1])
     assert p.etas[0].start == 0.1
     p.extend(items[1:])
@@ -89,12 +89,12 @@ def test_an_append_replays_a_few_batches_not_the_queue(
     max_batch: int, max_wait_s: float, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     items = backlog(random.Random(3), 501)
-    p = plan.Plan([0.0, 1.0], 0.0, plan.Rules(max_batch, max_wait_s, cost))
+    p = plan.Plan([0.0, 1.0], 0.0, plan.LaneRules(max_batch, max_wait_s, cost))
     p.extend(items[:500])
     steps = 0
     step = plan._Run.step
 
-    def counted(run: plan._Run, rules: plan.Rules) -> list[tuple[int, plan.Eta]]:
+    def counted(run: plan._Run, rules: plan.LaneRules) -> list[tuple[int, plan.Eta]]:
         nonlocal steps
         steps += 1
         return step(run, rules)

@@ -223,7 +223,7 @@ class LiveForecaster:
             now = self.clock()
             busy = [f for group in snap.running.values() if (f := self._group_finish(group)) is not None]
             free_at = busy[: self.workers] + [now] * max(self.workers - len(busy), 0)
-            rules = plan.Rules(lane.max_batch, lane.max_wait_ms / 1000, self.costs.batch_seconds)
+            rules = plan.LaneRules(lane.max_batch, lane.max_wait_ms / 1000, self.costs.batch_seconds)
             found = snap.lanes[lane.name] = _LanePlan(plan.Plan(free_at, now, rules), self.costs)
             found.add([j for j in snap.queued if j.lane == lane.name])
         return found

@@ -31,7 +31,7 @@ class Eta:
 
 
 @dataclasses.dataclass(frozen=True)
-class Rules:
+class LaneRules:
     """What a forecast needs of the lane: its batching limits and the cost model."""
 
     max_batch: int
@@ -70,7 +70,7 @@ class _Run:
     def unfinished(self) -> bool:
         return bool(self.queue) or any(self.held.values())
 
-    def step(self, rules: Rules) -> list[tuple[int, Eta]]:
+    def step(self, rules: LaneRules) -> list[tuple[int, Eta]]:
         """The next worker to come free starts its next batch: (ref, eta) of each job in it."""
         free, worker = heapq.heappop(self.workers)
         forming = policy.begin(self.held[worker], self.queue, free, rules.max_batch, rules.max_wait_s, rules.max_held)
@@ -102,7 +102,7 @@ def forecast(
     entry per worker that will serve the lane (a busy worker's expected finish, or now)."""
     if not waiting:
         return {}
-    rules = Rules(max_batch, max_wait_s, cost, max_held)
+    rules = LaneRules(max_batch, max_wait_s, cost, max_held)
     run = _Run.begin(free_at, now)
     run.queue.extend(waiting)
     out: dict[int, Eta] = {}
@@ -123,7 +123,7 @@ class Plan:
     (tests/unit/test_capacity_plan.py compares them on random backlogs).
     """
 
-    def __init__(self, free_at: Sequence[float], now: float, rules: Rules) -> None:
+    def __init__(self, free_at: Sequence[float], now: float, rules: LaneRules) -> None:
         self.rules = rules
         self.etas: dict[int, Eta] = {}
         self._items: list[Item] = []  # everything appended, for the rare replay from the start
