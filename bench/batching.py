@@ -22,6 +22,9 @@ Targets (issue 10): the default lane adds <= 10 ms at p50 over the bare call, an
 ``--torch-threads`` (default 1) sets OMP_NUM_THREADS for every process: on the shared 2-core
 machine, two torch threads on two busy cores made one tiny render take ~7 s instead of ~0.4 s
 (the threads wait on each other), which drowns every figure here. 0 keeps torch's own choice.
+The platforms' model processes get the same count (``DIFFLANE_MODEL_THREADS``; torch's own: one
+per core), so the bare call and the platform render alike; left alone, ``serve`` would give them
+the cores its API leaves.
 """
 
 from __future__ import annotations
@@ -163,7 +166,8 @@ def main() -> None:
         for b, w in settings:
             lanes = Path(tmp) / f"lanes-{b}-{w}.yaml"
             lanes.write_text(f"lanes:\n  fast: {{capacity: cpu, max_batch: {b}, max_wait_ms: {w}, timeout_s: 600}}\n")
-            url, data_dir = stack.enter_context(platform(workers=1, lanes=str(lanes)))
+            threads = str(args.torch_threads or os.cpu_count() or 1)  # the bare call's count
+            url, data_dir = stack.enter_context(platform(workers=1, lanes=str(lanes), model_threads=threads))
             urls.append(url)
             dirs.append(data_dir)
         load_before = _load()
