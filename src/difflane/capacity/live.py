@@ -34,7 +34,7 @@ from difflane.capacity.costs import CostModel
 from difflane.errors import TooManyRequests
 from difflane.jobs import Job, JobState
 from difflane.lanes import Lane, Lanes
-from difflane.store.base import Change, UnfinishedJobs
+from difflane.store.base import Change, ChangeLog, UnfinishedJobs
 
 DEFAULT_TTL_S = 0.5
 DEFAULT_LIMIT = 1000
@@ -43,13 +43,8 @@ CATCH_UP_MAX = 2000  # more changes than this since the last look: list again in
 
 
 @runtime_checkable
-class _Followable(Protocol):
-    """A store whose writes can be followed (``store.base.ChangeLog``) and read one by one:
-    SQLite and memory."""
-
-    def last_change(self) -> int: ...
-
-    def changes_since(self, seq: int, limit: int = 1000) -> list[Change]: ...
+class _Followable(ChangeLog, Protocol):
+    """A store whose writes can be followed (its change log) and read one by one: SQLite, memory."""
 
     def get(self, job_id: str) -> Job | None: ...
 
