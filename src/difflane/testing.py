@@ -216,19 +216,9 @@ class MemoryQueue(_Switch):
         deadline = time.monotonic() + timeout
         with self._cond:
             while True:
-                self._check()
-                now = time.time()
-                ready = sorted(
-                    (e for e in self._entries.values() if e.lane in lanes and e.available_at <= now),
-                    key=lambda e: e.available_at,
-                )
-                if ready:
-                    entry = ready[0]
-                    self._tokens += 1
-                    entry.token = str(self._tokens)
-                    entry.deliveries += 1
-                    entry.available_at = now + self.lease_seconds
-                    return MemoryDelivery(self, entry.job_id, entry.lane, entry.deliveries, entry.token)
+                claimed = self._claim(lanes, 1)
+                if claimed:
+                    return claimed[0]
                 if timeout <= 0:
                     return None  # a receive that never waits leaves a wake() for the one that does
                 remaining = deadline - time.monotonic()
@@ -236,6 +226,27 @@ class MemoryQueue(_Switch):
                     self._woken = False
                     return None
                 self._cond.wait(min(remaining, 0.05))
+
+    def receive_ready(self, lanes: Sequence[str], limit: int) -> list[MemoryDelivery]:
+        with self._cond:
+            return self._claim(lanes, limit)
+
+    def _claim(self, lanes: Sequence[str], limit: int) -> list[MemoryDelivery]:
+        """The ``limit`` entries due first, leased (the caller holds ``_cond``)."""
+        self._check()
+        now = time.time()
+        ready = sorted(
+            (e for e in self._entries.values() if e.lane in lanes and e.available_at <= now),
+            key=lambda e: e.available_at,
+        )[: max(limit, 0)]
+        taken = []
+        for entry in ready:
+            self._tokens += 1
+            entry.token = token = str(self._tokens)
+            entry.deliveries += 1
+            entry.available_at = now + self.lease_seconds
+            taken.append(MemoryDelivery(self, entry.job_id, entry.lane, entry.deliveries, token))
+        return taken
 
     def wake(self) -> None:
         with self._cond:

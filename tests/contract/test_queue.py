@@ -224,3 +224,41 @@ def test_a_zero_timeout_receive_leaves_a_wake_for_the_receive_that_waits(queue: 
     started = time.monotonic()
     assert queue.receive(["fast"], timeout=20) is None
     assert time.monotonic() - started < 10  # far below the 20 s timeout: it returned on the wake
+
+
+def test_receive_ready_takes_the_waiting_jobs_in_order_up_to_the_limit(queue: MemoryQueue | EmbeddedQueue) -> None:
+    assert list(queue.receive_ready(["fast"], 4)) == []
+    jobs = [make_job() for _ in range(5)]
+    for j in jobs:
+        queue.dispatch(j)
+        time.sleep(0.002)
+    queue.dispatch(make_job(lane="long"))
+    first = list(queue.receive_ready(["fast"], 3))
+    assert [d.job_id for d in first] == [j.id for j in jobs[:3]]
+    assert all(d.lane == "fast" and d.attempt == 1 for d in first)
+    rest = list(queue.receive_ready(["fast"], 3))
+    assert [d.job_id for d in rest] == [j.id for j in jobs[3:]]  # fewer than asked: all there is
+    assert list(queue.receive_ready(["fast"], 3)) == []  # the taken jobs are leased
+    assert queue.backlog("long") == 1  # another lane's job was not taken
+
+
+def test_each_delivery_of_receive_ready_is_settled_on_its_own(queue: MemoryQueue | EmbeddedQueue) -> None:
+    jobs = [make_job() for _ in range(3)]
+    for j in jobs:
+        queue.dispatch(j)
+        time.sleep(0.002)
+    done, back, kept = queue.receive_ready(["fast"], 3)
+    done.ack()
+    back.retry(0)
+    assert kept.renew(LEASE * 4)
+    again = queue.receive(["fast"], timeout=1)
+    assert again is not None and again.job_id == back.job_id  # only the given-back job is ready
+    again.ack()
+    assert queue.receive(["fast"], timeout=LEASE * 2) is None  # the renewed one is still held
+    kept.ack()
+
+
+def test_receive_ready_with_no_room_takes_nothing(queue: MemoryQueue | EmbeddedQueue) -> None:
+    queue.dispatch(make_job())
+    assert list(queue.receive_ready(["fast"], 0)) == []
+    assert queue.backlog("fast") == 1

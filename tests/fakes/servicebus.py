@@ -642,6 +642,9 @@ class FakeServiceBusQueue:
     def receive(self, lanes: Sequence[str], timeout: float) -> ServiceBusDelivery | None:
         return self.source.receive(lanes, timeout)
 
+    def receive_ready(self, lanes: Sequence[str], limit: int) -> list[ServiceBusDelivery]:
+        return self.source.receive_ready(lanes, limit)
+
     def wake(self) -> None:
         self.source.wake()
 

@@ -277,3 +277,31 @@ def test_copies_of_copies_are_not_dropped_as_duplicates(
         d.retry(1.0)
         clock.advance(1.1)
     assert len(ns.messages(Q)) == 1 and ns.dead_letters(Q) == []
+
+
+def test_a_drain_is_one_receive_call_and_every_message_is_kept_locked(
+    ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = [make_job() for _ in range(3)]
+    for job in jobs:
+        queue.dispatch(job)
+    ns.client().get_queue_sender(Q).send_messages(ServiceBusMessage("not json", message_id="x"))
+    sdk = queue.source._receiver("fast").sdk
+    counts: list[int | None] = []
+    real = sdk.receive_messages
+
+    def counted(max_message_count: int | None = 1, max_wait_time: float | None = None) -> list[object]:
+        counts.append(max_message_count)
+        return real(max_message_count=max_message_count, max_wait_time=max_wait_time)
+
+    monkeypatch.setattr(sdk, "receive_messages", counted)
+    got = queue.receive_ready(["fast"], 8)
+    assert counts == [8]  # one billed receive for the whole drain, asking for the room left
+    assert [d.job_id for d in got] == [j.id for j in jobs]
+    assert [r for _, r, _ in ns.dead_letters(Q)] == ["malformed_message"]
+    clock.advance(45)  # past the 30 s lock: the auto-renewer holds every message of the drain
+    assert queue.receive_ready(["fast"], 8) == []
+    assert ns.locked(Q) == 3
+    for d in got:
+        d.ack()
+    assert ns.messages(Q) == []

@@ -59,6 +59,12 @@ class WorkSource(Protocol):
         """The next job of one of ``lanes`` under a lease, or None after ``timeout`` seconds."""
         ...
 
+    def receive_ready(self, lanes: Sequence[str], limit: int) -> Sequence[Delivery]:
+        """Up to ``limit`` jobs of ``lanes`` that are waiting now, each under a lease, taken in one
+        call to the backend where it has one (one claim, one receive): the batcher's drain.
+        Empty when none is waiting; never waits longer than a zero-timeout ``receive``."""
+        ...
+
     def wake(self) -> None:
         """Make a blocked ``receive`` return early (used at shutdown)."""
         ...

@@ -86,9 +86,9 @@ class EmbeddedQueue:
         bell = self._bell()
         deadline = time.monotonic() + timeout
         while True:
-            delivery = self._claim(lanes)
-            if delivery is not None:
-                return delivery
+            claimed = self._claim(lanes, 1)
+            if claimed:
+                return claimed[0]
             if timeout <= 0:
                 return None  # a receive that never waits leaves a wake() for the one that does
             remaining = deadline - time.monotonic()
@@ -96,6 +96,9 @@ class EmbeddedQueue:
                 self._woken.clear()
                 return None
             bell.wait(min(remaining, self._until_next_due(lanes), FALLBACK_POLL_S))
+
+    def receive_ready(self, lanes: Sequence[str], limit: int) -> list[EmbeddedDelivery]:
+        return self._claim(lanes, limit) if limit > 0 else []
 
     def wake(self) -> None:
         """Make a waiting ``receive`` in this process return None now."""
@@ -120,25 +123,28 @@ class EmbeddedQueue:
                 self._bells.append(bell)
         return bell
 
-    def _claim(self, lanes: Sequence[str]) -> EmbeddedDelivery | None:
+    def _claim(self, lanes: Sequence[str], limit: int) -> list[EmbeddedDelivery]:
+        """The ``limit`` rows due first, leased in one write transaction (a drain of a batch is
+        one SQLite commit, not one per job)."""
         marks = ",".join("?" * len(lanes))
         now = time.time()
-        token = secrets.token_hex(8)
+        until = now + self.lease_seconds
         with self.db.write() as conn:
-            row = conn.execute(
+            rows = conn.execute(
                 f"SELECT job_id, lane, deliveries, trace_context FROM queue WHERE lane IN ({marks}) "
-                "AND available_at <= ? ORDER BY available_at LIMIT 1",
-                (*lanes, now),
-            ).fetchone()
-            if row is None:
-                return None
-            job_id, lane, deliveries, trace = row
-            conn.execute(
+                "AND available_at <= ? ORDER BY available_at LIMIT ?",
+                (*lanes, now, limit),
+            ).fetchall()
+            tokens = [secrets.token_hex(8) for _ in rows]
+            conn.executemany(
                 "UPDATE queue SET lease_token = ?, available_at = ?, lease_expires_at = ?, "
                 "deliveries = deliveries + 1 WHERE job_id = ?",
-                (token, now + self.lease_seconds, now + self.lease_seconds, job_id),
+                [(token, until, until, row[0]) for token, row in zip(tokens, rows, strict=True)],
             )
-        return EmbeddedDelivery(self, job_id, lane, deliveries + 1, token, json.loads(trace) if trace else {})
+        return [
+            EmbeddedDelivery(self, job_id, lane, deliveries + 1, token, json.loads(trace) if trace else {})
+            for token, (job_id, lane, deliveries, trace) in zip(tokens, rows, strict=True)
+        ]
 
     def _until_next_due(self, lanes: Sequence[str]) -> float:
         marks = ",".join("?" * len(lanes))
