@@ -2,7 +2,7 @@
 Service Bus (the SDK-shaped fake), an API and a worker that share nothing but the services.
 
 Built the way ``wiring._azure`` builds it (the store, result store and outbox from
-``wiring._azure_store``; the Service Bus adapter behind the outbox), with the fake namespace's
+``wiring.azure_store``; the Service Bus adapter behind the outbox), with the fake namespace's
 clients in place of the SDK's. The API and the worker each get their own store objects, as two
 processes would: nothing one caches helps the other.
 """
@@ -71,14 +71,14 @@ def build(s: Settings, ledger: Ledger | None = None, *, lock_s: float = LOCK_S) 
     def counted(client: Any, side: str) -> Any:
         return count_servicebus(client, ledger, side) if ledger is not None else client
 
-    store, blobs, outbox = wiring._azure_store(s)
+    store, blobs, outbox = wiring.azure_store(s)
     inner = ServiceBusDispatcher(
         counted(ns.client(), "api"), names, admin=counted(ns.admin(), "api"), running=store.running
     )
     sweeper = Sweeper(store, outbox, inner.dispatch, interval_s=s.azure.azure_sweep_seconds)
     api = wiring.Components(store, blobs, OutboxDispatcher(inner, outbox, sweeper), None, catalog)
 
-    w_store, w_blobs, _ = wiring._azure_store(s.model_copy(update={"azure_create_container": False}))
+    w_store, w_blobs, _ = wiring.azure_store(s.model_copy(update={"azure_create_container": False}))
     source = ServiceBusWorkSource(
         counted(ns.client(), "worker"),
         names,

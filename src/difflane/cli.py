@@ -355,6 +355,32 @@ def models_pull(name: str) -> None:
     click.echo(f"{name} ready at {path}")
 
 
+# --- store maintenance ------------------------------------------------------------------------
+
+
+@main.group()
+def store() -> None:
+    """Maintain the job store."""
+
+
+@store.command("reindex")
+def store_reindex() -> None:
+    """Azure Blob store: add the missing entries of the index of unfinished jobs (jobs accepted
+    before the index existed are otherwise missing from queue ETAs and the outstanding cap until
+    they end). Safe beside live traffic, and to run again."""
+    from difflane import wiring
+
+    settings = _settings()
+    if settings.backends.store != "azure":
+        _fail(f"DIFFLANE_STORE={settings.backends.store} has no index to rebuild: only the azure store keeps one", 2)
+    job_store, _, _ = wiring.azure_store(settings)
+    try:
+        written = job_store.reindex_unfinished()
+    finally:
+        job_store.close()
+    click.echo(f"{written} index entries written")
+
+
 # --- config -----------------------------------------------------------------------------------
 
 

@@ -95,7 +95,7 @@ def _kubernetes(settings: Settings, catalog: Catalog) -> Components:
     if settings.backends.store == "azure":  # AKS: records and results in Blob Storage, through the outbox
         from difflane.dispatch.sweeper import OutboxDispatcher, Sweeper
 
-        store, blobs, outbox = _azure_store(settings)
+        store, blobs, outbox = azure_store(settings)
         sweeper = Sweeper(store, outbox, dispatcher.dispatch, interval_s=settings.azure.azure_sweep_seconds)
         return Components(store, blobs, OutboxDispatcher(dispatcher, outbox, sweeper), None, catalog)
     # SQLite (one node, or a shared volume): the controller's sweep finds records without a Job.
@@ -127,18 +127,18 @@ def _azure(settings: Settings, catalog: Catalog) -> Components:
     inner: Dispatcher
     source: WorkSource
     if settings.backends.dispatch == "servicebus":
-        store, blobs, outbox = _azure_store(settings)
+        store, blobs, outbox = azure_store(settings)
         bell_dir: Path | None = None
         inner, source = _servicebus(settings, store.running)
     else:  # one machine: the embedded queue in SQLite beside records in Blob Storage
         bell_dir = ring = doorbell.socket_dir(settings.paths.data_dir)
-        store, blobs, outbox = _azure_store(settings, on_update=lambda job: doorbell.ring(ring, "api"))
+        store, blobs, outbox = azure_store(settings, on_update=lambda job: doorbell.ring(ring, "api"))
         inner = source = EmbeddedQueue(_database(settings), ring, lease_seconds=settings.backends.lease_seconds)
     sweeper = Sweeper(store, outbox, inner.dispatch, interval_s=settings.azure.azure_sweep_seconds)
     return Components(store, blobs, OutboxDispatcher(inner, outbox, sweeper), source, catalog, bell_dir=bell_dir)
 
 
-def _azure_store(
+def azure_store(
     settings: Settings, *, on_update: Callable[[Job], None] | None = None
 ) -> tuple[AzureBlobJobStore, BlobStore, BlobDispatchOutbox]:
     """The Blob job store, result store and outbox (reusable with any dispatch). ``on_update``

@@ -8,7 +8,7 @@ from fastapi.testclient import TestClient
 
 from difflane.api.app import create_app
 from difflane.azure_io import BlobIO
-from difflane.jobs import Job, JobState
+from difflane.jobs import Job, JobState, Principal
 from difflane.store import azure_layout as layout
 from difflane.store import records
 from difflane.store.azure_blob import AzureBlobJobStore
@@ -168,3 +168,50 @@ def test_the_outstanding_cap_counts_from_the_index() -> None:
             assert second["state"] == "queued"
     finally:
         shape.close()
+
+
+def test_reindex_writes_the_markers_of_jobs_accepted_before_the_index() -> None:
+    io = azurite.blob_io()
+    store = azurite.job_store(io)
+    odd = make_job(Principal("tenant.with~odd", "sub/ject é"))  # names with escaped segments
+    queued, _ = store.create(make_job(ALICE))
+    running, _ = store.create(make_job(BOB))
+    running = mutate(store, running.id, lambda j: j.start("w1", 30))
+    done, _ = store.create(make_job(ALICE))
+    mutate(store, mutate(store, done.id, lambda j: j.start("w1", 30)).id, lambda j: j.succeed("w1", ()))
+    strange, _ = store.create(odd)
+    for item in list(io.list(layout.UNFINISHED_PREFIX)):  # as before the upgrade: no index at all
+        io.delete(item.name)
+    reader = azurite.job_store(io)  # a fresh process: nothing remembered
+    assert reader.list_unfinished(10) == []
+    assert reader.reindex_unfinished() == 3
+    assert _markers(reader) == {queued.id, running.id, strange.id}
+    assert {j.id: j.state for j in reader.list_unfinished(10)} == {
+        queued.id: JobState.QUEUED,
+        running.id: JobState.RUNNING,
+        strange.id: JobState.QUEUED,
+    }
+    assert reader.count_unfinished(ALICE, 10) == 1
+    assert reader.reindex_unfinished() == 0  # again: nothing missing
+
+
+def test_the_reindex_command_rebuilds_the_index_and_refuses_a_store_without_one() -> None:
+    from click.testing import CliRunner
+
+    from difflane.cli import main
+
+    s = azurite.settings()
+    io = azurite.blob_io(s)
+    job, _ = azurite.job_store(io).create(make_job())
+    io.delete(layout.unfinished_name(job.owner, job.id))
+    env = {
+        "DIFFLANE_STORE": "azure",
+        "DIFFLANE_AZURE_STORAGE_CONNECTION_STRING": azurite.connection_string(azurite.endpoint()),
+        "DIFFLANE_AZURE_CONTAINER": s.azure.azure_container,
+    }
+    done = CliRunner().invoke(main, ["store", "reindex"], env=env)
+    assert done.exit_code == 0, done.output
+    assert "1 index entries written" in done.output
+    assert _markers(azurite.job_store(io)) == {job.id}
+    refused = CliRunner().invoke(main, ["store", "reindex"], env={"DIFFLANE_STORE": "sqlite"})
+    assert refused.exit_code == 2 and "no index to rebuild" in refused.output

@@ -58,6 +58,7 @@ _RUNNING_FRESH_S = 5.0  # a running record read this recently is not read again 
 _ORPHAN_MARKER_S = 3600.0  # an unfinished marker without a record (a create that died) is removed after this
 _INDEX_PAGE = 5000  # the service's largest listing page: markers are small
 _TERMINAL = frozenset(s.value for s in JobState if s.terminal)
+_UNFINISHED = frozenset({JobState.QUEUED.value, JobState.RUNNING.value})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -519,6 +520,26 @@ class AzureBlobJobStore:
         version = props.metadata.get("version", "0")
         self._known.put(marker.job_id, _Known(state, int(version) if version.isdigit() else 0, self._clock()))
         return True
+
+    def reindex_unfinished(self) -> int:
+        """Write the missing index entries of queued and running records (jobs accepted before
+        the index existed): one listing of every record with its metadata, one of the index, a
+        marker per record that lacks one. Returns how many were written.
+
+        Safe beside live writers: a marker written here for a job that moves on meanwhile names an
+        older state, which readers check against the record (and remove once it is final)."""
+        indexed = {item.name for item in self.io.list(layout.UNFINISHED_PREFIX, page_size=_INDEX_PAGE)}
+        written = 0
+        for item in self.io.list("t/", metadata=True, page_size=_INDEX_PAGE):
+            marker = layout.unfinished_name_of_record(item.name)
+            state = item.metadata.get("state", "")
+            if marker is None or marker in indexed or state not in _UNFINISHED:
+                continue
+            meta: dict[str, str] = {k: v for k, v in item.metadata.items() if k in ("state", "version", "lane")}
+            meta.update(record=item.name, at=f"{self._clock():.3f}")
+            self.io.put(marker, b"", content_type="text/plain", metadata=meta)
+            written += 1
+        return written
 
     def _drop_orphan(self, marker: _Marker) -> None:
         """A marker with no record is a create still on its way, or one that died: removed only when

@@ -110,6 +110,15 @@ def unfinished_name(owner: Principal, job_id: str) -> str:
     return unfinished_prefix(owner) + job_id
 
 
+def unfinished_name_of_record(record: str) -> str | None:
+    """The index entry a record name ``t/<tenant>/s/<subject>/jobs/<day>/<inv-id>`` has (None for
+    a name that is not a record's): the escaped segments are reused as they are."""
+    parts = record.split("/")
+    if len(parts) != 7 or parts[0] != "t" or parts[2] != "s" or parts[4] != "jobs":
+        return None
+    return f"{UNFINISHED_PREFIX}{parts[1]}/{parts[3]}/{invert(parts[6])}"
+
+
 OUTBOX_PREFIX = "outbox/"
 
 
