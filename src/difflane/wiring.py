@@ -71,7 +71,7 @@ def _backends(settings: Settings, catalog: Catalog) -> Components:
 def _embedded(settings: Settings, catalog: Catalog) -> Components:
     bell_dir = doorbell.socket_dir(settings.paths.data_dir)
     db = _database(settings)
-    queue = EmbeddedQueue(db, bell_dir, lease_seconds=settings.backends.lease_seconds)
+    queue = EmbeddedQueue(db, bell_dir, lease_seconds=settings.backends.lease_seconds, enqueued_by_store=True)
     # Create makes the job deliverable (store.base.JobStore): same database file, so the queue
     # row commits in the transaction that writes a queued record (MakeDeliverableIn).
     store = SqliteJobStore(db, on_queued=queue.enqueue_in, on_update=lambda job: doorbell.ring(bell_dir, "api"))

@@ -5,7 +5,6 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
-
 from bench import startup
 
 READY = {"status": "ok", "checks": {"store": "ok", "dispatch": "ok", "blobs": "ok", "workers": "ok"}}

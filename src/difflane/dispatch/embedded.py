@@ -28,10 +28,15 @@ WORKER_ROLE = "worker"
 class EmbeddedQueue:
     """Dispatcher (API side) and WorkSource (worker side) over the embedded database."""
 
-    def __init__(self, db: Database, bell_dir: Path, *, lease_seconds: float = 30.0) -> None:
+    def __init__(
+        self, db: Database, bell_dir: Path, *, lease_seconds: float = 30.0, enqueued_by_store: bool = False
+    ) -> None:
         self.db = db
         self.bell_dir = bell_dir
         self.lease_seconds = lease_seconds
+        # True when the job store writes the queue row in the record's own transaction (it calls
+        # ``enqueue_in`` for every write that leaves a job queued): dispatch then only rings.
+        self.enqueued_by_store = enqueued_by_store
         # One doorbell per receiving thread: a ring wakes every waiter, not just one of them.
         self._local = threading.local()
         self._bells: list[doorbell.Doorbell] = []
@@ -56,13 +61,14 @@ class EmbeddedQueue:
         )
 
     def dispatch(self, job: Job) -> None:
-        # With the SQLite job store the row committed with the record: then this is one read and
-        # a ring, never a second write transaction that could fail after the job was accepted.
-        with self.db.read() as conn:
-            row = conn.execute("SELECT lane FROM queue WHERE job_id = ?", (job.id,)).fetchone()
-        if row is None or row[0] != job.lane:
-            with self.db.write() as conn:
-                self.enqueue_in(conn, job)
+        # With the SQLite job store the row committed with the record: then this is only a ring,
+        # never a second write transaction that could fail after the job was accepted.
+        if not self.enqueued_by_store:
+            with self.db.read() as conn:
+                row = conn.execute("SELECT lane FROM queue WHERE job_id = ?", (job.id,)).fetchone()
+            if row is None or row[0] != job.lane:
+                with self.db.write() as conn:
+                    self.enqueue_in(conn, job)
         doorbell.ring(self.bell_dir, WORKER_ROLE)
 
     def cancel(self, job: Job) -> None:
