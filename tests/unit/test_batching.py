@@ -137,6 +137,7 @@ class Recording:
     def __init__(self, queue: MemoryQueue, clock: list[float] | None = None, step: float = 0.0) -> None:
         self.queue = queue
         self.timeouts: list[float] = []
+        self.limits: list[int] = []  # each receive_ready's limit (the drain)
         self.arrivals: list[object] = []
         self.clock, self.step = clock, step
 
@@ -147,6 +148,12 @@ class Recording:
         if timeout > 0 and self.arrivals:
             self.queue.dispatch(self.arrivals.pop(0))  # type: ignore[arg-type]
         return self.queue.receive(lanes, 0)
+
+    def receive_ready(self, lanes: Sequence[str], limit: int) -> list[MemoryDelivery]:
+        self.limits.append(limit)
+        if self.clock is not None:
+            self.clock[0] += self.step
+        return self.queue.receive_ready(lanes, limit)
 
     def wake(self) -> None:
         self.queue.wake()
@@ -172,10 +179,10 @@ def test_zero_wait_drains_every_ready_compatible_job_up_to_max_batch() -> None:
     jobs = [submit(store, queue, seed=i) for i in range(6)]
     batcher = batcher_on(source, store, ZERO)
     assert ids(batcher.next_batch(5)) == jobs[:4]
-    assert source.timeouts == [0, 0, 0, 0]  # found waiting, then drained: no receive waited
-    source.timeouts.clear()
+    assert source.timeouts == [0] and source.limits == [3]  # found waiting, then one drain for the room left
+    source.timeouts.clear(), source.limits.clear()
     assert ids(batcher.next_batch(5)) == jobs[4:]
-    assert source.timeouts == [0, 0, 0]  # the last one found the queue empty and did not wait
+    assert source.timeouts == [0] and source.limits == [3]  # one came of three: no empty call after it
 
 
 def test_a_job_that_wakes_an_idle_worker_starts_without_any_further_receive() -> None:
@@ -185,7 +192,7 @@ def test_a_job_that_wakes_an_idle_worker_starts_without_any_further_receive() ->
     source.arrivals.append(job)
     batch = batcher_on(source, store, Lane(name="fast", max_batch=8, max_wait_ms=0)).next_batch(5)
     assert ids(batch) == [job.id]
-    assert source.timeouts == [0, 5]  # a look at the queue, the blocking receive, and nothing after
+    assert source.timeouts == [0, 5] and source.limits == []  # a look, the blocking receive, nothing after
 
 
 def test_a_lone_waiting_job_costs_one_empty_ready_receive_and_no_wait() -> None:
@@ -193,7 +200,7 @@ def test_a_lone_waiting_job_costs_one_empty_ready_receive_and_no_wait() -> None:
     source = Recording(queue)
     job = submit(store, queue)
     assert ids(batcher_on(source, store, ZERO).next_batch(5)) == [job]
-    assert source.timeouts == [0, 0]
+    assert source.timeouts == [0] and source.limits == [3]
 
 
 def test_max_wait_waits_for_company_after_the_drain_until_its_deadline() -> None:
@@ -206,9 +213,10 @@ def test_max_wait_waits_for_company_after_the_drain_until_its_deadline() -> None
     lane = Lane(name="fast", max_batch=8, max_wait_ms=50)
     batch = batcher_on(source, store, lane, clock=lambda: now[0]).next_batch(5)
     assert ids(batch) == [a, b, late.id]
-    # the probe, then receives with what is left of the 50 ms (the ready one returns at once,
-    # the next "waits" and gets the late arrival), until one comes back empty
-    assert source.timeouts == pytest.approx([0, 0.05, 0.04, 0.03])
+    # the probe, the drain (the ready one), then receives with what is left of the 50 ms (the
+    # first "waits" and gets the late arrival), until one comes back empty
+    assert source.limits == [4]  # the room: the batch has 7 places, the held list 4
+    assert source.timeouts == pytest.approx([0, 0.04, 0.03])
 
 
 def test_max_wait_after_a_wake_waits_for_company_but_never_past_its_deadline() -> None:
@@ -223,6 +231,26 @@ def test_max_wait_after_a_wake_waits_for_company_but_never_past_its_deadline() -
     # the probe, the blocking receive, then what is left of 50 ms; past the deadline, no receive
     assert source.timeouts == pytest.approx([0, 5, 0.05, 0.02])
     assert source.arrivals == [too_late]
+
+
+def test_a_record_read_failing_in_a_drain_gives_that_delivery_and_the_rest_back(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    store, queue = MemoryJobStore(), MemoryQueue(lease_seconds=5)
+    jobs = [submit(store, queue, seed=i) for i in range(4)]
+    real_get = store.get
+
+    def get(job_id: str):  # type: ignore[no-untyped-def]
+        if job_id == jobs[1]:
+            raise RuntimeError("store down")
+        return real_get(job_id)
+
+    monkeypatch.setattr(store, "get", get)
+    batcher = batcher_on(Recording(queue), store, ZERO)
+    assert ids(batcher.next_batch(5)) == [jobs[0]]  # the batch formed so far runs
+    assert batcher.held() == 0  # nothing kept that the batch does not use
+    again = queue.receive_ready(["fast"], 4)
+    assert sorted(ids(again)) == sorted(jobs[2:])  # given back at once; the failed one backs off
 
 
 # --- the held list is bounded -----------------------------------------------------------------

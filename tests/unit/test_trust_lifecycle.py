@@ -303,7 +303,11 @@ def test_a_failing_receive_while_forming_a_batch_keeps_the_deliveries_already_cl
             raise Unavailable("receive failed")
         return real_receive(lanes, timeout)
 
+    def receive_ready(lanes, limit):  # type: ignore[no-untyped-def]
+        raise Unavailable("receive failed")
+
     rig.queue.receive = receive  # type: ignore[method-assign]
+    rig.queue.receive_ready = receive_ready  # type: ignore[method-assign]
     lane = Lane(name="fast", max_batch=8, max_wait_ms=200)
     batcher = Batcher(rig.queue, rig.store, lambda name: lane, ["fast"])
     batch = batcher.next_batch(1.0)

@@ -8,8 +8,9 @@ belongs to the model). A batch holds at most ``max_batch`` images. ``next_batch`
    timeout 0), else the worker blocks until one arrives.
 2. **Held company.** Held jobs with the same key join while the batch has room.
 3. **Drain.** If the first job was *waiting* (held, or found by the zero-timeout receive), the
-   queue has a backlog: the worker takes every job of the lane that is ready now, with
-   zero-timeout receives, until the batch is full or the queue is empty. A job that woke an idle
+   queue has a backlog: the worker takes every job of the lane that is ready now, as many per
+   call as the batch and the held list have room for (``receive_ready``: one claim, one Service
+   Bus receive), until the batch is full or the queue has no more. A job that woke an idle
    worker skips this: at low load it starts at once.
 4. **Company.** With ``max_wait_ms`` > 0, a batch that is still not full waits up to that long
    (from when its first job was taken) for more arrivals. With 0 (the default lane) it runs now.
@@ -24,10 +25,11 @@ only while it holds fewer than ``max_held`` jobs, so it never sits on more than 
 plus ``max_held``. ``difflane.capacity.policy`` writes the same rules as pure functions for the
 simulator and the ETA forecast; change both together.
 
-What "ready now" costs depends on the source: the embedded queue's zero-timeout receive is one
-claim (a SQLite write, no waiting); Service Bus has no zero wait, so its zero-timeout receive is
-one receive call with a small bound (``servicebus.READY_WAIT_S``) on an open link. Because a job
-that woke the worker skips the drain, a lone job pays that bound on neither source.
+What "ready now" costs depends on the source: the embedded queue's ``receive_ready`` is one
+claim of up to N rows (one SQLite write, no waiting); Service Bus has no zero wait, so it is one
+receive call for up to N messages with a small bound (``servicebus.READY_WAIT_S``) on an open
+link. Because a job that woke the worker skips the drain, a lone job pays that bound on neither
+source.
 """
 
 from __future__ import annotations
@@ -138,14 +140,16 @@ class Batcher:
         return first, waiting
 
     def _fill(self, forming: _Forming, deadline: float, *, drain: bool) -> None:
-        """Rules 3 and 4: receive ready jobs (``drain``), then wait for company until ``deadline``."""
+        """Rules 3 and 4: take the ready jobs (``drain``), then wait for company until ``deadline``."""
         lane = forming.first.delivery.lane
+        if drain and not self._drain(forming, lane):
+            return
         while forming.images < forming.lane.max_batch and self.held() < self.max_held:
             remaining = deadline - self.clock()
-            if remaining <= 0 and not drain:
+            if remaining <= 0:
                 return
             try:
-                delivery = self.source.receive([lane], max(remaining, 0.0))
+                delivery = self.source.receive([lane], remaining)
             except Exception:  # run what we have; the next receive reports the outage
                 log.warning("receive failed while forming a batch; running the batch formed so far", exc_info=True)
                 return
@@ -154,11 +158,44 @@ class Batcher:
             found = self._describe_or_give_back(delivery)
             if found is None:
                 return
-            if forming.fits(found):
-                forming.add(found)
-            else:
-                with self._lock:
-                    self._held.append(found)
+            self._place(forming, found)
+
+    def _drain(self, forming: _Forming, lane: str) -> bool:
+        """Rule 3: the lane's ready jobs, as many per call as there is room for (one claim, one
+        Service Bus receive). Room is bounded by both the batch and the held list, so whatever
+        arrives fits one or the other. False when forming must stop (an error)."""
+        while True:
+            room = min(forming.lane.max_batch - forming.images, self.max_held - self.held())
+            if room <= 0:
+                return True
+            try:
+                deliveries = self.source.receive_ready([lane], room)
+            except Exception:  # run what we have; the next receive reports the outage
+                log.warning("receive failed while forming a batch; running the batch formed so far", exc_info=True)
+                return False
+            for i, delivery in enumerate(deliveries):
+                found = self._describe_or_give_back(delivery)
+                if found is None:  # the store is failing: the rest go back unread
+                    self._give_back_all(deliveries[i + 1 :])
+                    return False
+                self._place(forming, found)
+            if len(deliveries) < room:
+                return True  # fewer than asked: the queue had no more ready (or will next time)
+
+    def _place(self, forming: _Forming, found: _Held) -> None:
+        if forming.fits(found):
+            forming.add(found)
+        else:
+            with self._lock:
+                self._held.append(found)
+
+    @staticmethod
+    def _give_back_all(deliveries: Sequence[Delivery]) -> None:
+        for delivery in deliveries:
+            try:
+                delivery.retry(0.0)
+            except Exception:  # its lease expires and it is delivered again
+                log.warning("could not give a delivery back", exc_info=True)
 
     def _describe_or_give_back(self, delivery: Delivery) -> _Held | None:
         try:
