@@ -17,7 +17,15 @@ from difflane.blobs.base import check_key
 from difflane.catalog import ModelSpec
 from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
 from difflane.jobs import Job, JobState, Principal
-from difflane.store.base import Change, IdempotencyKey, MakeDeliverable
+from difflane.store.base import (
+    CHANGES_KEPT,
+    PRUNE_BATCH,
+    PRUNE_EVERY,
+    Change,
+    ChangeLogGap,
+    IdempotencyKey,
+    MakeDeliverable,
+)
 from difflane.worker.runtime import Interrupted, RenderedImage, RenderStats, RenderTask, StepCallback
 
 
@@ -32,12 +40,26 @@ class _Switch:
 
 
 class MemoryJobStore(_Switch):
-    def __init__(self, *, on_create: MakeDeliverable | None = None) -> None:
+    def __init__(
+        self,
+        *,
+        on_create: MakeDeliverable | None = None,
+        changes_kept: int = CHANGES_KEPT,
+        prune_every: int = PRUNE_EVERY,
+    ) -> None:
+        if changes_kept < 1 or prune_every < 1:
+            raise ValueError("changes_kept and prune_every must be at least 1")
         self._lock = threading.Lock()
         self._on_create = on_create  # under the lock, before the record exists (JobStore's contract)
         self._history: dict[str, list[Job]] = {}
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}
-        self._changes: list[Change] = []  # every write in order; seq is its index + 1
+        # The change log pruned like SQLite's (same cap, same cadence, same ChangeLogGap): the
+        # kept changes in order, ``_pruned`` the seq of the last one dropped, so a seq is
+        # ``_pruned`` + its index + 1.
+        self._changes: list[Change] = []
+        self._pruned = 0
+        self.changes_kept = changes_kept
+        self.prune_every = prune_every
         self.change_reads = 0  # how often the change log was read (tests count the feed's reads)
 
     def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> tuple[Job, bool]:
@@ -59,7 +81,7 @@ class MemoryJobStore(_Switch):
             if self._on_create is not None:
                 self._on_create(stored)
             self._history[job.id] = [stored]
-            self._changes.append(Change(len(self._changes) + 1, job.id, 1))
+            self._log(job.id, 1)
             if idempotency is not None:
                 self._keys[(job.owner.key, idempotency.key)] = (idempotency.fingerprint, job.id)
             return stored, True
@@ -92,7 +114,7 @@ class MemoryJobStore(_Switch):
                 raise VersionConflict(f"job {job.id} is not at version {expected_version}")
             stored = dataclasses.replace(job, version=expected_version + 1)
             versions.append(stored)
-            self._changes.append(Change(len(self._changes) + 1, job.id, stored.version))
+            self._log(job.id, stored.version)
             return stored
 
     def list_by_owner(
@@ -118,13 +140,27 @@ class MemoryJobStore(_Switch):
     def last_change(self) -> int:
         self._check()
         with self._lock:
-            return len(self._changes)
+            return self._pruned + len(self._changes)
 
     def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
         self._check()
         with self._lock:
             self.change_reads += 1
-            return self._changes[max(seq, 0) : max(seq, 0) + limit]
+            if seq < self._pruned:
+                raise ChangeLogGap(seq, self._pruned)
+            start = seq - self._pruned
+            return self._changes[start : start + limit]
+
+    def _log(self, job_id: str, version: int) -> None:
+        """Append a change and, every ``prune_every`` writes, drop the oldest beyond
+        ``changes_kept`` (at most PRUNE_BATCH at a time, as SQLite does). Under the lock."""
+        seq = self._pruned + len(self._changes) + 1
+        self._changes.append(Change(seq, job_id, version))
+        if seq % self.prune_every == 0:
+            dropped = min(len(self._changes) - self.changes_kept, PRUNE_BATCH)
+            if dropped > 0:
+                del self._changes[:dropped]
+                self._pruned += dropped
 
     def ping(self) -> None:
         self._check()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import threading
 from collections.abc import Iterator
@@ -14,7 +15,7 @@ from difflane.errors import Conflict, IllegalTransition, NotFound, Unavailable, 
 from difflane.jobs import Job, JobState
 from difflane.store import azure_layout
 from difflane.store.azure_blob import AzureBlobJobStore, BlobDispatchOutbox
-from difflane.store.base import ChangeLog, IdempotencyKey, JobStore, OwnersUnfinished, mutate
+from difflane.store.base import ChangeLog, ChangeLogGap, IdempotencyKey, JobStore, OwnersUnfinished, mutate
 from difflane.store.sqlite import Database, SqliteJobStore
 from difflane.testing import MemoryJobStore
 from tests import azurite
@@ -219,6 +220,100 @@ def test_versions_are_read_without_the_records(store: JobStore) -> None:
     store.update(a.start("w1", 30), a.version)
     unknown = make_job(ALICE).id
     assert versions([a.id, b.id, unknown, "not-an-id"]) == {a.id: 2, b.id: 1}
+
+
+# --- the change log is bounded, and a reader that fell behind is told (store.base.ChangeLog) -----
+
+
+@pytest.fixture(params=["memory", "sqlite"])
+def pruned(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[JobStore]:
+    """A store with a change log that keeps its newest 3 changes and prunes at every write."""
+    s: JobStore
+    if request.param == "memory":
+        s = MemoryJobStore(changes_kept=3, prune_every=1)
+    else:
+        s = SqliteJobStore(Database(tmp_path / "jobs.db"), changes_kept=3, prune_every=1)
+    yield s
+    s.close()
+
+
+def writes(store: JobStore, job: Job, n: int) -> Job:
+    for _ in range(n):
+        job = store.update(job, job.version)
+    return job
+
+
+def readable_from(store: ChangeLog) -> int:
+    """The oldest ``seq`` that ``changes_since`` still answers: what was pruned, seen from outside."""
+    for seq in range(store.last_change() + 1):
+        with contextlib.suppress(ChangeLogGap):
+            store.changes_since(seq)
+            return seq
+    raise AssertionError("not even the newest change can be read after")
+
+
+def test_a_reader_behind_the_pruned_changes_gets_a_gap_not_a_partial_list(pruned: JobStore) -> None:
+    assert isinstance(pruned, ChangeLog)
+    job, _ = pruned.create(make_job())
+    job = writes(pruned, job, 5)  # versions 1..6; the newest 3 are kept
+    newest = pruned.last_change()
+    for behind in (0, newest - 4):
+        with pytest.raises(ChangeLogGap) as gap:
+            pruned.changes_since(behind)
+        assert gap.value.seq == behind and gap.value.pruned_through == newest - 3
+    kept = pruned.changes_since(newest - 3)  # a reader that saw the last pruned change misses nothing
+    assert [(c.seq, c.version) for c in kept] == [(newest - 2, 4), (newest - 1, 5), (newest, 6)]
+
+
+def test_changes_after_a_prune_still_arrive_in_order_and_last_change_stays_right(pruned: JobStore) -> None:
+    assert isinstance(pruned, ChangeLog)
+    a, _ = pruned.create(make_job(ALICE))
+    b, _ = pruned.create(make_job(BOB))
+    a = writes(pruned, a, 4)
+    seen = pruned.last_change()
+    b = pruned.update(b.cancel(), b.version)
+    a = writes(pruned, a, 1)
+    assert pruned.last_change() == seen + 2
+    assert [(c.job_id, c.version) for c in pruned.changes_since(seen)] == [(b.id, 2), (a.id, 6)]
+    assert pruned.changes_since(pruned.last_change()) == []
+
+
+def test_the_newest_change_is_never_pruned_so_seq_never_goes_back(tmp_path: Path) -> None:
+    stores: list[MemoryJobStore | SqliteJobStore] = [
+        MemoryJobStore(changes_kept=1, prune_every=1),
+        SqliteJobStore(Database(tmp_path / "jobs.db"), changes_kept=1, prune_every=1),
+    ]
+    for store in stores:
+        job, _ = store.create(make_job())
+        job = writes(store, job, 3)
+        newest = store.last_change()
+        assert readable_from(store) == newest - 1
+        assert [c.version for c in store.changes_since(newest - 1)] == [4]
+        writes(store, job, 1)
+        assert store.last_change() == newest + 1  # not 1 again: the rowid is max + 1
+        assert [c.version for c in store.changes_since(newest)] == [5]
+        store.close()
+
+
+def test_a_prune_deletes_a_bounded_batch_and_later_ones_catch_up(
+    pruned: JobStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A log that grew past the cap (a database from before pruning) shrinks back batch by batch,
+    each prune holding the write lock for a bounded number of rows."""
+    assert isinstance(pruned, ChangeLog)
+    store_module = "difflane.store.sqlite" if isinstance(pruned, SqliteJobStore) else "difflane.testing"
+    monkeypatch.setattr(pruned, "prune_every", 1000)
+    job, _ = pruned.create(make_job())
+    job = writes(pruned, job, 19)  # 20 changes, none pruned yet
+    assert readable_from(pruned) == 0
+    monkeypatch.setattr(f"{store_module}.PRUNE_BATCH", 4)
+    monkeypatch.setattr(pruned, "prune_every", 1)
+    marks = []
+    for _ in range(6):
+        job = writes(pruned, job, 1)
+        marks.append(readable_from(pruned))
+    newest = pruned.last_change()
+    assert marks == [4, 8, 12, 16, 20, newest - 3]  # 4 at a time, then down to the newest 3
 
 
 # --- create makes the job deliverable, atomically (store.base.JobStore) ------------------------

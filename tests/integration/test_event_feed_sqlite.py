@@ -19,6 +19,7 @@ import uvicorn
 from difflane.api.app import create_app
 from difflane.settings import Settings
 from difflane.store import sqlite
+from difflane.store.base import ChangeLogGap
 from difflane.store.sqlite import Database, SqliteJobStore
 from tests.conftest import free_port, make_job, read_sse
 
@@ -39,6 +40,39 @@ def test_a_database_from_before_the_change_log_is_migrated_and_logs_from_then_on
     job = store.update(job.cancel(), job.version)
     assert [(c.job_id, c.version) for c in store.changes_since(0)] == [(job.id, 2)]
     store.close()
+
+
+def test_a_change_log_from_before_pruning_keeps_its_rows_until_the_first_prune(tmp_path: Path) -> None:
+    scripts = [p.read_text(encoding="utf-8") for p in sqlite._MIGRATIONS]
+    unpruned = [s for s in scripts if "job_changes_pruned" not in s]
+    assert len(unpruned) == len(scripts) - 1
+    before = SqliteJobStore(Database(tmp_path / "jobs.db", migrations=unpruned))
+    job, _ = before.create(make_job())
+    for _ in range(9):
+        job = before.update(job, job.version)
+    before.close()
+    store = SqliteJobStore(Database(tmp_path / "jobs.db"), changes_kept=3, prune_every=1)
+    assert [c.version for c in store.changes_since(0)] == list(range(1, 11))  # nothing is lost by migrating
+    store.update(job, job.version)
+    with pytest.raises(ChangeLogGap):
+        store.changes_since(0)
+    assert [c.version for c in store.changes_since(8)] == [9, 10, 11]
+    store.close()
+
+
+def test_the_prune_mark_is_in_the_file_so_every_process_learns_of_a_gap(tmp_path: Path) -> None:
+    writer = SqliteJobStore(Database(tmp_path / "jobs.db"), changes_kept=2, prune_every=1)
+    reader = SqliteJobStore(Database(tmp_path / "jobs.db"))  # its own connections, as another process has
+    job, _ = writer.create(make_job())
+    seen = reader.last_change()
+    for _ in range(3):
+        job = writer.update(job, job.version)
+    with pytest.raises(ChangeLogGap) as gap:
+        reader.changes_since(seen)
+    assert gap.value.pruned_through == writer.last_change() - 2
+    assert reader.last_change() == writer.last_change()
+    writer.close()
+    reader.close()
 
 
 def test_the_statement_splitter_keeps_a_trigger_body_whole() -> None:

@@ -227,6 +227,26 @@ def test_following_the_change_log_sees_what_a_new_listing_sees() -> None:
     assert store.change_reads > 0
 
 
+def test_a_look_behind_the_pruned_change_log_lists_the_queue_again(monkeypatch: pytest.MonkeyPatch) -> None:
+    store, now = MemoryJobStore(changes_kept=2, prune_every=1), [T0]
+    lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 1}\n")
+    following = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=0.0, relist_s=1e9, clock=lambda: now[0])
+    listing = live.LiveForecaster(store, lanes, COSTS, 1, ttl_s=0.0, relist_s=0.0, clock=lambda: now[0])
+    jobs = [store.create(job(T0 - 10 + i))[0] for i in range(4)]
+    assert following.annotate(jobs[3])["queue"]["position"] == 4
+    listings: list[int] = []
+    list_unfinished = store.list_unfinished
+    monkeypatch.setattr(store, "list_unfinished", lambda limit: listings.append(limit) or list_unfinished(limit))
+    store.update(jobs[0].cancel(), jobs[0].version)  # both pruned before the next look reads them
+    store.update(jobs[1].start("w1", 30, now=T0), jobs[1].version)
+    jobs.extend(store.create(job(T0 + i))[0] for i in range(2))
+    now[0] += 1.0
+    seen = [following.annotate(store.get(j.id)) for j in jobs]  # type: ignore[arg-type]
+    assert len(listings) == 1  # not a catch-up that misses the cancel and the claim
+    assert seen == [listing.annotate(store.get(j.id)) for j in jobs]  # type: ignore[arg-type]
+    assert [s["queue"]["position"] if s["queue"] else None for s in seen] == [None, None, 1, 2, 3, 4]
+
+
 def test_a_lane_is_planned_from_now_at_every_look_even_when_nothing_moved() -> None:
     store, now = MemoryJobStore(), [T0]
     lanes = lanes_mod.parse("lanes:\n  fast: {max_batch: 1, max_queue_wait_s: 600}\n")

@@ -216,6 +216,29 @@ def test_a_feed_that_starts_after_a_stream_read_has_the_stream_read_again() -> N
     asyncio.run(scenario())
 
 
+def test_a_feed_behind_the_pruned_change_log_wakes_every_stream_and_follows_from_the_newest() -> None:
+    async def scenario() -> None:
+        memory = MemoryJobStore(changes_kept=2, prune_every=1)
+        (moved, still, busy) = jobs(memory, 3)
+        rounds = Rounds()
+        feed = ChangeFeed(memory, rounds)
+        with feed.watch(moved.id, 1) as w_moved, feed.watch(still.id, 1) as w_still:
+            await opened(feed, rounds, [w_moved, w_still])
+            touch(memory, moved)  # between two rounds, and pruned before the next one reads it
+            for _ in range(3):
+                busy = memory.update(busy, busy.version)
+            await rounds.next()
+            assert w_moved.take_changed()  # its change is gone from the log, and it still reads
+            assert w_still.take_changed()  # nobody can tell it did not move: one extra read
+            assert feed._seq == memory.last_change()
+            touch(memory, still)
+            await rounds.next()  # followed from the newest change again, one job at a time
+            assert [w.job_id for w in (w_moved, w_still) if w.take_changed()] == [still.id]
+        await feed.stop()
+
+    asyncio.run(scenario())
+
+
 def test_queue_watchers_are_woken_after_changes_and_now_and_then_otherwise() -> None:
     async def scenario() -> None:
         memory = MemoryJobStore()

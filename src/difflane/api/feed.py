@@ -17,6 +17,9 @@ costs no store read and no wake-up until its heartbeat.
   are woken at most once a second while the store changes, and every few seconds otherwise.
 - With no stream open the feed reads nothing; when one opens again it starts from the newest
   change and has every open stream re-read its history once (nothing written meanwhile is lost).
+- The change log is pruned (``store.base.CHANGES_KEPT``). A feed that fell behind what was pruned
+  (``ChangeLogGap``: a long outage, a stalled loop) cannot know which jobs moved, so it starts
+  again the same way: from the newest change, every open stream re-reading once.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from fastapi.concurrency import run_in_threadpool
 
 from difflane.api.watch import ChangeSignal
 from difflane.errors import DifflaneError
-from difflane.store.base import ChangeLog, JobStore
+from difflane.store.base import ChangeLog, ChangeLogGap, JobStore
 
 log = logging.getLogger(__name__)
 
@@ -192,13 +195,17 @@ class ChangeFeed:
 
     async def _read_log(self, changes_log: ChangeLog) -> None:
         if self._seq is None:
-            self._seq = await self._call(changes_log.last_change)
-            for group in self._watches.values():  # they may have read before this starting point
-                for w in group:
-                    w.resync()
+            await self._start_from_newest(changes_log)
             return
         while True:
-            changes = await self._call(changes_log.changes_since, self._seq, BATCH)
+            try:
+                changes = await self._call(changes_log.changes_since, self._seq, BATCH)
+            except ChangeLogGap as gap:
+                log.warning("event stream feed: %s; every open stream reads its job again", gap)
+                self._seq = None  # should last_change fail now, the next round starts again
+                self._queue_rounds = QUEUE_ROUNDS  # jobs moved, so queues did too
+                await self._start_from_newest(changes_log)
+                return
             for change in changes:
                 for w in self._watches.get(change.job_id, ()):
                     w.moved(change.version)
@@ -207,6 +214,14 @@ class ChangeFeed:
                 self._queue_rounds = QUEUE_ROUNDS
             if len(changes) < BATCH:
                 return
+
+    async def _start_from_newest(self, changes_log: ChangeLog) -> None:
+        """Follow from the newest change, and have every stream read once: they may have read
+        before this starting point, and any write up to it is in what they read now."""
+        self._seq = await self._call(changes_log.last_change)
+        for group in self._watches.values():
+            for w in group:
+                w.resync()
 
     async def _read_versions(self) -> None:
         ids = list(self._watches)

@@ -34,7 +34,7 @@ from difflane.capacity.costs import CostModel
 from difflane.errors import TooManyRequests
 from difflane.jobs import Job, JobState
 from difflane.lanes import Lane, Lanes
-from difflane.store.base import Change, ChangeLog, UnfinishedJobs
+from difflane.store.base import Change, ChangeLog, ChangeLogGap, UnfinishedJobs
 
 DEFAULT_TTL_S = 0.5
 DEFAULT_LIMIT = 1000
@@ -266,7 +266,10 @@ class LiveForecaster:
         """Read only the jobs other processes wrote since the last look (workers' claims,
         progress and ends, other API processes' submits), not the whole listing again: a
         listing of 1,000 jobs cost ~30 ms of the event loop every ``ttl_s`` (issue 10)."""
-        changes = store.changes_since(snap.seq, CATCH_UP_MAX)
+        try:
+            changes = store.changes_since(snap.seq, CATCH_UP_MAX)
+        except ChangeLogGap:  # what moved since the last look was pruned: only a listing is whole
+            return self._listing(now)
         if len(changes) >= CATCH_UP_MAX:
             return self._listing(now)
         moved = {c.job_id for c in changes if not snap.knows(c)}

@@ -98,6 +98,29 @@ class Change:
     version: int
 
 
+# How much of its change log a store of this package keeps. A row cap, not a time window: the
+# table's size is a constant whatever the load, no clock (of several processes) takes part, and
+# pruning is a range of seq. A reader falls off the end only if more than CHANGES_KEPT writes
+# land between two of its reads: at one SQLite writer's ceiling (about 6,000 small updates a
+# second on the 2-core development machine) that is over 15 s, against the feed's 0.25 s rounds
+# and the forecaster's at most 5 s between listings; and when one does, it is told (ChangeLogGap).
+CHANGES_KEPT = 100_000
+PRUNE_EVERY = 1000  # writes between two prunes: the cost is amortised on writes, no thread
+# At most this many rows per prune (about 2 ms), so the write lock is held briefly; more than
+# PRUNE_EVERY, so a log that grew before pruning existed shrinks back to the cap.
+PRUNE_BATCH = 10_000
+
+
+class ChangeLogGap(Exception):
+    """``changes_since(seq)`` when changes after ``seq`` were pruned: what the reader missed is
+    unknown, so it reads again whatever it follows and continues from ``last_change()``."""
+
+    def __init__(self, seq: int, pruned_through: int) -> None:
+        super().__init__(f"the change log was pruned through seq {pruned_through}, past the reader's {seq}")
+        self.seq = seq
+        self.pruned_through = pruned_through
+
+
 @runtime_checkable
 class ChangeLog(Protocol):
     """What a store offers when it can say cheaply what changed (SQLite, memory).
@@ -105,6 +128,12 @@ class ChangeLog(Protocol):
     One reader per API process asks for ``changes_since`` the last ``seq`` it saw and wakes only
     the event streams whose job moved (``api.feed``). A store without it (Azure Blob) is read job by
     job instead. ``seq`` of a later commit is always greater, so no change is skipped.
+
+    **The log is bounded.** The store prunes its oldest changes (this package's stores keep the
+    newest ``CHANGES_KEPT``, never fewer than one), so ``seq`` never goes backwards and
+    ``last_change`` stays right. A reader whose ``seq`` is older than what was pruned is never
+    answered with a partial list: ``changes_since`` raises ``ChangeLogGap``, and the reader
+    resyncs (re-reads what it follows, then continues from ``last_change()``).
     """
 
     def last_change(self) -> int:
@@ -112,7 +141,8 @@ class ChangeLog(Protocol):
         ...
 
     def changes_since(self, seq: int, limit: int = 1000) -> list[Change]:
-        """Changes after ``seq``, oldest first, at most ``limit``."""
+        """Changes after ``seq``, oldest first, at most ``limit``; ChangeLogGap when any change
+        after ``seq`` was pruned."""
         ...
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -19,7 +20,15 @@ from typing import Literal
 from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
 from difflane.jobs import Job, JobState, Principal
 from difflane.store import records
-from difflane.store.base import Change, IdempotencyKey, MakeDeliverableIn
+from difflane.store.base import (
+    CHANGES_KEPT,
+    PRUNE_BATCH,
+    PRUNE_EVERY,
+    Change,
+    ChangeLogGap,
+    IdempotencyKey,
+    MakeDeliverableIn,
+)
 
 _MIGRATIONS = sorted(
     (p for p in resources.files("difflane.store").joinpath("sql").iterdir() if p.name.endswith(".sql")),
@@ -151,11 +160,22 @@ OnQueued = MakeDeliverableIn[sqlite3.Connection]
 
 class SqliteJobStore:
     def __init__(
-        self, db: Database, *, on_queued: OnQueued | None = None, on_update: Callable[[Job], None] | None = None
+        self,
+        db: Database,
+        *,
+        on_queued: OnQueued | None = None,
+        on_update: Callable[[Job], None] | None = None,
+        changes_kept: int = CHANGES_KEPT,
+        prune_every: int = PRUNE_EVERY,
     ) -> None:
+        if changes_kept < 1 or prune_every < 1:
+            raise ValueError("changes_kept and prune_every must be at least 1")
         self.db = db
         self._on_queued = on_queued
         self._on_update = on_update  # after commit: tells watchers (event streams) to look
+        self.changes_kept = changes_kept
+        self.prune_every = prune_every
+        self._writes = itertools.count(1)  # next() is atomic under the GIL: threads share it
 
     def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> tuple[Job, bool]:
         stored = _with_version(job, 1)
@@ -182,6 +202,7 @@ class SqliteJobStore:
             conn.execute("INSERT INTO job_history (job_id, version, record) VALUES (?, 1, ?)", (job.id, text))
             if self._on_queued is not None:
                 self._on_queued(conn, stored)
+            self._prune_if_due(conn)
         return stored, True
 
     @staticmethod
@@ -229,6 +250,7 @@ class SqliteJobStore:
             )
             if self._on_queued is not None and stored.state is JobState.QUEUED:
                 self._on_queued(conn, stored)
+            self._prune_if_due(conn)
         if self._on_update is not None:
             self._on_update(stored)
         return stored
@@ -276,7 +298,32 @@ class SqliteJobStore:
             rows = conn.execute(
                 "SELECT seq, job_id, version FROM job_changes WHERE seq > ? ORDER BY seq LIMIT ?", (seq, limit)
             ).fetchall()
+            # Read after the rows (two statements, two snapshots): the mark only rises, so a prune
+            # in between can make this report a gap that the rows did not have (one needless
+            # resync), never hide one that they had.
+            pruned = conn.execute("SELECT seq FROM job_changes_pruned").fetchone()[0]
+        if seq < pruned:
+            raise ChangeLogGap(seq, pruned)
         return [Change(s, job_id, version) for s, job_id, version in rows]
+
+    def _prune_if_due(self, conn: sqlite3.Connection) -> None:
+        # Inside the write's own transaction: no second turn at the write lock, and no write that
+        # committed while its prune failed. Each process counts its own writes; together they
+        # prune at least as fast as they all write (PRUNE_BATCH > PRUNE_EVERY).
+        if next(self._writes) % self.prune_every == 0:
+            self._prune(conn)
+
+    def _prune(self, conn: sqlite3.Connection) -> None:
+        """Delete the oldest changes beyond ``changes_kept``, at most PRUNE_BATCH of them, and
+        raise the mark that tells readers they are gone. The newest change is always kept: the
+        rowid is max + 1, so deleting it would hand its seq out again."""
+        newest = conn.execute("SELECT coalesce(max(seq), 0) FROM job_changes").fetchone()[0]
+        pruned = conn.execute("SELECT seq FROM job_changes_pruned").fetchone()[0]
+        through = min(newest - self.changes_kept, pruned + PRUNE_BATCH)
+        if through <= pruned:
+            return
+        conn.execute("DELETE FROM job_changes WHERE seq > ? AND seq <= ?", (pruned, through))
+        conn.execute("UPDATE job_changes_pruned SET seq = ?", (through,))
 
     def ping(self) -> None:
         self.db.ping()

@@ -2,7 +2,7 @@
 -- one API process can ask "what changed since seq N?" with a single range read on the rowid
 -- instead of every open stream re-reading its job. A trigger keeps it beside job_history without
 -- touching the write path. seq never goes backwards: SQLite has one writer at a time, the row is
--- written inside the writer's transaction, and rows are never deleted (as job_history's are not).
+-- written inside the writer's transaction, and pruning (0005) never deletes the newest row.
 CREATE TABLE job_changes (
     seq         INTEGER PRIMARY KEY,        -- the rowid: max + 1 on every insert
     job_id      TEXT NOT NULL,
