@@ -9,9 +9,10 @@ import threading
 from collections import Counter
 from typing import Any
 
-from difflane.api.feed import QUEUE_IDLE_SECONDS, ChangeFeed, Watch
+from difflane.api.feed import QUEUE_IDLE_SECONDS, VERSION_CHECK_MAX_S, ChangeFeed, Watch
 from difflane.api.watch import ChangeSignal
 from difflane.jobs import Job
+from difflane.store.base import mutate
 from difflane.testing import MemoryJobStore
 from tests.conftest import make_job, read_sse
 from tests.unit.conftest import Platform
@@ -152,26 +153,76 @@ def test_a_woken_stream_returns_from_wait_and_an_older_version_wakes_nobody() ->
     asyncio.run(scenario())
 
 
-def test_without_a_change_log_each_watched_job_is_checked_once_per_round() -> None:
+def test_without_a_change_log_each_due_job_is_checked_once_per_round() -> None:
     async def scenario() -> None:
         memory = MemoryJobStore()
         made = jobs(memory, 20)
         store = CountingStore(memory, log=False)
-        rounds = Rounds()
-        feed = ChangeFeed(store, rounds)  # type: ignore[arg-type]
+        rounds, clock = Rounds(), Clock()
+        feed = ChangeFeed(store, rounds, clock=clock)  # type: ignore[arg-type]
         assert feed.log is None
         with contextlib.ExitStack() as stack:
             watches = [stack.enter_context(feed.watch(j.id, 1)) for j in made * 3]
             await opened(feed, rounds, watches)
             store.calls.clear()
+            clock.now += VERSION_CHECK_MAX_S
             await rounds.next()
             assert store.calls == Counter(get=20)  # one per job, not per stream, and no history read
             touch(memory, made[3])
+            clock.now += VERSION_CHECK_MAX_S
             await rounds.next()
             assert [w.job_id for w in watches if w.take_changed()] == [made[3].id] * 3
         await feed.stop()
 
     asyncio.run(scenario())
+
+
+def test_without_a_change_log_a_still_job_is_checked_ever_less_often_and_a_moving_one_more() -> None:
+    """Each check is a billed HEAD on Azure: 0.25 s rounds for a job waiting in line were 4 a second."""
+
+    async def scenario() -> None:
+        memory = MemoryJobStore()
+        still, moving = jobs(memory, 2)
+        running = mutate(memory, moving.id, lambda j: j.start("w1", 300))
+        store = CountingStore(memory, log=False)
+        rounds, clock = Rounds(), Clock()
+        feed = ChangeFeed(store, rounds, clock=clock)  # type: ignore[arg-type]
+        with feed.watch(still.id, 1) as w_still, feed.watch(moving.id, running.version) as w_moving:
+            await opened(feed, rounds, [w_still, w_moving])
+            store.calls.clear()
+            checked: Counter[str] = Counter()
+            real_get = memory.get
+            store.inner = _Spy(real_get, checked)  # type: ignore[assignment]
+            for tick in range(80):  # 20 s of 0.25 s rounds
+                clock.now += 0.25
+                if tick % 4 == 0:  # progress, written once a second
+                    mutate(memory, moving.id, lambda j, step=tick: j.advance("w1", step // 4 + 1, 30))
+                await rounds.next()
+                if w_moving.take_changed():
+                    current = real_get(moving.id)
+                    assert current is not None
+                    w_moving.seen = current.version  # what the stream does after reading
+            assert checked[still.id] <= 20 / VERSION_CHECK_MAX_S + 3  # was 80: one per round
+            assert checked[moving.id] >= 15  # about once a second: it keeps moving
+            assert not w_still.changed
+            touch(memory, still)
+            clock.now += VERSION_CHECK_MAX_S
+            await rounds.next()
+            assert w_still.take_changed()  # a change after a long still spell is seen within the cap
+        await feed.stop()
+
+    asyncio.run(scenario())
+
+
+class _Spy:
+    """Counts the feed's version checks (``get`` without a ``versions`` method) per job."""
+
+    def __init__(self, get: Any, counts: Counter[str]) -> None:
+        self._get, self.counts = get, counts
+
+    def get(self, job_id: str) -> Job | None:
+        self.counts[job_id] += 1
+        return self._get(job_id)  # type: ignore[no-any-return]
 
 
 def test_a_store_outage_skips_rounds_without_losing_a_change_or_the_task() -> None:

@@ -8,9 +8,13 @@ costs no store read and no wake-up until its heartbeat.
 
 - A store with a change log (``store.base.ChangeLog``: SQLite, memory) is one ``changes_since``
   query per round, however many streams are open.
-- Another store (Azure Blob) gets one version check per watched job per round, in one thread:
-  ``versions`` (HEAD requests) where the store has it, else ``get``. Still no history read for a
-  job that did not move.
+- Another store (Azure Blob) gets version checks of the watched jobs, in one thread: ``versions``
+  (HEAD requests, each billed) where the store has it, else ``get``; no history read for a job
+  that did not move. Each job is checked on its own cadence: from every 0.25 s, twice as often
+  after a check that found it moved, half as often after one that did not, down to every
+  ``VERSION_CHECK_MAX_S``. A queued job waiting in line costs a HEAD every 2 s instead of four a
+  second, and its stream sees a change at most that late; a running job writing progress once a
+  second is checked about once a second.
 - A failed round (store down) is logged and tried again at the next one: streams stay open and
   miss nothing, because the next read starts after the last ``seq`` that was read.
 - Queue positions and ETAs (``capacity.live``) move when other jobs move: streams that show them
@@ -45,6 +49,8 @@ QUEUE_IDLE_SECONDS = 5.0  # an overrunning batch moves ETAs without any write
 QUEUE_ROUNDS = 2  # the forecaster caches its listing for half a second: look twice after a change
 BATCH = 1000
 WARN_EVERY_S = 30.0
+VERSION_CHECK_MIN_S = 0.25  # without a change log: a job that keeps moving is checked this often at most
+VERSION_CHECK_MAX_S = 2.0  # ... and one that does not move, this seldom at least
 
 T = TypeVar("T")
 
@@ -102,6 +108,23 @@ class Watch:
             _resolve(self._waiter)
 
 
+class _Cadence:
+    """When a watched job is next checked (stores without a change log): each check is billed."""
+
+    __slots__ = ("due", "interval")
+
+    def __init__(self, now: float) -> None:
+        self.due = now
+        self.interval = VERSION_CHECK_MIN_S
+
+    def checked(self, now: float, *, moved: bool) -> None:
+        if moved:
+            self.interval = max(self.interval / 2, VERSION_CHECK_MIN_S)
+        else:
+            self.interval = min(self.interval * 2, VERSION_CHECK_MAX_S)
+        self.due = now + self.interval
+
+
 def _resolve(waiter: asyncio.Future[None]) -> None:
     if not waiter.done():
         waiter.set_result(None)
@@ -122,6 +145,7 @@ class ChangeFeed:
         self.clock = clock
         self.log = store if isinstance(store, ChangeLog) else None
         self._watches: dict[str, set[Watch]] = {}
+        self._checks: dict[str, _Cadence] = {}  # without a change log: when each watched job is due
         self._seq: int | None = None  # the last change read; None: start from the newest
         self._queue_woken = -math.inf
         self._queue_rounds = 0
@@ -147,6 +171,7 @@ class ChangeFeed:
                 group.discard(w)
                 if not group:
                     del self._watches[job_id]
+                    self._checks.pop(job_id, None)
 
     def watching(self) -> int:
         return sum(len(g) for g in self._watches.values())
@@ -224,13 +249,23 @@ class ChangeFeed:
                 w.resync()
 
     async def _read_versions(self) -> None:
-        ids = list(self._watches)
-        versions = await run_in_threadpool(self._versions, ids)  # one call per job: never on the loop
-        for job_id, version in versions.items():
-            for w in self._watches.get(job_id, ()):
-                if version > w.seen:
-                    self._queue_rounds = QUEUE_ROUNDS
-                w.moved(version)
+        now = self.clock()
+        due = [j for j in self._watches if self._checks.setdefault(j, _Cadence(now)).due <= now]
+        if not due:
+            return
+        versions = await run_in_threadpool(self._versions, due)  # one call per job: never on the loop
+        now = self.clock()
+        for job_id in due:
+            watches = self._watches.get(job_id, ())
+            version = versions.get(job_id)
+            moved = version is not None and any(version > w.seen for w in watches)
+            cadence = self._checks.get(job_id)
+            if cadence is not None:  # None: its last stream closed during the read
+                cadence.checked(now, moved=moved)
+            if moved and version is not None:
+                self._queue_rounds = QUEUE_ROUNDS
+                for w in watches:
+                    w.moved(version)
 
     def _versions(self, ids: list[str]) -> dict[str, int]:
         versions: Callable[[list[str]], dict[str, int]] | None = getattr(self.store, "versions", None)
