@@ -83,7 +83,7 @@ def item_of(job: Job, ref: int) -> policy.Item:
 
 
 @dataclasses.dataclass(frozen=True)
-class Worker:
+class PoolWorker:
     """A worker the forecast counts: ``id`` is the ``host-pid`` its lease owners start with (None:
     a configured worker, known by no name); ``lanes`` the lanes it serves (None: every lane)."""
 
@@ -103,27 +103,27 @@ def worker_of(owner: str) -> str:
 class Pool(Protocol):
     """The workers serving the lanes, looked at once per look of the forecaster (``ttl_s``)."""
 
-    def workers(self, now: float) -> list[Worker]: ...
+    def workers(self, now: float) -> list[PoolWorker]: ...
 
 
 @dataclasses.dataclass(frozen=True)
 class FixedPool:
     """Workers the settings name (no heartbeats reach the API: Kubernetes, Service Bus)."""
 
-    fixed: tuple[Worker, ...]
+    fixed: tuple[PoolWorker, ...]
 
     @classmethod
     def serving(cls, count: int, lanes: Iterable[str] = ()) -> FixedPool:
         """``count`` workers, each serving ``lanes`` (none named: every lane)."""
         served = frozenset(lanes) or None
-        return cls(tuple(Worker(None, served) for _ in range(count)))
+        return cls(tuple(PoolWorker(None, served) for _ in range(count)))
 
     @classmethod
     def per_lane(cls, counts: Mapping[str, int]) -> FixedPool:
         """Each lane its own workers; a lane not named has none."""
-        return cls(tuple(Worker(None, frozenset({lane})) for lane, n in counts.items() for _ in range(n)))
+        return cls(tuple(PoolWorker(None, frozenset({lane})) for lane, n in counts.items() for _ in range(n)))
 
-    def workers(self, now: float) -> list[Worker]:
+    def workers(self, now: float) -> list[PoolWorker]:
         return list(self.fixed)
 
 
@@ -144,19 +144,19 @@ class HeartbeatPool:
         self.fallback = fallback
         self._read = read
 
-    def workers(self, now: float) -> list[Worker]:
+    def workers(self, now: float) -> list[PoolWorker]:
         fresh = [b for b in self._read(self.data_dir) if b.fresh(now)]
         if not fresh:
             return self.fallback.workers(now)
         return [
-            Worker(f"{b.host}-{b.pid}", frozenset(b.lanes))
+            PoolWorker(f"{b.host}-{b.pid}", frozenset(b.lanes))
             for b in sorted(fresh, key=lambda b: (b.host, b.pid))
             if b.state is not heartbeat.WorkerState.STOPPING
         ]
 
 
 def occupy(
-    workers: list[Worker], running: Mapping[str, list[Job]], finish_of: Callable[[list[Job]], float | None]
+    workers: list[PoolWorker], running: Mapping[str, list[Job]], finish_of: Callable[[list[Job]], float | None]
 ) -> dict[int, float]:
     """When each busy worker (by index in ``workers``) comes free: a running batch occupies the
     worker that holds it, or, for configured workers (no names), the next free one of its lane.
@@ -224,7 +224,7 @@ class _Snapshot:
         self.taken_at = now  # brought up to date
         self.listed_at = now  # listed whole
         self.complete = complete  # no unfinished job is missing (nothing past `limit`)
-        self.workers: list[Worker] = []  # the pool's, at the last look
+        self.workers: list[PoolWorker] = []  # the pool's, at the last look
         self.busy: dict[int, float] = {}  # index in workers -> when its running batch should end
         self.derive()
 
