@@ -234,11 +234,56 @@ class ControllerSettings(_Group):
     controller_health_port: int = Field(default=8081, ge=0, le=65535)  # /livez /readyz /metrics
 
 
+MAX_FORECAST_WORKERS = 1024
+FORECAST_WORKERS_FORMS = f"a number of workers from 0 to {MAX_FORECAST_WORKERS} (every lane), or lane=N,lane=N"
+
+
+def _count(text: str) -> int | None:
+    text = text.strip()
+    return int(text) if text.isascii() and text.isdigit() and int(text) <= MAX_FORECAST_WORKERS else None
+
+
+def _forecast_workers(value: Any) -> Any:
+    """One number (workers serving every lane) stays a number; ``lane=N,lane=N`` becomes its
+    entries, checked here so that a bad value is refused at start-up, not on the first submit."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        value = str(value)
+    if isinstance(value, str) and "=" not in value:
+        count = _count(value)
+        if count is None:
+            raise ValueError(f"DIFFLANE_FORECAST_WORKERS: {value!r} is not {FORECAST_WORKERS_FORMS}")
+        return count
+    entries = _split_csv(value)
+    if not isinstance(entries, list) or not entries:
+        return value  # not ours to read: pydantic says what it expected
+    seen: dict[str, int] = {}
+    for entry in entries:
+        lane, sep, number = str(entry).partition("=")
+        count = _count(number)
+        if not sep or not lane.strip() or count is None:
+            raise ValueError(f"DIFFLANE_FORECAST_WORKERS: {entry!r} is not lane=N (N from 0 to {MAX_FORECAST_WORKERS})")
+        if lane.strip() in seen:
+            raise ValueError(f"DIFFLANE_FORECAST_WORKERS: lane {lane.strip()!r} is named twice")
+        seen[lane.strip()] = count
+    return [f"{lane}={n}" for lane, n in seen.items()]
+
+
 class CapacitySettings(_Group):
     """Queue position, ETA and admission by prediction (issue 15)."""
 
     costs: Path | None = None  # cost model YAML (docs/capacity.md); default: the tiny model on a CPU
-    forecast_workers: int | None = Field(default=None, ge=0, le=1024)  # workers the ETA assumes; default: workers
+    # Workers the ETA assumes: N (every lane) or "fast=2,long=1" (a lane not named: none, no ETA).
+    # Unset: the embedded shape's heartbeats, else DIFFLANE_WORKERS serving DIFFLANE_WORKER_LANES.
+    forecast_workers: int | list[str] | None = None
+
+    check_forecast_workers = field_validator("forecast_workers", mode="before")(_forecast_workers)
+
+    @property
+    def forecast_lane_workers(self) -> dict[str, int] | None:
+        """``forecast_workers`` given per lane, as lane -> workers; None when one number or unset."""
+        if not isinstance(self.forecast_workers, list):
+            return None
+        return {lane: int(n) for lane, _, n in (e.partition("=") for e in self.forecast_workers)}
 
 
 class LogSettings(_Group):

@@ -1,22 +1,34 @@
 """Queue position, ETA and admission by prediction for the API, from the lane's live state.
 
-Live state is the unfinished jobs (``list_unfinished``: SQLite and memory stores), looked at
-no more often than every ``ttl_s`` so that reads and submits do not each list the queue: queued
-jobs in creation order, and running jobs grouped by the worker that holds them
-(``lease.owner``). The first look lists them; later looks read the store's change log and
-fetch only the jobs others wrote since (a worker's claim, progress or end, another API
-process's submit), and the whole listing is taken again every ``relist_s``. Each worker is free
-at its batch's expected end (the cost model, from the batch's start, or from the steps still to
-go if it overran); the ones with no running job are free now. ``plan.Plan`` then runs the lane
-forward with the worker's batching rules: once per lane and look, the lane's whole queue;
-until the next look, each job admitted by this process joins at the tail in O(batch), so a
-submit costs the same whatever the backlog. The plan's clock is the time it was made (at most
-``ttl_s`` ago): a worker idle then is counted free from then.
+Live state is the unfinished jobs (``list_unfinished``: the SQLite and memory stores, and the
+Azure Blob store through its index of unfinished jobs), looked at no more often than every
+``ttl_s`` so that reads and submits do not each list the queue: queued jobs in creation order,
+and running jobs grouped by the worker that holds them (``lease.owner``). The first look lists
+them; later looks read the store's change log (where the store has one) and fetch only the jobs
+others wrote since (a worker's claim, progress or end, another API process's submit), and the
+whole listing is taken again every ``relist_s``.
 
-Assumptions, said plainly: the pool is ``workers`` processes that serve every lane (the
-embedded shape, ``DIFFLANE_WORKERS``); other lanes' waiting jobs are not counted against this
-lane; a job past the first ``limit`` unfinished ones gets no position (until a listing finds it
-among the first ``limit``: within ``relist_s``).
+The workers are the ``Pool``'s, taken again at every look: in the embedded shape the ones whose
+heartbeats are fresh (``HeartbeatPool``: starting or ready; a stopping worker takes no more
+work), elsewhere the configured ones (``FixedPool``: ``DIFFLANE_FORECAST_WORKERS``, one number
+for every lane or ``lane=N`` each). A running batch occupies the worker that holds it (its
+lease owner, ``host-pid-xxxxxx``, is the heartbeat's ``host-pid``; a configured worker, known by
+no name, takes the batches of its lanes in turn) until the batch's expected end (the cost
+model, from the batch's start, or from the steps still to go if it overran); the others are free
+now. ``plan.Plan`` then runs each lane forward with only the workers that serve it, by the
+worker's batching rules: once per lane and look, the lane's whole queue; until the next look,
+each job admitted by this process joins at the tail in O(batch), so a submit costs the same
+whatever the backlog. The plan's clock is the time it was made (at most ``ttl_s`` ago): a worker
+idle then is counted free from then.
+
+Assumptions, said plainly:
+- a worker that serves several lanes is counted in each of their plans as if it served that
+  lane alone: other lanes' waiting jobs are not counted against this lane, so where lanes share
+  workers the ETAs are optimistic (by at most what the other lanes' queues hold);
+- a lane no counted worker serves gets no position nor ETA, and no submit to it is refused by
+  prediction (with KEDA a lane may scale from zero; the other caps still apply);
+- a job past the first ``limit`` unfinished ones gets no position (until a listing finds it
+  among the first ``limit``: within ``relist_s``).
 """
 
 from __future__ import annotations
@@ -24,17 +36,20 @@ from __future__ import annotations
 import bisect
 import contextlib
 import contextvars
+import dataclasses
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
 from difflane.capacity import plan, policy
 from difflane.capacity.costs import CostModel
-from difflane.errors import TooManyRequests
+from difflane.errors import ConfigError, TooManyRequests
 from difflane.jobs import Job, JobState
 from difflane.lanes import Lane, Lanes
 from difflane.store.base import Change, ChangeLog, ChangeLogGap, UnfinishedJobs
+from difflane.worker import heartbeat
 
 DEFAULT_TTL_S = 0.5
 DEFAULT_LIMIT = 1000
@@ -62,6 +77,106 @@ def item_of(job: Job, ref: int) -> policy.Item:
     r = job.request
     key = policy.key_of(job.lane, r.model, r.width, r.height, r.steps, r.guidance_scale, r.negative_prompt)
     return policy.Item(ref, key, r.model, r.width, r.height, r.steps, r.num_images, job.created_at.timestamp())
+
+
+# --- the workers -------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PoolWorker:
+    """A worker the forecast counts: ``id`` is the ``host-pid`` its lease owners start with (None:
+    a configured worker, known by no name); ``lanes`` the lanes it serves (None: every lane)."""
+
+    id: str | None
+    lanes: frozenset[str] | None = None
+
+    def serves(self, lane: str) -> bool:
+        return self.lanes is None or lane in self.lanes
+
+
+def worker_of(owner: str) -> str:
+    """The heartbeat name (``host-pid``) of a lease owner: ``assembly.new_worker_id`` is
+    ``host-pid-xxxxxx``, one per worker process, and a host name may itself hold dashes."""
+    return owner.rsplit("-", 1)[0]
+
+
+class Pool(Protocol):
+    """The workers serving the lanes, looked at once per look of the forecaster (``ttl_s``)."""
+
+    def workers(self, now: float) -> list[PoolWorker]: ...
+
+
+@dataclasses.dataclass(frozen=True)
+class FixedPool:
+    """Workers the settings name (no heartbeats reach the API: Kubernetes, Service Bus)."""
+
+    fixed: tuple[PoolWorker, ...]
+
+    @classmethod
+    def serving(cls, count: int, lanes: Iterable[str] = ()) -> FixedPool:
+        """``count`` workers, each serving ``lanes`` (none named: every lane)."""
+        served = frozenset(lanes) or None
+        return cls(tuple(PoolWorker(None, served) for _ in range(count)))
+
+    @classmethod
+    def per_lane(cls, counts: Mapping[str, int]) -> FixedPool:
+        """Each lane its own workers; a lane not named has none."""
+        return cls(tuple(PoolWorker(None, frozenset({lane})) for lane, n in counts.items() for _ in range(n)))
+
+    def workers(self, now: float) -> list[PoolWorker]:
+        return list(self.fixed)
+
+
+class HeartbeatPool:
+    """The embedded shape's workers, from their heartbeats (``worker/heartbeat.py``): each fresh
+    one that is starting or ready, serving the lanes it names. Read once per look (a ``scandir``
+    and a small file per worker, every ``ttl_s`` at most, not per submit). While no beat is fresh
+    (start-up, a data dir no worker shares, every worker gone until the supervisor restarts it),
+    ``fallback``: the workers ``difflane serve`` starts."""
+
+    def __init__(
+        self,
+        data_dir: Path,
+        fallback: FixedPool,
+        read: Callable[[Path], list[heartbeat.Beat]] = heartbeat.read_all,
+    ) -> None:
+        self.data_dir = data_dir
+        self.fallback = fallback
+        self._read = read
+
+    def workers(self, now: float) -> list[PoolWorker]:
+        fresh = [b for b in self._read(self.data_dir) if b.fresh(now)]
+        if not fresh:
+            return self.fallback.workers(now)
+        return [
+            PoolWorker(f"{b.host}-{b.pid}", frozenset(b.lanes))
+            for b in sorted(fresh, key=lambda b: (b.host, b.pid))
+            if b.state is not heartbeat.WorkerState.STOPPING
+        ]
+
+
+def occupy(
+    workers: list[PoolWorker], running: Mapping[str, list[Job]], finish_of: Callable[[list[Job]], float | None]
+) -> dict[int, float]:
+    """When each busy worker (by index in ``workers``) comes free: a running batch occupies the
+    worker that holds it, or, for configured workers (no names), the next free one of its lane.
+    A batch of a worker not counted (its heartbeat is stale) occupies nobody."""
+    named = {w.id: i for i, w in enumerate(workers) if w.id is not None}
+    busy: dict[int, float] = {}
+    for owner, group in running.items():
+        finish = finish_of(group)
+        if finish is None:
+            continue
+        i = named.get(worker_of(owner))
+        if i is None:
+            lane = group[0].lane
+            i = next(
+                (k for k, w in enumerate(workers) if w.id is None and k not in busy and w.serves(lane)),
+                None,
+            )
+        if i is not None:
+            busy[i] = finish
+    return busy
 
 
 class _LanePlan:
@@ -109,6 +224,8 @@ class _Snapshot:
         self.taken_at = now  # brought up to date
         self.listed_at = now  # listed whole
         self.complete = complete  # no unfinished job is missing (nothing past `limit`)
+        self.workers: list[PoolWorker] = []  # the pool's, at the last look
+        self.busy: dict[int, float] = {}  # index in workers -> when its running batch should end
         self.derive()
 
     def derive(self) -> None:
@@ -135,7 +252,7 @@ class LiveForecaster:
         store: UnfinishedJobs,
         lanes: Lanes,
         costs: CostModel,
-        workers: int,
+        workers: int | Pool,
         *,
         ttl_s: float = DEFAULT_TTL_S,
         limit: int = DEFAULT_LIMIT,
@@ -145,7 +262,8 @@ class LiveForecaster:
         self.store = store
         self.lanes = lanes
         self.costs = costs
-        self.workers = workers
+        # A number: that many workers, each serving every lane.
+        self.pool: Pool = FixedPool.serving(workers) if isinstance(workers, int) else workers
         self.ttl_s = ttl_s
         self.limit = limit
         self.relist_s = relist_s
@@ -185,6 +303,8 @@ class LiveForecaster:
         with self._lock:
             snap = self._fresh()
             planned = self._lane_plan(snap, lane)
+            if planned is None:
+                return  # no worker counted for the lane: nothing to predict a start from
             wait = planned.what_if(job).start - self.clock()
             if wait > limit:
                 raise queue_full(job.lane, wait, limit)
@@ -200,6 +320,8 @@ class LiveForecaster:
         with self._lock:
             snap = self._fresh()
             planned = self._lane_plan(snap, lane)
+            if planned is None:
+                return None
             if job.id not in planned:
                 # Created after the listing (this very submit's answer): it waits behind all of it,
                 # unless that is `limit` jobs or more (or some are unknown), as for a job past the listing.
@@ -211,13 +333,15 @@ class LiveForecaster:
             eta = planned.eta(job.id)
             return (planned.position(job.id), eta) if eta is not None else None
 
-    def _lane_plan(self, snap: _Snapshot, lane: Lane) -> _LanePlan:
-        """The lane's plan in ``snap``: made once per listing (the one full forecast), then extended."""
+    def _lane_plan(self, snap: _Snapshot, lane: Lane) -> _LanePlan | None:
+        """The lane's plan in ``snap``: made once per look (the one full forecast), then extended;
+        None when no worker serves the lane."""
         found = snap.lanes.get(lane.name)
         if found is None:
             now = self.clock()
-            busy = [f for group in snap.running.values() if (f := self._group_finish(group)) is not None]
-            free_at = busy[: self.workers] + [now] * max(self.workers - len(busy), 0)
+            free_at = [snap.busy.get(i, now) for i, w in enumerate(snap.workers) if w.serves(lane.name)]
+            if not free_at:
+                return None
             rules = plan.LaneRules(lane.max_batch, lane.max_wait_ms / 1000, self.costs.batch_seconds)
             found = snap.lanes[lane.name] = _LanePlan(plan.Plan(free_at, now, rules), self.costs)
             found.add([j for j in snap.queued if j.lane == lane.name])
@@ -251,9 +375,13 @@ class LiveForecaster:
         if snap is not None and now - snap.taken_at < self.ttl_s:
             return snap
         if snap is None or now - snap.listed_at >= self.relist_s or self._followed is None:
-            self._snapshot = snap = self._listing(now)
+            snap = self._listing(now)
         else:
-            self._snapshot = snap = self._catch_up(self._followed, snap, now)
+            snap = self._catch_up(self._followed, snap, now)
+        # The workers at each look too (heartbeats come and go; idle ones are free from now).
+        snap.workers = self.pool.workers(now)
+        snap.busy = occupy(snap.workers, snap.running, self._group_finish)
+        self._snapshot = snap
         return snap
 
     def _listing(self, now: float) -> _Snapshot:
@@ -335,12 +463,36 @@ def from_settings(settings: Any, store: Any, lanes: Lanes) -> LiveForecaster | N
     """The API's forecaster: on where the store can list unfinished jobs and workers exist."""
     from difflane.capacity import costs as costs_mod
 
-    workers = (
-        settings.capacity.forecast_workers
-        if settings.capacity.forecast_workers is not None
-        else settings.worker.workers
-    )
-    if workers <= 0 or not hasattr(store, "list_unfinished"):
+    pool = pool_of(settings, lanes)
+    if pool is None or not hasattr(store, "list_unfinished"):
         return None
     model = costs_mod.load(settings.capacity.costs) if settings.capacity.costs else costs_mod.builtin()
-    return LiveForecaster(store, lanes, model, workers)
+    return LiveForecaster(store, lanes, model, pool)
+
+
+def pool_of(settings: Any, lanes: Lanes) -> Pool | None:
+    """The workers the forecast counts; None when none is configured (the forecast is off).
+
+    ``DIFFLANE_FORECAST_WORKERS`` when set (the operator's word: a number for every lane, or one
+    per lane); else the workers ``difflane serve`` starts (``DIFFLANE_WORKERS``, serving
+    ``DIFFLANE_WORKER_LANES``), and with the embedded queue, where those workers beat into the data
+    dir, what their heartbeats say once they do."""
+    capacity = settings.capacity
+    per_lane = capacity.forecast_lane_workers
+    if per_lane is not None:
+        unknown = sorted(set(per_lane) - set(lanes.names()))
+        if unknown:  # a typo would silently take the lane's ETA away
+            raise ConfigError(
+                f"DIFFLANE_FORECAST_WORKERS names unknown lane(s) {', '.join(unknown)}; "
+                f"the lanes file defines {', '.join(lanes.names())}"
+            )
+        fixed = FixedPool.per_lane(per_lane)
+    elif capacity.forecast_workers is not None:
+        fixed = FixedPool.serving(capacity.forecast_workers)
+    else:
+        fixed = FixedPool.serving(settings.worker.workers, settings.worker.worker_lanes)
+    if not fixed.fixed:
+        return None
+    if capacity.forecast_workers is None and settings.backends.dispatch == "embedded":
+        return HeartbeatPool(settings.paths.data_dir, fixed)
+    return fixed
