@@ -43,14 +43,14 @@ class MemoryJobStore(_Switch):
     def __init__(
         self,
         *,
-        on_create: MakeDeliverable | None = None,
+        make_deliverable: MakeDeliverable | None = None,
         changes_kept: int = CHANGES_KEPT,
         prune_every: int = PRUNE_EVERY,
     ) -> None:
         if changes_kept < 1 or prune_every < 1:
             raise ValueError("changes_kept and prune_every must be at least 1")
         self._lock = threading.Lock()
-        self._on_create = on_create  # under the lock, before the record exists (JobStore's contract)
+        self._make_deliverable = make_deliverable  # under the lock, before the record exists (JobStore's contract)
         self._history: dict[str, list[Job]] = {}
         self._keys: dict[tuple[str, str], tuple[str, str]] = {}
         # The change log pruned like SQLite's (same cap, same cadence, same ChangeLogGap): the
@@ -78,8 +78,8 @@ class MemoryJobStore(_Switch):
             if job.id in self._history:
                 raise Conflict(f"job {job.id} already exists", code="job_exists")
             stored = dataclasses.replace(job, version=1)
-            if self._on_create is not None:
-                self._on_create(stored)
+            if self._make_deliverable is not None:
+                self._make_deliverable(stored)
             self._history[job.id] = [stored]
             self._log(job.id, 1)
             if idempotency is not None:

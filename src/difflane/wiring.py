@@ -74,7 +74,9 @@ def _embedded(settings: Settings, catalog: Catalog) -> Components:
     queue = EmbeddedQueue(db, bell_dir, lease_seconds=settings.backends.lease_seconds, enqueued_by_store=True)
     # Create makes the job deliverable (store.base.JobStore): same database file, so the queue
     # row commits in the transaction that writes a queued record (MakeDeliverableIn).
-    store = SqliteJobStore(db, on_queued=queue.enqueue_in, on_update=lambda job: doorbell.ring(bell_dir, "api"))
+    store = SqliteJobStore(
+        db, make_deliverable_in=queue.enqueue_in, on_update=lambda job: doorbell.ring(bell_dir, "api")
+    )
     blobs = LocalBlobStore(settings.paths.results_path)
     return Components(store, blobs, queue, queue, catalog, bell_dir=bell_dir, local_store=True)
 
@@ -161,7 +163,7 @@ def azure_store(
     outbox = BlobDispatchOutbox(io)
     # Create makes the job deliverable (store.base.JobStore): no transaction to share, so the
     # outbox entry is written before the record (MakeDeliverable) and the sweeper dispatches it.
-    store = AzureBlobJobStore(io, on_create=outbox.add, on_update=on_update)
+    store = AzureBlobJobStore(io, make_deliverable=outbox.add, on_update=on_update)
     blobs = AzureBlobStore(
         io, signer=_azure_signer(settings, service), max_ttl_seconds=settings.azure.azure_result_url_ttl_seconds
     )

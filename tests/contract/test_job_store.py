@@ -338,11 +338,11 @@ def hooked(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tuple[Job
     hook = Hook()
     s: JobStore
     if request.param == "azure":
-        s = AzureBlobJobStore(azurite.blob_io(), on_create=hook)
+        s = AzureBlobJobStore(azurite.blob_io(), make_deliverable=hook)
     elif request.param == "sqlite":
-        s = SqliteJobStore(Database(tmp_path / "jobs.db"), on_queued=lambda _tx, job: hook(job))
+        s = SqliteJobStore(Database(tmp_path / "jobs.db"), make_deliverable_in=lambda _tx, job: hook(job))
     else:
-        s = MemoryJobStore(on_create=hook)
+        s = MemoryJobStore(make_deliverable=hook)
     yield s, hook
     s.close()
 
@@ -384,7 +384,7 @@ def test_sqlite_commits_the_queue_row_in_the_records_transaction(tmp_path: Path)
         seen.append((tx.execute(query, (job.id,)).fetchone(), outside.execute(query, (job.id,)).fetchone()))
         queue.enqueue_in(tx, job)
 
-    store = SqliteJobStore(db, on_queued=enqueue_in)
+    store = SqliteJobStore(db, make_deliverable_in=enqueue_in)
     store.create(make_job())
     assert seen == [((1,), None)]  # inside the write that inserted the record, before its commit
     assert queue.backlog("fast") == 1
@@ -404,7 +404,7 @@ def test_blob_store_writes_the_outbox_entry_before_the_record() -> None:
         record_before.append(io.get(azure_layout.record_name(stored.owner, stored.id)))
         outbox.add(stored)
 
-    store = AzureBlobJobStore(io, on_create=add)
+    store = AzureBlobJobStore(io, make_deliverable=add)
     store.create(job)
     assert record_before == [None]  # a crash here leaves an entry the sweeper drops, never an undeliverable record
     assert [job_id for job_id, _ in outbox.pending()] == [job.id]

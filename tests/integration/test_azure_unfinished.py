@@ -37,7 +37,7 @@ def test_the_marker_is_written_before_the_record() -> None:
     io = azurite.blob_io()
     seen: list[set[str]] = []
     reader = azurite.job_store(io)
-    store = AzureBlobJobStore(io, on_create=lambda job: seen.append(_markers(reader)))
+    store = AzureBlobJobStore(io, make_deliverable=lambda job: seen.append(_markers(reader)))
     job, _ = store.create(make_job())
     assert seen == [{job.id}]  # the outbox hook runs before the record: the marker is already there
 

@@ -28,7 +28,7 @@ Parts = tuple[SqliteJobStore, EmbeddedQueue, Database]
 def parts(tmp_path: Path) -> Iterator[tuple[SqliteJobStore, EmbeddedQueue, Database]]:
     db = Database(tmp_path / "difflane.db", busy_timeout_ms=100)
     queue = EmbeddedQueue(db, tmp_path / "bells", lease_seconds=30)
-    yield SqliteJobStore(db, on_queued=queue.enqueue_in), queue, db
+    yield SqliteJobStore(db, make_deliverable_in=queue.enqueue_in), queue, db
     queue.close()
     db.close()
 

@@ -9,7 +9,7 @@ The layout is in ``azure_layout``. The rules that keep it correct without transa
   records and is never out of step with them.
 - **Everything else is written in an order that a crash cannot make wrong.** Creating: the
   idempotency key (create-only) → the id's owner pointer (create-only) → the outbox entry
-  (the ``on_create`` hook) → the record. A crash leaves at most a key or pointer without a
+  (the ``make_deliverable`` hook) → the record. A crash leaves at most a key or pointer without a
   record; a retry with the same Idempotency-Key finishes that job under its first id.
 - **History follows the record.** After a record write succeeds its version is copied to
   ``versions/<id>/<n>``, but for a final state: nothing is written over a finished record, so
@@ -137,13 +137,13 @@ class AzureBlobJobStore:
         self,
         io: BlobIO,
         *,
-        on_create: MakeDeliverable | None = None,
+        make_deliverable: MakeDeliverable | None = None,
         on_update: Callable[[Job], None] | None = None,
         readers: int = 8,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.io = io
-        self.on_create = on_create  # before the record is written (the outbox entry): see JobStore
+        self.make_deliverable = make_deliverable  # before the record (the outbox entry): see JobStore
         self.on_update = on_update  # after a change is written (wakes event streams)
         self._owners = _Lru(_CACHE_SIZE)  # job id → Principal; ids never change owner
         self._seen = _Lru(_CACHE_SIZE)  # job id → _Seen
@@ -170,8 +170,8 @@ class AzureBlobJobStore:
         stored = dataclasses.replace(candidate, version=1)
         self._write_pointer(stored)
         self._write_marker(stored)  # before the record: no queued job is missing from the index
-        if self.on_create is not None:
-            self.on_create(stored)
+        if self.make_deliverable is not None:
+            self.make_deliverable(stored)
         name = layout.record_name(stored.owner, stored.id)
         try:
             etag = self.io.put(name, records.dumps(stored).encode(), metadata=_metadata(stored), create_only=True)

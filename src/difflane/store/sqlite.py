@@ -155,7 +155,7 @@ def _statements(script: str) -> list[str]:
 
 # Runs inside the transaction that writes a queued record (its creation, a retry, a move to another
 # lane): the embedded queue's entry commits with the record, so the two never disagree.
-OnQueued = MakeDeliverableIn[sqlite3.Connection]
+MakeDeliverableInSqlite = MakeDeliverableIn[sqlite3.Connection]
 
 
 class SqliteJobStore:
@@ -163,7 +163,7 @@ class SqliteJobStore:
         self,
         db: Database,
         *,
-        on_queued: OnQueued | None = None,
+        make_deliverable_in: MakeDeliverableInSqlite | None = None,
         on_update: Callable[[Job], None] | None = None,
         changes_kept: int = CHANGES_KEPT,
         prune_every: int = PRUNE_EVERY,
@@ -171,7 +171,7 @@ class SqliteJobStore:
         if changes_kept < 1 or prune_every < 1:
             raise ValueError("changes_kept and prune_every must be at least 1")
         self.db = db
-        self._on_queued = on_queued
+        self._make_deliverable_in = make_deliverable_in
         self._on_update = on_update  # after commit: tells watchers (event streams) to look
         self.changes_kept = changes_kept
         self.prune_every = prune_every
@@ -200,8 +200,8 @@ class SqliteJobStore:
             except sqlite3.IntegrityError as exc:
                 raise Conflict(f"job {job.id} already exists", code="job_exists") from exc
             conn.execute("INSERT INTO job_history (job_id, version, record) VALUES (?, 1, ?)", (job.id, text))
-            if self._on_queued is not None:
-                self._on_queued(conn, stored)
+            if self._make_deliverable_in is not None:
+                self._make_deliverable_in(conn, stored)
             self._prune_if_due(conn)
         return stored, True
 
@@ -248,8 +248,8 @@ class SqliteJobStore:
                 "INSERT INTO job_history (job_id, version, record) VALUES (?, ?, ?)",
                 (job.id, stored.version, text),
             )
-            if self._on_queued is not None and stored.state is JobState.QUEUED:
-                self._on_queued(conn, stored)
+            if self._make_deliverable_in is not None and stored.state is JobState.QUEUED:
+                self._make_deliverable_in(conn, stored)
             self._prune_if_due(conn)
         if self._on_update is not None:
             self._on_update(stored)
