@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from typing import Any
 
 import pytest
 from azure.servicebus import ServiceBusMessage
@@ -279,13 +280,7 @@ def test_copies_of_copies_are_not_dropped_as_duplicates(
     assert len(ns.messages(Q)) == 1 and ns.dead_letters(Q) == []
 
 
-def test_a_drain_is_one_receive_call_and_every_message_is_kept_locked(
-    ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    jobs = [make_job() for _ in range(3)]
-    for job in jobs:
-        queue.dispatch(job)
-    ns.client().get_queue_sender(Q).send_messages(ServiceBusMessage("not json", message_id="x"))
+def _count_receives(queue: FakeServiceBusQueue, monkeypatch: pytest.MonkeyPatch) -> list[int | None]:
     sdk = queue.source._receiver("fast").sdk
     counts: list[int | None] = []
     real = sdk.receive_messages
@@ -295,8 +290,21 @@ def test_a_drain_is_one_receive_call_and_every_message_is_kept_locked(
         return real(max_message_count=max_message_count, max_wait_time=max_wait_time)
 
     monkeypatch.setattr(sdk, "receive_messages", counted)
+    return counts
+
+
+def test_a_drain_is_at_most_three_receive_calls_and_every_message_is_kept_locked(
+    ns: FakeServiceBusNamespace, queue: FakeServiceBusQueue, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = [make_job() for _ in range(3)]
+    for job in jobs:
+        queue.dispatch(job)
+    ns.client().get_queue_sender(Q).send_messages(ServiceBusMessage("not json", message_id="x"))
+    counts = _count_receives(queue, monkeypatch)
     got = queue.receive_ready(["fast"], 8)
-    assert counts == [8]  # one billed receive for the whole drain, asking for the room left
+    # a count-1 look, the rest of the room, and after the short answer a count-1 receive that
+    # sets the link's credit back to one (the SDK grants a receive's unused count as credit)
+    assert counts == [1, 7, 1]
     assert [d.job_id for d in got] == [j.id for j in jobs]
     assert [r for _, r, _ in ns.dead_letters(Q)] == ["malformed_message"]
     clock.advance(45)  # past the 30 s lock: the auto-renewer holds every message of the drain
@@ -305,3 +313,76 @@ def test_a_drain_is_one_receive_call_and_every_message_is_kept_locked(
     for d in got:
         d.ack()
     assert ns.messages(Q) == []
+
+
+def test_a_full_drain_is_two_calls_and_an_empty_lane_one(
+    queue: FakeServiceBusQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(5):
+        queue.dispatch(make_job())
+    counts = _count_receives(queue, monkeypatch)
+    assert len(queue.receive_ready(["fast"], 4)) == 4
+    assert counts == [1, 3]
+    counts.clear()
+    assert len(queue.receive_ready(["fast"], 4)) == 1
+    assert counts == [1, 3, 1]  # the look, the room, and the credit set back to one
+    counts.clear()
+    assert queue.receive_ready(["fast"], 4) == []
+    assert counts == [1]  # what a count-1 receive always cost
+
+
+def test_a_message_that_cannot_be_taken_is_handed_back_and_the_others_are_kept(
+    queue: FakeServiceBusQueue, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    jobs = [make_job() for _ in range(3)]
+    for job in jobs:
+        queue.dispatch(job)
+    renewer = queue.source.renewer
+    assert renewer is not None
+    real_register = renewer.register
+    calls = {"n": 0}
+
+    def register(*args: Any, **kwargs: Any) -> None:
+        calls["n"] += 1
+        if calls["n"] == 2:  # the first message of the call that takes the rest
+            raise RuntimeError("the renewer is shut down")
+        real_register(*args, **kwargs)
+
+    monkeypatch.setattr(renewer, "register", register)
+    got = queue.receive_ready(["fast"], 3)
+    assert [d.job_id for d in got] == [jobs[0].id, jobs[2].id]  # the others are not stranded
+    monkeypatch.setattr(renewer, "register", real_register)
+    again = queue.receive(["fast"], 0.5)
+    assert again is not None and again.job_id == jobs[1].id  # abandoned: back in the queue at once
+
+
+def test_redelivered_messages_are_all_under_the_renewer_before_any_copy_is_sent(
+    queue: FakeServiceBusQueue, clock: ManualClock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for _ in range(3):
+        queue.dispatch(make_job())
+    assert len(queue.receive_ready(["fast"], 3)) == 3
+    renewer = queue.source.renewer
+    assert renewer is not None
+    renewer.close()  # the worker died: its locks run out and the messages come back
+    clock.advance(31)
+    events: list[str] = []
+    real_register, real_sender = renewer.register, queue.source._sender
+
+    def register(*args: Any, **kwargs: Any) -> None:
+        events.append("register")
+        real_register(*args, **kwargs)
+
+    def sender(lane: str) -> Any:
+        events.append("send")
+        return real_sender(lane)
+
+    monkeypatch.setattr(renewer, "register", register)
+    monkeypatch.setattr(queue.source, "_sender", sender)
+    got = queue.receive_ready(["fast"], 3)
+    # The look's message is replaced (its copy joins the queue's tail); the next call takes the
+    # other two and that copy, and every message of a call is under the renewer before any
+    # copy is sent for it.
+    assert events == ["register", "send", "register", "register", "register", "send", "send"]
+    assert len(got) == 1 and got[0].attempt == 2  # the first copy: counts the lost delivery
+    assert len(queue.receive_ready(["fast"], 3)) == 2  # the other two copies

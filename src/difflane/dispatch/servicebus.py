@@ -290,24 +290,40 @@ class ServiceBusWorkSource:
         return None
 
     def receive_ready(self, lanes: Sequence[str], limit: int) -> list[ServiceBusDelivery]:
-        """Messages waiting now, up to ``limit``, from the first lane (in turn) that has any: one
-        receive call for a whole drain instead of one per message (a billed operation and a round
-        trip each). Prefetch stays off: only what the batcher asked for is locked to this worker."""
+        """Messages waiting now, up to ``limit``, from the first lane (in turn) that has any, in
+        at most three receive calls whatever ``limit`` (one round trip and one billed operation
+        each; a drain of n used to be n + 1).
+
+        The SDK grants a receive's unused count as link credit (prefetch 0: ``receive_messages``
+        flows ``max_message_count`` minus what it holds, and credit outlives the call), so a
+        message sent later is locked into this worker's buffer while it renders, unseen by idle
+        workers and not yet renewed. A count-1 receive always left one such credit; a short
+        answer to a larger count would leave more. So: a count-1 look first (an empty lane costs
+        what it always did), then the rest of the room, and after a short answer one more count-1
+        receive, which sets the link's credit back to one."""
         if limit <= 0:
             return []
         for _ in lanes:
             lane = lanes[self._turn % len(lanes)]
             self._turn += 1
-            deliveries = self._receive(lane, READY_WAIT_S, limit)
-            if deliveries:
-                return deliveries
+            deliveries, received = self._receive(lane, READY_WAIT_S, 1)
+            if not received:
+                continue
+            want = limit - len(deliveries)
+            if want > 0:
+                more, received = self._receive(lane, READY_WAIT_S, want)
+                deliveries += more
+                if received < want:  # fewer than asked: at least one place is left for this
+                    deliveries += self._receive(lane, READY_WAIT_S, 1)[0]
+            return deliveries
         return []
 
     def _receive_one(self, lane: str, wait: float) -> ServiceBusDelivery | None:
-        deliveries = self._receive(lane, wait, 1)
+        deliveries, _ = self._receive(lane, wait, 1)
         return deliveries[0] if deliveries else None
 
-    def _receive(self, lane: str, wait: float, count: int) -> list[ServiceBusDelivery]:
+    def _receive(self, lane: str, wait: float, count: int) -> tuple[list[ServiceBusDelivery], int]:
+        """This receive's deliveries, and how many messages it took from the service."""
         receiver = self._receiver(lane)
         try:
             with receiver.lock:
@@ -317,14 +333,35 @@ class ServiceBusWorkSource:
             # The link dropped and could not reopen within ``wait``: nothing received. The next
             # call reopens it without a short budget, and reports an outage if it cannot.
             log.info("receive timed out opening the link", extra={"lane": lane})
-            return []
+            return [], 0
         except (ServiceBusError, ValueError) as exc:
             raise Unavailable(f"cannot receive from {self.queue_name(lane)}: {type(exc).__name__}") from exc
-        # Malformed messages are dead-lettered and redelivered ones replaced by fresh copies: the
-        # rest are this receive's deliveries.
-        return [d for message in messages if (d := self._delivery(receiver, lane, message)) is not None]
+        # Every message is put under the auto-renewer before any copy is sent: replacing several
+        # redelivered messages takes a send each, and the later ones' locks must not run out
+        # meanwhile. One message that cannot be taken is handed back; the others are still kept.
+        taken = [d for message in messages if (d := self._take(receiver, lane, message)) is not None]
+        deliveries = [d for d in taken if not d.replaced()]
+        return deliveries, len(messages)
+
+    def _take(self, receiver: _Receiver, lane: str, message: Any) -> ServiceBusDelivery | None:
+        try:
+            delivery = self._delivery(receiver, lane, message)
+            if delivery is not None and self.renewer is not None:
+                self.renewer.register(
+                    receiver.sdk,
+                    message,
+                    max_lock_renewal_duration=self.max_lock_renewal_s,
+                    on_lock_renew_failure=delivery.lock_lost,
+                )
+            return delivery
+        except Exception:
+            log.warning("could not take a received message; abandoning it", extra={"lane": lane}, exc_info=True)
+            with receiver.lock:
+                _settle_quietly(lambda: receiver.sdk.abandon_message(message), what="abandon")
+            return None
 
     def _delivery(self, receiver: _Receiver, lane: str, message: Any) -> ServiceBusDelivery | None:
+        """The message as a delivery; None for one that is not a difflane job (dead-lettered)."""
         try:
             body = json.loads(_body_bytes(message))
             job_id = str(body["job_id"])
@@ -338,17 +375,7 @@ class ServiceBusWorkSource:
         prior = _prior_deliveries(message)
         attempt = prior + int(message.delivery_count or 0) + 1
         trace = _trace_properties(message) or {k: str(body[k]) for k in TRACE_KEYS if k in body}
-        delivery = ServiceBusDelivery(self, receiver, message, job_id, lane, attempt, trace)
-        if message.delivery_count and attempt <= REFRESH_LIMIT and delivery.refresh():
-            return None  # its fresh copy is in the queue now
-        if self.renewer is not None:
-            self.renewer.register(
-                receiver.sdk,
-                message,
-                max_lock_renewal_duration=self.max_lock_renewal_s,
-                on_lock_renew_failure=delivery.lock_lost,
-            )
-        return delivery
+        return ServiceBusDelivery(self, receiver, message, job_id, lane, attempt, trace)
 
     def wake(self) -> None:
         self._woken.set()
@@ -417,6 +444,12 @@ class ServiceBusDelivery:
             return
         self._settle("complete", lambda sdk: sdk.complete_message(self._message))
 
+    def replaced(self) -> bool:
+        """A redelivered message (its worker died, its lock ran out) is replaced by a fresh copy
+        while the job has attempts left by the adapter's count; True when it was (the copy is
+        what a worker runs)."""
+        return bool(self._message.delivery_count) and self.attempt <= REFRESH_LIMIT and self.refresh()
+
     def refresh(self) -> bool:
         """Replace a redelivered message by a fresh copy (delivery count 0), so the service's
         ``MaxDeliveryCount`` counts nothing the record does not; False when nothing changed."""
@@ -441,7 +474,7 @@ class ServiceBusDelivery:
                 sender.schedule_messages(copy, when, timeout=SEND_TIMEOUT_S)
             else:
                 sender.send_messages(copy, timeout=SEND_TIMEOUT_S)
-        except ServiceBusError:
+        except (ServiceBusError, ValueError):  # ValueError: a sender the SDK shut down after a connection error
             log.warning("could not send a copy of the message", extra={"job_id": self.job_id}, exc_info=True)
             return False
         finally:
