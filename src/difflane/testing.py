@@ -146,17 +146,19 @@ class MemoryJobStore(_Switch):
         self._check()
         with self._lock:
             self.change_reads += 1
+            seq = max(seq, 0)  # no change has a seq below 1
             if seq < self._pruned:
                 raise ChangeLogGap(seq, self._pruned)
             start = seq - self._pruned
             return self._changes[start : start + limit]
 
     def _log(self, job_id: str, version: int) -> None:
-        """Append a change and, every ``prune_every`` writes, drop the oldest beyond
-        ``changes_kept`` (at most PRUNE_BATCH at a time, as SQLite does). Under the lock."""
+        """Append a change and, once the log holds ``prune_every`` more than ``changes_kept``,
+        drop the oldest beyond ``changes_kept`` (at most PRUNE_BATCH at a time, as SQLite
+        does). Under the lock."""
         seq = self._pruned + len(self._changes) + 1
         self._changes.append(Change(seq, job_id, version))
-        if seq % self.prune_every == 0:
+        if len(self._changes) >= self.changes_kept + self.prune_every:
             dropped = min(len(self._changes) - self.changes_kept, PRUNE_BATCH)
             if dropped > 0:
                 del self._changes[:dropped]

@@ -409,3 +409,9 @@ def test_blob_store_writes_the_outbox_entry_before_the_record() -> None:
     assert record_before == [None]  # a crash here leaves an entry the sweeper drops, never an undeliverable record
     assert [job_id for job_id, _ in outbox.pending()] == [job.id]
     store.close()
+
+
+def test_a_reader_from_before_the_first_change_is_no_gap_while_nothing_was_pruned(pruned: JobStore) -> None:
+    assert isinstance(pruned, ChangeLog)
+    pruned.create(make_job())
+    assert [c.version for c in pruned.changes_since(-1)] == [1]

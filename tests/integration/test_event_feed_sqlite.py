@@ -4,6 +4,7 @@ migrated to it, and a write in another process reaching its event stream by the 
 from __future__ import annotations
 
 import os
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -28,11 +29,18 @@ pytestmark = pytest.mark.integration
 GIVE_UP_S = 20.0
 
 
+class _Unpruned(SqliteJobStore):
+    """The store as it was before its change log was pruned (no prune check on writes)."""
+
+    def _prune_if_due(self, conn: sqlite3.Connection) -> None:
+        pass
+
+
 def test_a_database_from_before_the_change_log_is_migrated_and_logs_from_then_on(tmp_path: Path) -> None:
     scripts = [p.read_text(encoding="utf-8") for p in sqlite._MIGRATIONS]
     assert any("job_changes" in s for s in scripts)
     old = [s for s in scripts if "job_changes" not in s]
-    before = SqliteJobStore(Database(tmp_path / "jobs.db", migrations=old))
+    before = _Unpruned(Database(tmp_path / "jobs.db", migrations=old))
     job, _ = before.create(make_job())
     before.close()
     store = SqliteJobStore(Database(tmp_path / "jobs.db"))  # every migration, the trigger included
@@ -46,7 +54,7 @@ def test_a_change_log_from_before_pruning_keeps_its_rows_until_the_first_prune(t
     scripts = [p.read_text(encoding="utf-8") for p in sqlite._MIGRATIONS]
     unpruned = [s for s in scripts if "job_changes_pruned" not in s]
     assert len(unpruned) == len(scripts) - 1
-    before = SqliteJobStore(Database(tmp_path / "jobs.db", migrations=unpruned))
+    before = _Unpruned(Database(tmp_path / "jobs.db", migrations=unpruned))
     job, _ = before.create(make_job())
     for _ in range(9):
         job = before.update(job, job.version)
@@ -136,3 +144,19 @@ def test_a_write_in_another_process_reaches_its_stream_and_ends_it(embedded: tup
         reader.join(GIVE_UP_S)
         assert not reader.is_alive(), "the other process's write never reached the stream"
     assert [d["state"] for e, d in got if e == "state"] == ["queued", "cancelled"]
+
+
+def test_short_lived_writers_still_keep_the_change_log_bounded(tmp_path: Path) -> None:
+    # As `run-job` processes are: each writes a few times and exits. Pruning counted each
+    # process's own writes, so none of them ever pruned and the log grew without bound.
+    job, _ = SqliteJobStore(Database(tmp_path / "jobs.db")).create(make_job())
+    for _ in range(30):
+        writer = SqliteJobStore(Database(tmp_path / "jobs.db"), changes_kept=5, prune_every=10)
+        for _ in range(9):
+            job = writer.update(job, job.version)
+        writer.close()
+    db = Database(tmp_path / "jobs.db")
+    with db.read() as conn:
+        kept = conn.execute("SELECT count(*) FROM job_changes").fetchone()[0]
+    db.close()
+    assert kept < 5 + 10  # 271 changes written; at most the kept ones and one prune's worth more

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import itertools
 import sqlite3
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -175,7 +174,6 @@ class SqliteJobStore:
         self._on_update = on_update  # after commit: tells watchers (event streams) to look
         self.changes_kept = changes_kept
         self.prune_every = prune_every
-        self._writes = itertools.count(1)  # next() is atomic under the GIL: threads share it
 
     def create(self, job: Job, idempotency: IdempotencyKey | None = None) -> tuple[Job, bool]:
         stored = _with_version(job, 1)
@@ -302,23 +300,26 @@ class SqliteJobStore:
             # in between can make this report a gap that the rows did not have (one needless
             # resync), never hide one that they had.
             pruned = conn.execute("SELECT seq FROM job_changes_pruned").fetchone()[0]
-        if seq < pruned:
+        if max(seq, 0) < pruned:  # no change has a seq below 1
             raise ChangeLogGap(seq, pruned)
         return [Change(s, job_id, version) for s, job_id, version in rows]
 
     def _prune_if_due(self, conn: sqlite3.Connection) -> None:
         # Inside the write's own transaction: no second turn at the write lock, and no write that
-        # committed while its prune failed. Each process counts its own writes; together they
-        # prune at least as fast as they all write (PRUNE_BATCH > PRUNE_EVERY).
-        if next(self._writes) % self.prune_every == 0:
-            self._prune(conn)
+        # committed while its prune failed. Due by the log's own seq, not by this process's
+        # count of its writes: short-lived writers (a `run-job` process writes a few dozen
+        # times and exits) would otherwise never reach a count, and the log would grow forever.
+        # Two point reads (the rowid's max, the one-row mark) per write; the delete runs once
+        # the log holds `prune_every` changes more than it keeps.
+        newest = conn.execute("SELECT coalesce(max(seq), 0) FROM job_changes").fetchone()[0]
+        pruned = conn.execute("SELECT seq FROM job_changes_pruned").fetchone()[0]
+        if newest - pruned >= self.changes_kept + self.prune_every:
+            self._prune(conn, newest, pruned)
 
-    def _prune(self, conn: sqlite3.Connection) -> None:
+    def _prune(self, conn: sqlite3.Connection, newest: int, pruned: int) -> None:
         """Delete the oldest changes beyond ``changes_kept``, at most PRUNE_BATCH of them, and
         raise the mark that tells readers they are gone. The newest change is always kept: the
         rowid is max + 1, so deleting it would hand its seq out again."""
-        newest = conn.execute("SELECT coalesce(max(seq), 0) FROM job_changes").fetchone()[0]
-        pruned = conn.execute("SELECT seq FROM job_changes_pruned").fetchone()[0]
         through = min(newest - self.changes_kept, pruned + PRUNE_BATCH)
         if through <= pruned:
             return
