@@ -215,3 +215,38 @@ def test_the_reindex_command_rebuilds_the_index_and_refuses_a_store_without_one(
     assert _markers(azurite.job_store(io)) == {job.id}
     refused = CliRunner().invoke(main, ["store", "reindex"], env={"DIFFLANE_STORE": "sqlite"})
     assert refused.exit_code == 2 and "no index to rebuild" in refused.output
+
+
+def test_reindex_beside_a_job_that_ends_meanwhile_leaves_no_marker_of_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    s = azurite.settings()
+    io = azurite.blob_io(s)
+    store = azurite.job_store(io)
+    job, _ = store.create(make_job())
+    io.delete(layout.unfinished_name(job.owner, job.id))
+    reindexer = azurite.job_store(azurite.blob_io(s, create=False))  # another process: its own client
+    real_put = reindexer.io.put
+
+    def put_after_the_job_ended(name: str, data: bytes, **kwargs: object) -> str:
+        if name == layout.unfinished_name(job.owner, job.id):
+            # Listed as queued; before the marker lands, a worker runs the job to its end (the
+            # final write removes a marker that is not there yet).
+            mutate(store, mutate(store, job.id, lambda j: j.start("w1", 30)).id, lambda j: j.succeed("w1", ()))
+        return real_put(name, data, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(reindexer.io, "put", put_after_the_job_ended)
+    assert reindexer.reindex_unfinished() == 0
+    assert _markers(reindexer) == set()  # not left to say "queued" for a finished job
+    assert azurite.job_store(io).count_unfinished(job.owner, 10) == 0
+
+
+def test_reindex_never_writes_over_a_live_writers_newer_marker() -> None:
+    io = azurite.blob_io()
+    store = azurite.job_store(io)
+    job, _ = store.create(make_job())
+    running = mutate(store, job.id, lambda j: j.start("w1", 30))
+    marker = layout.unfinished_name(job.owner, job.id)
+    before = io.properties(marker)
+    assert before is not None and before.metadata["state"] == "running"
+    assert azurite.job_store(io).reindex_unfinished() == 0
+    after = io.properties(marker)
+    assert after is not None and after.etag == before.etag and running.state is JobState.RUNNING

@@ -523,23 +523,38 @@ class AzureBlobJobStore:
 
     def reindex_unfinished(self) -> int:
         """Write the missing index entries of queued and running records (jobs accepted before
-        the index existed): one listing of every record with its metadata, one of the index, a
-        marker per record that lacks one. Returns how many were written.
+        the index existed): one listing of the index, then each owner's records with their
+        metadata (``t/<tenant>/s/<subject>/jobs/``, found folder by folder, so version copies
+        and idempotency keys are not walked), and a marker per unfinished record that lacks one.
+        Returns how many were written.
 
-        Safe beside live writers: a marker written here for a job that moves on meanwhile names an
-        older state, which readers check against the record (and remove once it is final)."""
+        Safe beside live writers: a marker is only created, never written over (a writer's own,
+        newer one wins), and the record is read again after it: a job that ended meanwhile
+        (its writer's removal of the marker may have come first) has its marker removed again."""
         indexed = {item.name for item in self.io.list(layout.UNFINISHED_PREFIX, page_size=_INDEX_PAGE)}
         written = 0
-        for item in self.io.list("t/", metadata=True, page_size=_INDEX_PAGE):
+        for item in self._all_records():
             marker = layout.unfinished_name_of_record(item.name)
             state = item.metadata.get("state", "")
             if marker is None or marker in indexed or state not in _UNFINISHED:
                 continue
             meta: dict[str, str] = {k: v for k, v in item.metadata.items() if k in ("state", "version", "lane")}
             meta.update(record=item.name, at=f"{self._clock():.3f}")
-            self.io.put(marker, b"", content_type="text/plain", metadata=meta)
+            try:
+                self.io.put(marker, b"", content_type="text/plain", metadata=meta, create_only=True)
+            except Exists:
+                continue  # a live writer's marker: newer than what the listing said
+            now = self.io.properties(item.name)
+            if now is None or now.metadata.get("state", "") not in _UNFINISHED:
+                self._quietly(functools.partial(self.io.delete, marker))
+                continue
             written += 1
         return written
+
+    def _all_records(self) -> Iterator[Listed]:
+        for tenant in self.io.prefixes("t/"):
+            for subject in self.io.prefixes(f"{tenant}s/"):
+                yield from self.io.list(f"{subject}jobs/", metadata=True, page_size=_INDEX_PAGE)
 
     def _drop_orphan(self, marker: _Marker) -> None:
         """A marker with no record is a create still on its way, or one that died: removed only when
