@@ -175,3 +175,15 @@ def test_the_supervisor_forgets_workers_of_a_killed_run(tmp_path: Path) -> None:
     write_beat(tmp_path, os.getpid(), WorkerState.READY)
     serve.WorkerSupervisor(Settings(data_dir=tmp_path, workers=1))._forget_dead_workers()
     assert [b.pid for b in heartbeat.read_all(tmp_path)] == [os.getpid()]
+
+
+def test_a_folder_that_cannot_be_read_is_no_warm_worker_not_an_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_beat(tmp_path, 105, WorkerState.READY)
+
+    def denied(path: object) -> object:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(heartbeat.os, "scandir", denied)
+    assert heartbeat.read_all(tmp_path) == []  # readiness says 503; the forecast uses its fallback

@@ -157,7 +157,10 @@ class Heartbeat:
 def read_all(data_dir: Path) -> list[Beat]:
     """Every worker's last beat; unreadable or half-written files are skipped."""
     beats: list[Beat] = []
-    with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+    # Any OSError on the folder (missing, not a folder, no permission): no worker can be vouched
+    # for. Readiness then says so (503), and the forecast falls back to the configured workers;
+    # neither may turn into a 500 on every request.
+    with contextlib.suppress(OSError):
         for entry in os.scandir(folder(data_dir)):
             if not entry.name.endswith(".json"):
                 continue
