@@ -5,8 +5,9 @@ Azure Blob store through its index of unfinished jobs), looked at no more often 
 ``ttl_s`` so that reads and submits do not each list the queue: queued jobs in creation order,
 and running jobs grouped by the worker that holds them (``lease.owner``). The first look lists
 them; later looks read the store's change log (where the store has one) and fetch only the jobs
-others wrote since (a worker's claim, progress or end, another API process's submit), and the
-whole listing is taken again every ``relist_s``.
+others wrote since (a worker's claim, progress or end, another API process's submit); the
+whole listing is taken again only when that cannot keep it exact (below), off the request's
+thread.
 
 The workers are the ``Pool``'s, taken again at every look: in the embedded shape the ones whose
 heartbeats are fresh (``HeartbeatPool``: starting or ready; a stopping worker takes no more
@@ -49,7 +50,9 @@ the current snapshot caught up from the change log. The next look installs it: t
 process admitted meanwhile are carried over (they may have been written after the listing read
 the store), then it is caught up from the log position it was taken at, so a job that finished
 while it was taken does not come back. A listing that fails (the store is down) is logged and
-tried again ``RETRY_S`` later; the old snapshot stays in use and no request sees the error.
+tried again ``RETRY_S`` later; the old snapshot stays in use and no request sees the error (a
+catch-up on a store that is down still fails the look, as it did). The thread shares the GIL:
+a look that runs beside it takes a few milliseconds more, not the listing's whole time.
 """
 
 from __future__ import annotations
