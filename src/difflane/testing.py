@@ -19,12 +19,12 @@ from difflane.errors import Conflict, NotFound, Unavailable, VersionConflict
 from difflane.jobs import Job, JobState, Principal
 from difflane.store.base import (
     CHANGES_KEPT,
-    PRUNE_BATCH,
     PRUNE_EVERY,
     Change,
     ChangeLogGap,
     IdempotencyKey,
     MakeDeliverable,
+    prune_through,
 )
 from difflane.worker.runtime import Interrupted, RenderedImage, RenderStats, RenderTask, StepCallback
 
@@ -153,16 +153,13 @@ class MemoryJobStore(_Switch):
             return self._changes[start : start + limit]
 
     def _log(self, job_id: str, version: int) -> None:
-        """Append a change and, once the log holds ``prune_every`` more than ``changes_kept``,
-        drop the oldest beyond ``changes_kept`` (at most PRUNE_BATCH at a time, as SQLite
-        does). Under the lock."""
+        """Append a change and drop the oldest by SQLite's rule (``store.base.prune_through``).
+        Under the lock."""
         seq = self._pruned + len(self._changes) + 1
         self._changes.append(Change(seq, job_id, version))
-        if len(self._changes) >= self.changes_kept + self.prune_every:
-            dropped = min(len(self._changes) - self.changes_kept, PRUNE_BATCH)
-            if dropped > 0:
-                del self._changes[:dropped]
-                self._pruned += dropped
+        through = prune_through(seq, self._pruned, self.changes_kept, self.prune_every)
+        del self._changes[: through - self._pruned]
+        self._pruned = through
 
     def ping(self) -> None:
         self._check()

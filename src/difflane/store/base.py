@@ -111,6 +111,17 @@ PRUNE_EVERY = 1000  # writes between two prunes: the cost is amortised on writes
 PRUNE_BATCH = 10_000
 
 
+def prune_through(newest: int, pruned: int, kept: int, every: int) -> int:
+    """The new prune mark for a log whose newest change is ``newest`` and whose changes up to
+    ``pruned`` are gone: ``pruned`` itself (nothing to do) until the log holds ``every`` more
+    than ``kept``, then the oldest beyond ``kept``, at most PRUNE_BATCH of them. The newest
+    change is always kept (a rowid is max + 1: deleting it would hand its seq out again).
+    Both stores of this package prune by this one rule."""
+    if newest - pruned < kept + every:
+        return pruned
+    return max(pruned, min(newest - kept, pruned + PRUNE_BATCH))
+
+
 class ChangeLogGap(Exception):
     """``changes_since(seq)`` when changes after ``seq`` were pruned: what the reader missed is
     unknown, so it reads again whatever it follows and continues from ``last_change()``."""

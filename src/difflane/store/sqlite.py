@@ -21,12 +21,12 @@ from difflane.jobs import Job, JobState, Principal
 from difflane.store import records
 from difflane.store.base import (
     CHANGES_KEPT,
-    PRUNE_BATCH,
     PRUNE_EVERY,
     Change,
     ChangeLogGap,
     IdempotencyKey,
     MakeDeliverableIn,
+    prune_through,
 )
 
 _MIGRATIONS = sorted(
@@ -306,25 +306,17 @@ class SqliteJobStore:
 
     def _prune_if_due(self, conn: sqlite3.Connection) -> None:
         # Inside the write's own transaction: no second turn at the write lock, and no write that
-        # committed while its prune failed. Due by the log's own seq, not by this process's
-        # count of its writes: short-lived writers (a `run-job` process writes a few dozen
-        # times and exits) would otherwise never reach a count, and the log would grow forever.
-        # Two point reads (the rowid's max, the one-row mark) per write; the delete runs once
-        # the log holds `prune_every` changes more than it keeps.
-        newest = conn.execute("SELECT coalesce(max(seq), 0) FROM job_changes").fetchone()[0]
-        pruned = conn.execute("SELECT seq FROM job_changes_pruned").fetchone()[0]
-        if newest - pruned >= self.changes_kept + self.prune_every:
-            self._prune(conn, newest, pruned)
-
-    def _prune(self, conn: sqlite3.Connection, newest: int, pruned: int) -> None:
-        """Delete the oldest changes beyond ``changes_kept``, at most PRUNE_BATCH of them, and
-        raise the mark that tells readers they are gone. The newest change is always kept: the
-        rowid is max + 1, so deleting it would hand its seq out again."""
-        through = min(newest - self.changes_kept, pruned + PRUNE_BATCH)
-        if through <= pruned:
-            return
-        conn.execute("DELETE FROM job_changes WHERE seq > ? AND seq <= ?", (pruned, through))
-        conn.execute("UPDATE job_changes_pruned SET seq = ?", (through,))
+        # committed while its prune failed. Due by the log's own length (store.base.prune_through),
+        # not by this process's count of its writes: short-lived writers (a `run-job` process
+        # writes a few dozen times and exits) would otherwise never reach a count, and the log
+        # would grow forever. One statement of two point reads (the rowid's max, the mark).
+        newest, pruned = conn.execute(
+            "SELECT (SELECT coalesce(max(seq), 0) FROM job_changes), (SELECT seq FROM job_changes_pruned)"
+        ).fetchone()
+        through = prune_through(newest, pruned, self.changes_kept, self.prune_every)
+        if through > pruned:
+            conn.execute("DELETE FROM job_changes WHERE seq > ? AND seq <= ?", (pruned, through))
+            conn.execute("UPDATE job_changes_pruned SET seq = ?", (through,))
 
     def ping(self) -> None:
         self.db.ping()
