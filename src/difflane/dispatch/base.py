@@ -61,7 +61,8 @@ class WorkSource(Protocol):
 
     def receive_ready(self, lanes: Sequence[str], limit: int) -> Sequence[Delivery]:
         """Up to ``limit`` jobs of ``lanes`` that are waiting now, each under a lease, taken in one
-        call to the backend where it has one (one claim, one receive): the batcher's drain.
+        call to the backend where it has one (one claim; Service Bus: at most three receives):
+        the batcher's drain.
         Empty when none is waiting; never waits longer than a zero-timeout ``receive``."""
         ...
 

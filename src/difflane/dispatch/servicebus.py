@@ -48,7 +48,7 @@ wait (``max_wait_time`` must be > 0; with prefetch 0 a message travels only afte
 grants credit). A zero-timeout receive is therefore one receive call per lane with
 ``READY_WAIT_S``: on an open link a waiting message arrives within a round trip, and an empty
 queue costs that bound once, at the end of a drain. The batcher drains with ``receive_ready``:
-one call asking for the batch's room, not one per message. It drains only when its first job
+at most three calls for the batch's room, not one per message. It drains only when its first job
 was already waiting, so a lone job on an idle worker never pays it. A zero-timeout receive
 leaves a ``wake()`` for the next receive that waits.
 This adapter is tested against ``tests/fakes/servicebus.py`` only; it has not met a real namespace.

@@ -9,8 +9,8 @@ belongs to the model). A batch holds at most ``max_batch`` images. ``next_batch`
 2. **Held company.** Held jobs with the same key join while the batch has room.
 3. **Drain.** If the first job was *waiting* (held, or found by the zero-timeout receive), the
    queue has a backlog: the worker takes every job of the lane that is ready now, as many per
-   call as the batch and the held list have room for (``receive_ready``: one claim, one Service
-   Bus receive), until the batch is full or the queue has no more. A job that woke an idle
+   call as the batch and the held list have room for (``receive_ready``: one claim, at most
+   three Service Bus receives), until the batch is full or the queue has no more. A job that woke an idle
    worker skips this: at low load it starts at once.
 4. **Company.** With ``max_wait_ms`` > 0, a batch that is still not full waits up to that long
    (from when its first job was taken) for more arrivals. With 0 (the default lane) it runs now.
@@ -26,10 +26,10 @@ plus ``max_held``. ``difflane.capacity.policy`` writes the same rules as pure fu
 simulator and the ETA forecast; change both together.
 
 What "ready now" costs depends on the source: the embedded queue's ``receive_ready`` is one
-claim of up to N rows (one SQLite write, no waiting); Service Bus has no zero wait, so it is one
-receive call for up to N messages with a small bound (``servicebus.READY_WAIT_S``) on an open
-link. Because a job that woke the worker skips the drain, a lone job pays that bound on neither
-source.
+claim of up to N rows (one SQLite write, no waiting); Service Bus has no zero wait, so it is at
+most three receive calls for up to N messages, each with a small bound
+(``servicebus.READY_WAIT_S``) on an open link (why three: ``ServiceBusWorkSource.receive_ready``).
+Because a job that woke the worker skips the drain, a lone job pays that bound on neither source.
 """
 
 from __future__ import annotations
@@ -161,8 +161,8 @@ class Batcher:
             self._place(forming, found)
 
     def _drain(self, forming: _Forming, lane: str) -> bool:
-        """Rule 3: the lane's ready jobs, as many per call as there is room for (one claim, one
-        Service Bus receive). Room is bounded by both the batch and the held list, so whatever
+        """Rule 3: the lane's ready jobs, as many per call as there is room for (one claim, at most
+        three Service Bus receives). Room is bounded by both the batch and the held list, so whatever
         arrives fits one or the other. False when forming must stop (an error)."""
         while True:
             room = min(forming.lane.max_batch - forming.images, self.max_held - self.held())
@@ -231,11 +231,7 @@ class Batcher:
         """At shutdown: every held delivery goes back to the queue at once."""
         with self._lock:
             held, self._held = self._held, []
-        for entry in held:
-            try:
-                entry.delivery.retry(0.0)
-            except Exception:
-                log.warning("could not give back a held delivery", exc_info=True)
+        self._give_back_all([entry.delivery for entry in held])
 
     def _describe(self, delivery: Delivery) -> _Held:
         job = self.store.get(delivery.job_id)
