@@ -443,9 +443,13 @@ class AzureBlobJobStore:
     # --- the index of unfinished jobs ------------------------------------------------------------
 
     def _write_marker(self, job: Job) -> None:
-        name = layout.record_name(job.owner, job.id)
-        meta = {**_metadata(job), "record": name, "at": f"{self._clock():.3f}"}
-        self.io.put(layout.unfinished_name(job.owner, job.id), b"", content_type="text/plain", metadata=meta)
+        marker = layout.unfinished_name(job.owner, job.id)
+        self._put_marker(marker, layout.record_name(job.owner, job.id), _metadata(job))
+
+    def _put_marker(self, marker: str, record: str, state: dict[str, str], *, create_only: bool = False) -> None:
+        """An index entry: the record's state, version and lane (``state``), its name, and when."""
+        meta = {**state, "record": record, "at": f"{self._clock():.3f}"}
+        self.io.put(marker, b"", content_type="text/plain", metadata=meta, create_only=create_only)
 
     def list_unfinished(self, limit: int) -> list[Job]:
         """Queued and running jobs of every owner, oldest first: one ListBlobs per 5,000
@@ -538,10 +542,9 @@ class AzureBlobJobStore:
             state = item.metadata.get("state", "")
             if marker is None or marker in indexed or state not in _UNFINISHED:
                 continue
-            meta: dict[str, str] = {k: v for k, v in item.metadata.items() if k in ("state", "version", "lane")}
-            meta.update(record=item.name, at=f"{self._clock():.3f}")
+            listed = {k: v for k, v in item.metadata.items() if k in ("state", "version", "lane")}
             try:
-                self.io.put(marker, b"", content_type="text/plain", metadata=meta, create_only=True)
+                self._put_marker(marker, item.name, listed, create_only=True)
             except Exists:
                 continue  # a live writer's marker: newer than what the listing said
             now = self.io.properties(item.name)
