@@ -250,7 +250,7 @@ class ChangeFeed:
 
     async def _read_versions(self) -> None:
         now = self.clock()
-        due = [j for j in self._watches if self._checks.setdefault(j, _Cadence(now)).due <= now]
+        due = [j for j in self._watches if self._cadence(j, now).due <= now]
         if not due:
             return
         versions = await run_in_threadpool(self._versions, due)  # one call per job: never on the loop
@@ -266,6 +266,14 @@ class ChangeFeed:
                 self._queue_rounds = QUEUE_ROUNDS
                 for w in watches:
                     w.moved(version)
+
+    def _cadence(self, job_id: str, now: float) -> _Cadence:
+        """The job's check cadence; a job watched for the first time is due now. (Not
+        ``setdefault``: that would build one per watched job every round.)"""
+        found = self._checks.get(job_id)
+        if found is None:
+            found = self._checks[job_id] = _Cadence(now)
+        return found
 
     def _versions(self, ids: list[str]) -> dict[str, int]:
         versions: Callable[[list[str]], dict[str, int]] | None = getattr(self.store, "versions", None)
